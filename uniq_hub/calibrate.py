@@ -1,0 +1,43 @@
+"""Step-size initialisation from data (Section 4.2): weights from the weights themselves,
+activations as the maximum per-batch estimate over the first N batches."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .modules import UniQQuantizer, _QuantizedMixin
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Tensor | tuple | dict], num_batches: int | None = None) -> int:
+    """Initialise every step size of ``model``; returns the number of batches used.
+
+    Runs in eval mode, so BatchNorm running statistics are left untouched. A batch is a
+    tensor, a ``(inputs, labels)`` pair or a dict with ``pixel_values``.
+    """
+    for module in model.modules():
+        if isinstance(module, _QuantizedMixin) and module.weight_quantizer is not None:
+            module.weight_quantizer.init_from(module.weight)
+    act = [m for n, m in model.named_modules() if isinstance(m, UniQQuantizer) and not n.endswith("weight_quantizer")]
+    for q in act:
+        q.initialized.fill_(False)
+        q.calibrating = True
+    was_training, used = model.training, 0
+    model.eval()
+    try:
+        for batch in batches:
+            if num_batches is not None and used >= num_batches:
+                break
+            x = batch["pixel_values"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x.to(next(model.parameters()).device))
+            used += 1
+    finally:
+        for q in act:
+            q.calibrating = False
+        model.train(was_training)
+    if act and used == 0:
+        raise ValueError("calibrate() got no batch: the step sizes of the activation quantizers are not set")
+    return used

@@ -1,0 +1,203 @@
+"""Thin modules over the quantizer math: a learnable-step quantizer and quantized conv / linear."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .quant import code_range, fake_quant, grad_scale_factor, lsq_init_step, optimal_step, scale_grad
+
+Role = Literal["weight", "activation", "signed"]
+Method = Literal["uniq", "lsq"]
+
+# (method, role) -> code scheme. "signed" is an activation quantizer for signed inputs
+# (the normalised image, MobileNetV2's linear bottlenecks): symmetric like UniQ's weights.
+_SCHEMES = {
+    ("uniq", "weight"): "symmetric",
+    ("uniq", "activation"): "unsigned",
+    ("uniq", "signed"): "symmetric",
+    ("lsq", "weight"): "twos_complement",
+    ("lsq", "activation"): "unsigned",
+    ("lsq", "signed"): "twos_complement",
+}
+_MIN_STEP = 1e-8
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor is quantized.
+
+    ``init``: "mse" (paper, Section 4.2), "lsq" (``2 E|x| / sqrt(Qp)``) or a positive float.
+    ``per_channel``: one step per output channel (kernel-wise); weights only.
+    """
+
+    bits: int
+    role: Role = "weight"
+    method: Method = "uniq"
+    per_channel: bool = False
+    init: str | float = "mse"
+    grad_scale: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.method, self.role) not in _SCHEMES:
+            raise ValueError(f"unknown quantizer method/role {self.method!r}/{self.role!r}")
+        code_range(self.bits, _SCHEMES[self.method, self.role])  # validates bits
+        if isinstance(self.init, str) and self.init not in ("mse", "lsq"):
+            raise ValueError(f"step init must be 'mse', 'lsq' or a positive float, got {self.init!r}")
+        if not isinstance(self.init, str) and not float(self.init) > 0:
+            raise ValueError(f"constant step init must be positive, got {self.init!r}")
+
+
+class UniQQuantizer(nn.Module):
+    """Fake quantizer with a learnable step size.
+
+    The step is a parameter of shape ``()`` (layer-wise) or ``(C, 1, ..., 1)`` (per output channel).
+    Call :meth:`init_from` with the tensor to quantize (weights) or set ``calibrating = True`` and
+    run batches (activations): the step becomes the maximum of the per-batch estimates.
+    """
+
+    def __init__(self, spec: QuantSpec, channels: int = 1, ndim: int = 4) -> None:
+        super().__init__()
+        self.spec = spec
+        self.lo, self.hi, self.offset = code_range(spec.bits, _SCHEMES[spec.method, spec.role])
+        shape = (channels,) + (1,) * (ndim - 1) if spec.per_channel else ()
+        self.step = nn.Parameter(torch.ones(shape))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.calibrating = False
+
+    @property
+    def bits(self) -> int:
+        return self.spec.bits
+
+    @property
+    def scheme(self) -> str:
+        return _SCHEMES[self.spec.method, self.spec.role]
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return f"bits={s.bits}, role={s.role}, method={s.method}, per_channel={s.per_channel}"
+
+    def _stat_kind(self) -> str:
+        return "activation" if self.spec.role == "activation" else "weight"
+
+    @torch.no_grad()
+    def estimate_step(self, x: Tensor) -> Tensor:
+        """The initial step the spec's init rule gives for ``x`` (shape of ``self.step``)."""
+        spec, kind = self.spec, self._stat_kind()
+        dims = tuple(range(1, x.dim())) if spec.per_channel else None
+        x = x.detach().float()
+        if isinstance(spec.init, (int, float)):
+            return torch.full_like(self.step, float(spec.init))
+        if spec.init == "lsq":
+            mean_abs = x.abs().mean(dim=dims, keepdim=True) if dims else x.abs().mean()
+            est = lsq_init_step(mean_abs, spec.bits, kind)
+        elif kind == "activation":
+            # D_a = D_a^u * sqrt(2 E[x^2]): the pre-activation std under a symmetric assumption.
+            est = optimal_step(spec.bits, "activation")[0] * torch.sqrt(2.0 * x.pow(2).mean())
+        else:
+            std = x.std(dim=dims, keepdim=True) if dims else x.std()
+            est = optimal_step(spec.bits, "weight")[0] * std
+        return est.reshape(self.step.shape).clamp_min(_MIN_STEP)
+
+    @torch.no_grad()
+    def init_from(self, x: Tensor, running_max: bool = False) -> None:
+        """Set the step from ``x``; with ``running_max`` keep the maximum over calls."""
+        est = self.estimate_step(x).to(self.step)
+        if running_max and bool(self.initialized):
+            est = torch.maximum(est, self.step)
+        self.step.copy_(est)
+        self.initialized.fill_(True)
+
+    def effective_step(self, numel: int) -> Tensor:
+        """The step used in forward: kept positive, with the LSQ gradient scale applied."""
+        step = self.step.clamp_min(_MIN_STEP)
+        if self.spec.grad_scale and self.step.requires_grad:
+            per = numel // self.step.numel() if self.spec.per_channel else numel
+            step = scale_grad(step, grad_scale_factor(per, self.spec.bits, self._stat_kind()))
+        return step
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.calibrating:
+            self.init_from(x, running_max=True)
+        numel = x.numel() if self.spec.role == "weight" else x[0].numel()
+        return fake_quant(x, self.effective_step(numel), self.lo, self.hi, self.offset)
+
+
+class _QuantizedMixin:
+    """Shared by QConv2d / QLinear: optional weight and input quantizers and an eval-mode cache.
+
+    In eval mode the quantized weight is computed once and reused until the weight or the
+    step change (tracked through their version counters).
+    """
+
+    weight_quantizer: UniQQuantizer | None
+    input_quantizer: UniQQuantizer | None
+
+    def _setup_quantizers(self, w_spec: QuantSpec | None, a_spec: QuantSpec | None) -> None:
+        weight: Tensor = self.weight  # type: ignore[attr-defined]
+        self.weight_quantizer = UniQQuantizer(w_spec, weight.shape[0], weight.dim()) if w_spec else None
+        self.input_quantizer = UniQQuantizer(a_spec) if a_spec else None
+        if self.weight_quantizer is not None and weight.device.type != "meta":
+            self.weight_quantizer.to(weight.device).init_from(weight)
+        self._wq_cache: tuple[tuple, Tensor] | None = None
+
+    def quantized_weight(self) -> Tensor:
+        weight: Tensor = self.weight  # type: ignore[attr-defined]
+        wq = self.weight_quantizer
+        if wq is None:
+            return weight
+        if self.training or torch.is_grad_enabled() and (weight.requires_grad or wq.step.requires_grad):
+            self._wq_cache = None
+            return wq(weight)
+        key = (weight.data_ptr(), weight._version, wq.step.data_ptr(), wq.step._version, weight.dtype)
+        if self._wq_cache is None or self._wq_cache[0] != key:
+            self._wq_cache = (key, wq(weight).detach())
+        return self._wq_cache[1]
+
+    def quantize_input(self, x: Tensor) -> Tensor:
+        return x if self.input_quantizer is None else self.input_quantizer(x)
+
+
+class QConv2d(_QuantizedMixin, nn.Conv2d):
+    """``nn.Conv2d`` whose weight and input are fake-quantized."""
+
+    def __init__(self, *args, w_spec: QuantSpec | None = None, a_spec: QuantSpec | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_quantizers(w_spec, a_spec)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, w_spec: QuantSpec | None, a_spec: QuantSpec | None) -> "QConv2d":
+        """Swap in a quantized conv that reuses ``conv``'s Parameters (no copy)."""
+        q = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta",
+        )
+        q.weight, q.bias = conv.weight, conv.bias
+        q._setup_quantizers(w_spec, a_spec)
+        return q
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
+
+
+class QLinear(_QuantizedMixin, nn.Linear):
+    """``nn.Linear`` whose weight and input are fake-quantized."""
+
+    def __init__(self, *args, w_spec: QuantSpec | None = None, a_spec: QuantSpec | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_quantizers(w_spec, a_spec)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, w_spec: QuantSpec | None, a_spec: QuantSpec | None) -> "QLinear":
+        """Swap in a quantized linear that reuses ``linear``'s Parameters (no copy)."""
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
+        q.weight, q.bias = linear.weight, linear.bias
+        q._setup_quantizers(w_spec, a_spec)
+        return q
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
