@@ -1,0 +1,394 @@
+"""The model zoo: every published UniQ model, its training recipe, the paper's number and ours.
+
+Entries are built from small tables (datasets, architecture families, recipes), not written out
+one by one. ``get_entry(name)`` / ``list_entries()`` return :class:`ZooEntry` objects whose
+``measured`` field is filled from results JSON files, when one exists.
+
+Results JSON schema (what ``uniq-hub evaluate`` writes; one object, or a list of objects, per file)::
+
+    {
+      "model_id": "uniq/resnet20-fashion-mnist-w2a2",  # zoo name, Hub repo id or local path
+      "zoo_name": "uniq/resnet20-fashion-mnist-w2a2",  # optional: the zoo entry, when model_id is not it
+      "dataset": "zalando-datasets/fashion_mnist",     # HF dataset name (or a local source)
+      "split": "test",
+      "top1": 91.23,                                    # percent, 0..100
+      "top5": 99.87,                                    # percent, 0..100, or null
+      "num_examples": 10000,
+      "command": "uniq-hub evaluate ..."                # how to reproduce the number
+    }
+
+Files are read from ``benchmarks/results/`` (recursively) in a source checkout, or from the
+directories in ``$UNIQ_HUB_RESULTS`` (``os.pathsep``-separated), or from ``results_dirs``.
+JSON objects without ``model_id`` and ``top1`` (other logs) are ignored; a record that has them
+but is malformed raises a ``ValueError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+ORG = "uniq"
+FP_BITS = 32
+RESULTS_ENV = "UNIQ_HUB_RESULTS"
+DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+RESULT_KEYS = ("model_id", "dataset", "split", "top1", "top5", "num_examples", "command")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """An evaluation dataset of the zoo."""
+
+    key: str
+    hf_name: str
+    pretty_name: str
+    num_labels: int
+    image_size: int
+    in_chans: int
+    eval_split: str
+    calibration_batches: int
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training hyperparameters of one entry (what ``uniq-hub train --zoo NAME`` uses)."""
+
+    optimizer: str  # "sgd" | "adam"
+    lr: float
+    epochs: int
+    batch_size: int
+    weight_decay: float  # never applied to step sizes
+    init_from: str | None  # zoo name, "pytorchcv:<model>", or None (from scratch)
+    calibration_batches: int
+    momentum: float | None = None
+    schedule: str = "cosine"  # cosine without restarts, after the warm-up
+    warmup_epochs: int = 0
+    warmup_lr: float | None = None  # constant lr during the warm-up
+    source: str = "paper"  # "paper" or "here" (chosen in this project)
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One evaluation record (see the module docstring for the JSON schema)."""
+
+    model_id: str
+    dataset: str
+    split: str
+    top1: float
+    top5: float | None = None
+    num_examples: int | None = None
+    command: str | None = None
+    zoo_name: str | None = None
+    path: str | None = None  # the file it came from
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One zoo model: what it is, how to train it, what the paper reports and what we measured."""
+
+    name: str
+    arch: str
+    dataset: DatasetInfo
+    w_bits: int  # 32: full precision
+    a_bits: int
+    recipe: Recipe
+    weight_granularity: str | None = None  # None: the architecture's default
+    paper_top1: float | None = None
+    paper_source: str | None = None  # e.g. "Table 2"
+    paper_fp_top1: float | None = None  # the paper's full-precision baseline for this architecture
+    measured: Result | None = None
+    results: tuple[Result, ...] = field(default=())
+
+    @property
+    def bits(self) -> str:
+        return "fp" if self.w_bits == FP_BITS else f"w{self.w_bits}a{self.a_bits}"
+
+    @property
+    def full_precision(self) -> bool:
+        return self.w_bits == FP_BITS
+
+    @property
+    def short_name(self) -> str:
+        return self.name.split("/", 1)[1]
+
+    def config_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``UniQConfig`` (labels other than ``num_labels`` excluded)."""
+        kwargs: dict[str, Any] = dict(
+            arch=self.arch, w_bits=self.w_bits, a_bits=self.a_bits, num_labels=self.dataset.num_labels,
+            in_chans=self.dataset.in_chans, image_size=self.dataset.image_size,
+        )
+        if self.weight_granularity is not None:
+            kwargs["weight_granularity"] = self.weight_granularity
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "arch": self.arch, "dataset": self.dataset.hf_name,
+            "eval_split": self.dataset.eval_split, "num_labels": self.dataset.num_labels,
+            "image_size": self.dataset.image_size, "in_chans": self.dataset.in_chans,
+            "bits": self.bits, "w_bits": self.w_bits, "a_bits": self.a_bits,
+            "weight_granularity": self.weight_granularity, "recipe": self.recipe.to_dict(),
+            "paper_top1": self.paper_top1, "paper_source": self.paper_source,
+            "paper_fp_top1": self.paper_fp_top1,
+            "measured_top1": self.measured.top1 if self.measured else None,
+            "measured": self.measured.to_dict() if self.measured else None,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+DATASETS: dict[str, DatasetInfo] = {
+    d.key: d
+    for d in (
+        DatasetInfo("imagenet-1k", "ILSVRC/imagenet-1k", "ImageNet-1k", 1000, 224, 3, "validation", 1000),
+        DatasetInfo("cifar100", "uoft-cs/cifar100", "CIFAR-100", 100, 32, 3, "test", 100),
+        DatasetInfo("fashion-mnist", "zalando-datasets/fashion_mnist", "Fashion-MNIST", 10, 28, 1, "test", 100),
+    )
+}
+
+
+@dataclass(frozen=True)
+class _Family:
+    """An architecture on a dataset, the bit-widths it is published at, and the paper's numbers."""
+
+    arch: str
+    dataset: str
+    name_suffix: str  # "" for ImageNet, else "-<dataset>"
+    recipes: str  # key of RECIPES
+    paper: dict[int, float]  # bits -> top-1 reported by the paper; FP_BITS: its FP baseline
+    paper_source: str | None
+    fp_init: str | None  # where multi-bit training starts; None: the family's own FP entry
+    bits: tuple[int, ...] = (4, 3, 2, 1)
+    weight_granularity: str | None = None
+
+
+# Tables 2 / 3 (ImageNet; the 1-bit numbers are the same in both) and Table 4 (CIFAR-100 ResNet-32).
+FAMILIES: tuple[_Family, ...] = (
+    _Family("resnet18", "imagenet-1k", "", "imagenet", {32: 71.57, 4: 71.5, 3: 70.5, 2: 67.8, 1: 60.5},
+            "Table 2", "pytorchcv:preresnet18"),
+    _Family("resnet34", "imagenet-1k", "", "imagenet", {32: 75.11, 4: 75.0, 3: 74.2, 2: 72.1, 1: 65.8},
+            "Table 2", "pytorchcv:preresnet34"),
+    _Family("mobilenetv2", "imagenet-1k", "", "imagenet", {32: 71.53, 4: 68.2, 3: 65.0, 2: 50.5, 1: 23.2},
+            "Table 2", "pytorchcv:mobilenetv2_w1"),
+    _Family("resnet32", "cifar100", "-cifar100", "cifar100", {32: 71.4, 4: 71.6, 3: 71.4, 2: 69.3, 1: 62.4},
+            "Table 4", None, bits=(32, 4, 3, 2, 1), weight_granularity="layer"),
+    _Family("resnet20", "fashion-mnist", "-fashion-mnist", "fashion-mnist", {}, None, None,
+            bits=(32, 4, 3, 2, 1)),
+)
+
+# Recipes per family kind: "fp", "multi" (2..4 bits; weight_decay may be a dict over bits), "binary".
+_ADAM_WARMUP = dict(optimizer="adam", lr=0.004, warmup_epochs=5, warmup_lr=0.001)
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "imagenet": {
+        "multi": dict(optimizer="sgd", lr=0.01, momentum=0.9, epochs=90, batch_size=256,
+                      weight_decay={4: 1e-4, 3: 0.5e-4, 2: 0.25e-4}),
+        "binary": dict(**_ADAM_WARMUP, epochs=90, batch_size=256, weight_decay=0.0),
+    },
+    "cifar100": {
+        "fp": dict(optimizer="sgd", lr=0.1, momentum=0.9, epochs=350, batch_size=128, weight_decay=5e-4,
+                   source="here", notes="the paper trains the FP model from scratch without giving its "
+                   "learning rate; 0.1 is the usual CIFAR choice"),
+        "multi": dict(optimizer="sgd", lr=0.01, momentum=0.9, epochs=350, batch_size=128, weight_decay=5e-4),
+        "binary": dict(**_ADAM_WARMUP, epochs=350, batch_size=128, weight_decay=5e-4),
+    },
+    "fashion-mnist": {  # small recipes chosen in this project for 2-CPU training; not from the paper
+        "fp": dict(optimizer="sgd", lr=0.1, momentum=0.9, epochs=15, batch_size=128, weight_decay=5e-4,
+                   source="here"),
+        "multi": dict(optimizer="sgd", lr=0.01, momentum=0.9, epochs=10, batch_size=128, weight_decay=5e-4,
+                      source="here"),
+        "binary": dict(**_ADAM_WARMUP, epochs=15, batch_size=128, weight_decay=0.0, source="here",
+                       notes="the paper's 1-bit warm-up (5 epochs at 0.001, then 0.004) on a short schedule"),
+    },
+}
+
+
+def _zoo_name(family: _Family, bits: int) -> str:
+    tag = "fp" if bits == FP_BITS else f"w{bits}a{bits}"
+    return f"{ORG}/{family.arch}{family.name_suffix}-{tag}"
+
+
+def _recipe(family: _Family, bits: int) -> Recipe:
+    kind = "fp" if bits == FP_BITS else "binary" if bits == 1 else "multi"
+    try:
+        spec = dict(RECIPES[family.recipes][kind])
+    except KeyError:
+        raise ValueError(f"no {kind!r} recipe for family {family.recipes!r}") from None
+    if isinstance(spec["weight_decay"], dict):
+        spec["weight_decay"] = spec["weight_decay"][bits]
+    init_from = {
+        "fp": None,
+        "multi": family.fp_init or _zoo_name(family, FP_BITS),
+        "binary": _zoo_name(family, 2),
+    }[kind]
+    calibration = 0 if kind == "fp" else DATASETS[family.dataset].calibration_batches
+    return Recipe(init_from=init_from, calibration_batches=calibration, **spec)
+
+
+def _build_entries() -> dict[str, ZooEntry]:
+    entries: dict[str, ZooEntry] = {}
+    for family in FAMILIES:
+        for bits in family.bits:
+            entry = ZooEntry(
+                name=_zoo_name(family, bits), arch=family.arch, dataset=DATASETS[family.dataset],
+                w_bits=bits, a_bits=bits, recipe=_recipe(family, bits),
+                weight_granularity=None if bits == FP_BITS else family.weight_granularity,
+                paper_top1=family.paper.get(bits), paper_source=family.paper_source if bits in family.paper else None,
+                paper_fp_top1=family.paper.get(FP_BITS),
+            )
+            entries[entry.name] = entry
+    return entries
+
+
+_ENTRIES: dict[str, ZooEntry] = _build_entries()
+
+
+# ---------------------------------------------------------------------------------------------
+# Measured results
+
+
+def _results_dirs(results_dirs: Sequence[str | os.PathLike] | None) -> list[Path]:
+    if results_dirs is not None:
+        return [Path(d) for d in results_dirs]
+    env = os.environ.get(RESULTS_ENV)
+    if env:
+        return [Path(d) for d in env.split(os.pathsep) if d]
+    return [DEFAULT_RESULTS_DIR]
+
+
+def parse_result(record: dict[str, Any], path: str | os.PathLike | None = None) -> Result:
+    """Validate one results record (module docstring schema) into a :class:`Result`."""
+    where = f"results file {path}" if path else "results record"
+    missing = [k for k in ("model_id", "dataset", "split", "top1") if record.get(k) is None]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing}; expected keys {list(RESULT_KEYS)}")
+    for key in ("top1", "top5"):
+        value = record.get(key)
+        if value is None and key == "top5":
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 100.0:
+            raise ValueError(f"{where}: {key!r} must be a percentage in [0, 100], got {value!r}")
+    num = record.get("num_examples")
+    if num is not None and (not isinstance(num, int) or isinstance(num, bool) or num <= 0):
+        raise ValueError(f"{where}: 'num_examples' must be a positive int, got {num!r}")
+    return Result(
+        model_id=str(record["model_id"]), dataset=str(record["dataset"]), split=str(record["split"]),
+        top1=float(record["top1"]), top5=None if record.get("top5") is None else float(record["top5"]),
+        num_examples=num, command=record.get("command"), zoo_name=record.get("zoo_name"),
+        path=None if path is None else str(path),
+    )
+
+
+def load_results(results_dirs: Sequence[str | os.PathLike] | None = None) -> list[Result]:
+    """Every results record under the results directories (missing directories are skipped)."""
+    results: list[Result] = []
+    for directory in _results_dirs(results_dirs):
+        for path in sorted(directory.rglob("*.json")) if directory.is_dir() else []:
+            try:
+                data = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"results file {path} is not valid JSON: {err}") from err
+            records = data if isinstance(data, list) else [data]
+            for record in records:
+                if isinstance(record, dict) and "model_id" in record and "top1" in record:
+                    results.append(parse_result(record, path))
+    return results
+
+
+def _pick_measured(entry: ZooEntry, results: Iterable[Result]) -> tuple[Result | None, tuple[Result, ...]]:
+    """The entry's records and the one reported: its eval split first, then the most examples,
+    then the last file name (records are not ranked by accuracy)."""
+    mine = tuple(r for r in results if (r.zoo_name or r.model_id) == entry.name)
+    if not mine:
+        return None, mine
+    ranked = sorted(
+        enumerate(mine),
+        key=lambda ir: (ir[1].split == entry.dataset.eval_split, ir[1].num_examples or 0, ir[1].path or "", ir[0]),
+    )
+    return ranked[-1][1], mine
+
+
+def _with_results(entry: ZooEntry, results: list[Result]) -> ZooEntry:
+    measured, mine = _pick_measured(entry, results)
+    return dataclasses.replace(entry, measured=measured, results=mine)
+
+
+def _canonical(name: str) -> str:
+    return name if "/" in name else f"{ORG}/{name}"
+
+
+def get_entry(name: str, results_dirs: Sequence[str | os.PathLike] | None = None) -> ZooEntry:
+    """The zoo entry ``name`` (``uniq/resnet18-w2a2`` or ``resnet18-w2a2``), measured result included."""
+    key = _canonical(name)
+    if key not in _ENTRIES:
+        raise KeyError(f"unknown zoo entry {name!r}; `uniq-hub zoo` lists them, e.g. {list(_ENTRIES)[:3]}")
+    return _with_results(_ENTRIES[key], load_results(results_dirs))
+
+
+def list_entries(results_dirs: Sequence[str | os.PathLike] | None = None) -> list[ZooEntry]:
+    """All zoo entries in table order, measured results included."""
+    results = load_results(results_dirs)
+    return [_with_results(e, results) for e in _ENTRIES.values()]
+
+
+def find_entry(arch: str, w_bits: int, a_bits: int, num_labels: int, in_chans: int | None = None) -> ZooEntry | None:
+    """The zoo entry matching a model's configuration, if exactly one does (no results loaded)."""
+    matches = [
+        e for e in _ENTRIES.values()
+        if (e.arch, e.w_bits, e.a_bits, e.dataset.num_labels) == (arch, w_bits, a_bits, num_labels)
+        and (in_chans is None or e.dataset.in_chans == in_chans)
+    ]
+    return matches[0] if len(matches) == 1 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# `uniq-hub zoo`
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def format_table(entries: Sequence[ZooEntry]) -> str:
+    header = ("name", "arch", "dataset", "bits", "paper top-1", "measured top-1")
+    rows = [header] + [
+        (e.name, e.arch, e.dataset.hf_name, e.bits, _fmt(e.paper_top1), _fmt(e.measured.top1 if e.measured else None))
+        for e in entries
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the entries (recipes included) as JSON")
+    parser.add_argument("--arch", help="only this architecture (e.g. resnet18)")
+    parser.add_argument("--dataset", help="only this dataset (HF name or key, e.g. ILSVRC/imagenet-1k, cifar100)")
+    parser.add_argument("--results", action="append", metavar="DIR",
+                        help=f"results JSON directory (repeatable; default ${RESULTS_ENV} or benchmarks/results)")
+
+
+def run(args: argparse.Namespace) -> int:
+    entries = list_entries(args.results)
+    if args.arch:
+        entries = [e for e in entries if e.arch == args.arch]
+    if args.dataset:
+        entries = [e for e in entries if args.dataset in (e.dataset.hf_name, e.dataset.key)]
+    if not entries:
+        raise SystemExit(f"no zoo entry matches arch={args.arch!r} dataset={args.dataset!r}")
+    print(json.dumps([e.to_dict() for e in entries], indent=2) if args.json else format_table(entries))
+    return 0
