@@ -15,8 +15,9 @@ from .modules import UniQQuantizer, _QuantizedMixin
 def calibrate(model: nn.Module, batches: Iterable[Tensor | tuple | dict], num_batches: int | None = None) -> int:
     """Initialise every step size of ``model``; returns the number of batches used.
 
-    Runs in eval mode, so BatchNorm running statistics are left untouched. A batch is a
-    tensor, a ``(inputs, labels)`` pair or a dict with ``pixel_values``.
+    Runs in train mode, so each quantizer sees the distribution it will see in training
+    (BatchNorm on batch statistics); BatchNorm running statistics are restored afterwards.
+    A batch is a tensor, a ``(inputs, labels)`` pair or a dict with ``pixel_values``.
     """
     for module in model.modules():
         if isinstance(module, _QuantizedMixin) and module.weight_quantizer is not None:
@@ -25,8 +26,10 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor | tuple | dict], num_ba
     for q in act:
         q.initialized.fill_(False)
         q.calibrating = True
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
     was_training, used = model.training, 0
-    model.eval()
+    model.train()
     try:
         for batch in batches:
             if num_batches is not None and used >= num_batches:
@@ -37,6 +40,8 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor | tuple | dict], num_ba
     finally:
         for q in act:
             q.calibrating = False
+        for m, state in zip(norms, saved):
+            m.load_state_dict(state)
         model.train(was_training)
     if act and used == 0:
         raise ValueError("calibrate() got no batch: the step sizes of the activation quantizers are not set")

@@ -65,7 +65,8 @@ class UniQQuantizer(nn.Module):
         self.spec = spec
         self.lo, self.hi, self.offset = code_range(spec.bits, _SCHEMES[spec.method, spec.role])
         shape = (channels,) + (1,) * (ndim - 1) if spec.per_channel else ()
-        self.step = nn.Parameter(torch.ones(shape))
+        const = None if isinstance(spec.init, str) else float(spec.init)
+        self.step = nn.Parameter(torch.full(shape, const or 1.0))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.calibrating = False
 
