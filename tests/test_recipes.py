@@ -1,0 +1,117 @@
+"""Recipes (paper Section 5), optimizer groups, LR schedules and the training-config merge."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from uniq_hub import QuantConfig, create_model, quantize_, quantizers
+from uniq_hub.recipes import build_optimizer, build_scheduler, param_groups, recipe_defaults, recipe_family
+from uniq_hub.train_config import resolve_config
+
+
+def test_paper_recipes_by_bits():
+    wd = {b: recipe_defaults("imagenet", b, b)["weight_decay"] for b in (4, 3, 2, 1)}
+    assert wd == {4: 1e-4, 3: 0.5e-4, 2: 0.25e-4, 1: 0.0}
+    multi = recipe_defaults("imagenet", 2, 2)
+    assert (multi["optimizer"], multi["lr"], multi["momentum"], multi["epochs"], multi["batch_size"]) == (
+        "sgd", 0.01, 0.9, 90, 256)
+    assert multi["warmup_epochs"] == 0 and multi["calib_batches"] == 1000
+    binary = recipe_defaults("imagenet", 1, 1)
+    assert (binary["optimizer"], binary["lr"], binary["warmup_epochs"], binary["warmup_lr"]) == ("adam", 0.004, 5, 0.001)
+    cifar = recipe_defaults("cifar100", 3, 3)
+    assert (cifar["weight_decay"], cifar["epochs"], cifar["batch_size"], cifar["calib_batches"]) == (5e-4, 350, 128, 100)
+    assert recipe_defaults("imagenet", 32, 32)["calib_batches"] == 0
+    assert recipe_family("ILSVRC/imagenet-1k", "resnet20") == "imagenet"
+    assert recipe_family("fashion_mnist", "resnet20") == "fashion-mnist"
+    assert recipe_family("/data/my_imagefolder", "resnet18") == "imagenet"
+    assert recipe_family("/data/my_imagefolder", "resnet32") == "cifar100"
+    with pytest.raises(ValueError, match="no 'fp' recipe for family 'nope'"):
+        recipe_defaults("nope", 32, 32)
+
+
+def test_no_weight_decay_on_step_sizes():
+    model = quantize_(create_model("resnet20", num_classes=10, in_chans=1), QuantConfig(2, 2))
+    groups = param_groups(model, 0.1)
+    steps = {id(q.step) for q in quantizers(model).values()}
+    assert {id(p) for p in groups[1]["params"]} == steps and groups[1]["weight_decay"] == 0.0
+    assert len(groups[0]["params"]) + len(steps) == len(list(model.parameters()))
+    # behaviour: with zero gradients only weight decay moves parameters
+    opt = build_optimizer(model, "sgd", lr=1.0, weight_decay=0.1, momentum=0.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for name, p in model.named_parameters():
+        if name.endswith("quantizer.step"):
+            assert torch.equal(p, before[name]), name
+        else:
+            assert torch.allclose(p, before[name] * 0.9), name
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        build_optimizer(model, "rmsprop", 0.1, 0.0)
+
+
+def _lrs(scheduler, n):
+    out = []
+    for _ in range(n):
+        out.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_binary_schedule_constant_warmup_then_cosine_per_step():
+    steps_per_epoch, epochs = 10, 20
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.004)
+    sched = build_scheduler(opt, steps_per_epoch * epochs, warmup_steps=5 * steps_per_epoch, warmup_lr=0.001)
+    lrs = _lrs(sched, steps_per_epoch * epochs)
+    assert lrs[:50] == [pytest.approx(0.001)] * 50  # 5 constant warm-up epochs at 0.001
+    assert lrs[50] == pytest.approx(0.004)  # then 0.004 ...
+    assert lrs[50 + 75] == pytest.approx(0.002)  # ... cosine: half way down at the middle
+    assert all(a > b for a, b in zip(lrs[50:], lrs[51:]))  # decreasing every step
+    assert lrs[-1] < 0.004 * 1e-3
+
+
+def test_scheduler_state_survives_json(tmp_path):
+    def make():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        return build_scheduler(opt, 100, warmup_steps=10)  # linear warm-up
+
+    a = make()
+    _lrs(a, 37)
+    state = json.loads(json.dumps(a.state_dict()))
+    b = make()
+    b.load_state_dict(state)
+    b.optimizer.param_groups[0]["lr"] = a.optimizer.param_groups[0]["lr"]  # the optimizer state carries it
+    assert _lrs(a, 30) == _lrs(b, 30)
+    assert make().get_last_lr()[0] == pytest.approx(0.01)  # linear warm-up starts at lr / warmup_steps
+
+
+def test_config_merge_order(tmp_path):
+    # defaults < zoo < file < command line; recipe fills what is left
+    cfg = resolve_config({"zoo": "uniq/resnet18-w1a1"})
+    assert (cfg.arch, cfg.w_bits, cfg.a_bits, cfg.optimizer, cfg.lr) == ("resnet18", 1, 1, "adam", 0.004)
+    assert cfg.dataset == "ILSVRC/imagenet-1k" and cfg.init_from == "uniq/resnet18-w2a2" and cfg.calib_batches == 1000
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("zoo: uniq/resnet18-w1a1\nlr: 0.002\nbatch-size: 64\n")
+    cfg = resolve_config({"lr": "0.003"}, yaml_file)
+    assert (cfg.lr, cfg.batch_size, cfg.optimizer) == (0.003, 64, "adam")
+    cfg = resolve_config({"bits": 32, "dataset": "fashion_mnist", "arch": "resnet20"})
+    assert (cfg.w_bits, cfg.a_bits, cfg.quantized, cfg.lr, cfg.calib_batches) == (32, 32, False, 0.1, 0)
+    cfg = resolve_config({"bits": "3", "arch": "resnet18", "dataset": "/data/x"})
+    assert cfg.weight_decay == 0.5e-4 and cfg.run_name == "resnet18-w3a3" and cfg.output_dir.endswith("resnet18-w3a3")
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"learning_rate": 0.1}))
+    with pytest.raises(ValueError, match=r"bad.json: unknown training option 'learning_rate'"):
+        resolve_config({}, bad)
+    with pytest.raises(ValueError, match="option 'epochs' expects int, got 'ten'"):
+        resolve_config({"epochs": "ten"})
+    with pytest.raises(ValueError, match="w_bits must be in 1..8 or 32"):
+        resolve_config({"w_bits": 16, "a_bits": 16})
+    with pytest.raises(ValueError, match="mixed_precision"):
+        resolve_config({"mixed_precision": "fp8"})
+    assert math.isclose(resolve_config({"bits": 2, "step_init": "0.1"}).lr, 0.01)
