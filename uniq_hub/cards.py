@@ -148,9 +148,11 @@ def card_data(entry: ZooEntry, result: Result | None) -> ModelCardData:
     """The YAML metadata; ``model-index`` only when ``result`` (a measured number) is given."""
     evals = None
     if result is not None:
-        common = dict(task_type="image-classification", dataset_type=result.dataset,
-                      dataset_name=entry.dataset.pretty_name if result.dataset == entry.dataset.hf_name
-                      else result.dataset, dataset_split=result.split)
+        # "fashion_mnist" (a short name uniq-hub evaluate accepts) is the entry's dataset too
+        ours = result.dataset in (entry.dataset.hf_name, entry.dataset.hf_name.rsplit("/", 1)[-1])
+        common = dict(task_type="image-classification",
+                      dataset_type=entry.dataset.hf_name if ours else result.dataset,
+                      dataset_name=entry.dataset.pretty_name if ours else result.dataset, dataset_split=result.split)
         evals = [EvalResult(metric_type="accuracy", metric_value=result.top1, metric_name="Top-1 accuracy (%)",
                             **common)]
         if result.top5 is not None:
@@ -190,7 +192,7 @@ def _recipe_lines(entry: ZooEntry) -> list[str]:
         return []
     sched = f"cosine (no restarts) over {r.epochs} epochs"
     if r.warmup_epochs:
-        sched = f"{r.warmup_epochs} warm-up epochs at a constant lr {r.warmup_lr:g}, then lr {r.lr:g} with " + sched
+        sched = f"{r.warmup_epochs:g} warm-up epochs at a constant lr {r.warmup_lr:g}, then lr {r.lr:g} with " + sched
     opt = OPTIMIZER_NAMES.get(r.optimizer, r.optimizer) + (f" (momentum {r.momentum:g})" if r.momentum else "") + f", lr {r.lr:g}"
     init = {None: "from scratch"}.get(r.init_from, f"from `{r.init_from}`")
     lines = [

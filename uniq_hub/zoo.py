@@ -192,6 +192,7 @@ FAMILIES: tuple[_Family, ...] = (
 )
 
 # Recipes per family kind: "fp", "multi" (2..4 bits; weight_decay may be a dict over bits), "binary".
+# The one table of hyperparameters: uniq_hub.recipes reads RECIPES / FAMILIES / DATASETS for training.
 _ADAM_WARMUP = dict(optimizer="adam", lr=0.004, warmup_epochs=5, warmup_lr=0.001)
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "imagenet": {
