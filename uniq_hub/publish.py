@@ -77,27 +77,31 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _code_files(folder: Path, config: dict[str, Any]) -> set[str]:
-    """The code files ``auto_map`` needs, relative imports followed; each must exist."""
-    auto_map = config.get("auto_map")
-    if not isinstance(auto_map, dict) or not auto_map:
+def _code_files(folder: Path, configs: dict[str, dict[str, Any]]) -> set[str]:
+    """The code files the ``auto_map`` of each config names, relative imports followed; each must
+    exist. ``config.json`` must have an ``auto_map`` (users without uniq_hub load through it)."""
+    if not isinstance(configs["config.json"].get("auto_map"), dict) or not configs["config.json"]["auto_map"]:
         raise PublishError(
             f"{folder / 'config.json'}: no 'auto_map'; export with UniQForImageClassification.save_pretrained so "
             "the folder carries its code for users without uniq_hub (trust_remote_code=True)"
         )
-    refs = [v for value in auto_map.values() for v in (value if isinstance(value, list) else [value]) if v]
-    todo = [ref.split("--")[-1].rsplit(".", 1)[0] for ref in refs]  # "repo--module.Class" -> "module"
+    todo: list[tuple[str, str]] = []  # (module, who needs it)
+    for filename, config in configs.items():
+        for value in (config.get("auto_map") or {}).values():
+            for ref in value if isinstance(value, list) else [value]:
+                if ref:  # "module.Class" or "repo--module.Class"
+                    todo.append((ref.split("--")[-1].rsplit(".", 1)[0], f"{filename}'s auto_map"))
     needed: set[str] = set()
     while todo:
-        module = todo.pop()
-        name = f"{module}.py"
-        if name in needed:
+        module, needer = todo.pop()
+        path = folder / f"{module}.py"
+        if path.name in needed:
             continue
-        path = folder / name
         if not path.is_file():
-            raise PublishError(f"{path}: missing; config.json's auto_map (or a relative import) needs the module {module!r}")
-        needed.add(name)
-        todo += [a or b for a, b in _RELATIVE_IMPORT.findall(path.read_text(encoding="utf-8"))]
+            raise PublishError(f"{path}: missing; {needer} needs the module {module!r}")
+        needed.add(path.name)
+        imports = _RELATIVE_IMPORT.findall(path.read_text(encoding="utf-8"))
+        todo += [(a or b, f"a relative import in {path.name}") for a, b in imports]
     return needed
 
 
@@ -167,7 +171,7 @@ def plan_upload(
     if "image_processor_type" not in preprocessor:
         raise PublishError(f"{folder / 'preprocessor_config.json'}: no 'image_processor_type' (pipeline needs it)")
     _check_weights(folder / "model.safetensors")
-    _code_files(folder, config)
+    _code_files(folder, {"config.json": config, "preprocessor_config.json": preprocessor})
     entry = _zoo_entry(config, repo_id, zoo_name)
 
     plan = UploadPlan(folder=folder, repo_id=repo_id)
