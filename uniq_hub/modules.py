@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -9,7 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .quant import code_range, fake_quant, grad_scale_factor, lsq_init_step, optimal_step, scale_grad
+from .quant import (
+    code_range,
+    fake_quant_learnable,
+    grad_scale_factor,
+    lsq_init_step,
+    optimal_step,
+    recompute_fake_quant_saves,
+    scale_grad,
+)
 
 Role = Literal["weight", "activation", "signed"]
 Method = Literal["uniq", "lsq"]
@@ -113,19 +122,24 @@ class UniQQuantizer(nn.Module):
         self.step.copy_(est)
         self.initialized.fill_(True)
 
+    def _grad_scale(self, numel: int) -> float:
+        if not (self.spec.grad_scale and self.step.requires_grad):
+            return 1.0
+        per = numel // self.step.numel() if self.spec.per_channel else numel
+        return grad_scale_factor(per, self.spec.bits, self._stat_kind())
+
     def effective_step(self, numel: int) -> Tensor:
         """The step used in forward: kept positive, with the LSQ gradient scale applied."""
         step = self.step.clamp_min(_MIN_STEP)
-        if self.spec.grad_scale and self.step.requires_grad:
-            per = numel // self.step.numel() if self.spec.per_channel else numel
-            step = scale_grad(step, grad_scale_factor(per, self.spec.bits, self._stat_kind()))
-        return step
+        scale = self._grad_scale(numel)
+        return step if scale == 1.0 else scale_grad(step, scale)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.calibrating:
             self.init_from(x, running_max=True)
-        numel = x.numel() if self.spec.role == "weight" else x[0].numel()
-        return fake_quant(x, self.effective_step(numel), self.lo, self.hi, self.offset)
+        numel = x.numel() if self.spec.role == "weight" else math.prod(x.shape[1:])
+        # One autograd node for effective_step() + fake_quant(): same values and gradients.
+        return fake_quant_learnable(x, self.step, self.lo, self.hi, self.offset, self._grad_scale(numel), _MIN_STEP)
 
 
 class _QuantizedMixin:
@@ -144,7 +158,7 @@ class _QuantizedMixin:
         self.input_quantizer = UniQQuantizer(a_spec) if a_spec else None
         if self.weight_quantizer is not None and weight.device.type != "meta":
             self.weight_quantizer.to(weight.device).init_from(weight)
-        self._wq_cache: tuple[tuple, Tensor] | None = None
+        self._wq_cache: tuple[Tensor, Tensor, tuple, Tensor] | None = None
 
     def quantized_weight(self) -> Tensor:
         weight: Tensor = self.weight  # type: ignore[attr-defined]
@@ -154,13 +168,30 @@ class _QuantizedMixin:
         if self.training or torch.is_grad_enabled() and (weight.requires_grad or wq.step.requires_grad):
             self._wq_cache = None
             return wq(weight)
-        key = (weight.data_ptr(), weight._version, wq.step.data_ptr(), wq.step._version, weight.dtype)
-        if self._wq_cache is None or self._wq_cache[0] != key:
-            self._wq_cache = (key, wq(weight).detach())
-        return self._wq_cache[1]
+        # The tensors themselves (identity), their storage and version counters: any in-place
+        # update (optimizer, load_state_dict, copy_), a swapped Parameter or a moved / cast
+        # module changes the key. Inference-mode results are kept apart from ordinary ones.
+        step = wq.step
+        key = (weight.data_ptr(), weight._version, step.data_ptr(), step._version, torch.is_inference_mode_enabled())
+        cache = self._wq_cache
+        if cache is None or cache[0] is not weight or cache[1] is not step or cache[2] != key:
+            cache = self._wq_cache = (weight, step, key, wq(weight).detach())
+        return cache[3]
 
     def quantize_input(self, x: Tensor) -> Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)
+
+    def _apply_quantized(self, op, x: Tensor, bias: Tensor | None) -> Tensor:
+        """``op(Q(x), Q(w), bias)``; when training, ``op`` saves its quantized inputs as recipes.
+
+        The convolution would otherwise keep ``Q(x)`` alive for its weight gradient next to ``x``
+        (kept by the quantizer and the ReLU), half again the activation memory of the float model.
+        """
+        qx, qw = self.quantize_input(x), self.quantized_weight()
+        if torch.is_grad_enabled() and (qx.grad_fn is not None or qw.grad_fn is not None):
+            with recompute_fake_quant_saves():
+                return op(qx, qw, bias)
+        return op(qx, qw, bias)
 
 
 class QConv2d(_QuantizedMixin, nn.Conv2d):
@@ -182,7 +213,7 @@ class QConv2d(_QuantizedMixin, nn.Conv2d):
         return q
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
+        return self._apply_quantized(self._conv_forward, x, self.bias)
 
 
 class QLinear(_QuantizedMixin, nn.Linear):
@@ -201,4 +232,4 @@ class QLinear(_QuantizedMixin, nn.Linear):
         return q
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
+        return self._apply_quantized(F.linear, x, self.bias)

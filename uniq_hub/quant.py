@@ -17,8 +17,10 @@ i.e. ``sign(x) * alpha / D`` for UniQ weights (the paper's ``sign(x) alpha`` omi
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from functools import lru_cache
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -31,6 +33,10 @@ __all__ = [
     "fake_quant_weight",
     "fake_quant_activation",
     "fake_quant_weight_lsq",
+    "fake_quant_learnable",
+    "set_compile",
+    "compile_enabled",
+    "recompute_fake_quant_saves",
     "quantize_codes",
     "optimal_step",
     "lsq_init_step",
@@ -66,41 +72,275 @@ def _as_step(step: Tensor | float, like: Tensor) -> Tensor:
     return torch.tensor(float(step), dtype=like.dtype, device=like.device)
 
 
-class _FakeQuant(torch.autograd.Function):
-    """Fused fake quantization: one temporary in forward, the STE gradients in backward.
+# ---------------------------------------------------------------------------------------------
+# Fused forward / backward. Two interchangeable implementations of the same math: an eager one
+# (the reference; float64, tiny tensors, odd layouts, double backward) and one compiled with
+# torch.compile into a single pass per direction. ``UNIQ_COMPILE=0`` or ``set_compile(False)``
+# turns compilation off; a failed compile (no C compiler, no Triton) warns once and falls back.
+# ---------------------------------------------------------------------------------------------
 
-    Saves the input and the output only (both are usually kept alive by the neighbouring
-    ReLU / convolution anyway), never a mask or an intermediate.
+_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_FUSED_DEVICES = ("cpu", "cuda")
+_MIN_FUSED_NUMEL = 4096  # below this, guard checks and launches cost more than the passes saved
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        raise ValueError(f"environment variable {name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+_compile_state = {
+    "enabled": os.environ.get("UNIQ_COMPILE", "1").strip().lower() not in ("0", "false", "off", "no"),
+    # Compiling costs seconds; a few calls (a test, classifying a handful of images) are cheaper
+    # eager. The first ``after`` eligible calls of the process run eager, later ones compiled.
+    "after": _env_int("UNIQ_COMPILE_AFTER", 256),
+    "calls": 0,
+}
+_compiled: dict[str, Callable] = {}
+
+
+def set_compile(enabled: bool, after: int | None = None) -> None:
+    """Use the torch.compile'd quantizer kernels (default: on unless ``UNIQ_COMPILE=0``).
+
+    ``after``: how many eligible calls run eager before compiling (default 256, or
+    ``UNIQ_COMPILE_AFTER``); 0 compiles on the first call.
+    """
+    _compile_state["enabled"] = bool(enabled)
+    if after is not None:
+        _compile_state["after"] = int(after)
+
+
+def compile_enabled() -> bool:
+    return _compile_state["enabled"]
+
+
+def _eager_forward(x: Tensor, step: Tensor, lo: float, hi: float, offset: float) -> Tensor:
+    step_c = step.to(x.dtype)
+    q = x / step_c
+    if offset:
+        q.add_(offset)
+    q.clamp_(lo, hi).round_()
+    if offset:
+        q.sub_(offset)
+    return q.mul_(step_c)
+
+
+def _eager_backward(grad: Tensor, x: Tensor, step: Tensor, lo: float, hi: float, offset: float, need_step: bool):
+    step_c = step.to(x.dtype)
+    inside = (x >= (lo - offset) * step_c) & (x <= (hi - offset) * step_c)
+    grad_x = grad * inside
+    if not need_step:
+        return grad_x, None
+    # dQ/dD = (Q - 1[inside] x) / D, reduced to the step's shape.
+    g = _eager_forward(x, step, lo, hi, offset).sub_(x * inside).mul_(grad)
+    return grad_x, (g.sum_to_size(step.shape) / step_c).to(step.dtype)
+
+
+def _k_forward(x: Tensor, step: Tensor, bounds: Tensor) -> Tensor:
+    """Kernel: ``x`` is ``(N,)`` with a ``()`` step or ``(C, K)`` with a ``(C, 1)`` step."""
+    s = step.to(x.dtype)
+    lo, hi, offset = bounds[0], bounds[1], bounds[2]
+    return ((torch.clamp(x / s + offset, lo, hi).round() - offset) * s).to(x.dtype)
+
+
+def _k_backward_layer(grad: Tensor, x: Tensor, step: Tensor, bounds: Tensor) -> tuple[Tensor, Tensor]:
+    """Kernel: input gradient and the summed step gradient for a ``()`` step, one pass."""
+    s = step.to(x.dtype)
+    lo, hi, offset = bounds[0], bounds[1], bounds[2]
+    q = (torch.clamp(x / s + offset, lo, hi).round() - offset) * s
+    inside = ((x >= (lo - offset) * s) & (x <= (hi - offset) * s)).to(x.dtype)
+    grad_step = (grad * (q - x * inside)).sum(dtype=torch.float32) / s
+    return (grad * inside).to(grad.dtype), grad_step.to(step.dtype)
+
+
+def _k_backward_channel(grad: Tensor, x: Tensor, step: Tensor, bounds: Tensor) -> tuple[Tensor, Tensor]:
+    """Kernel: as :func:`_k_backward_layer` for ``(C, K)`` rows with a ``(C, 1)`` step."""
+    s = step.to(x.dtype)
+    lo, hi, offset = bounds[0], bounds[1], bounds[2]
+    q = (torch.clamp(x / s + offset, lo, hi).round() - offset) * s
+    inside = ((x >= (lo - offset) * s) & (x <= (hi - offset) * s)).to(x.dtype)
+    grad_step = (grad * (q - x * inside)).sum(dim=1, keepdim=True, dtype=torch.float32) / s
+    return (grad * inside).to(grad.dtype), grad_step.to(step.dtype)
+
+
+_KERNELS: dict[str, Callable] = {
+    "forward": _k_forward,
+    "backward_layer": _k_backward_layer,
+    "backward_channel": _k_backward_channel,
+}
+
+
+def _run_kernel(name: str, *args: Tensor):
+    """Run the compiled kernel ``name``; on a compile failure warn once and run it eagerly."""
+    if _compile_state["enabled"]:
+        fn = _compiled.get(name)
+        if fn is None:
+            fn = _compiled[name] = torch.compile(_KERNELS[name], dynamic=True, fullgraph=True)
+        try:
+            return fn(*args)
+        except Exception as err:  # noqa: BLE001 - any compile failure means: use the eager kernel
+            out = _KERNELS[name](*args)  # re-raises if the inputs, not the compiler, are at fault
+            _compile_state["enabled"] = False
+            warnings.warn(
+                f"uniq_hub: torch.compile of the quantizer kernels failed ({type(err).__name__}: {err}); "
+                "using the eager kernels from now on (set UNIQ_COMPILE=0 to skip the attempt)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return out
+    return _KERNELS[name](*args)
+
+
+@lru_cache(maxsize=None)
+def _bounds(lo: float, hi: float, offset: float, device: torch.device) -> Tensor:
+    return torch.tensor([lo, hi, offset], dtype=torch.float32, device=device)
+
+
+def _layout(x: Tensor) -> str | None:
+    """"contiguous", "channels_last" (4-D) or None: how to view ``x`` flat in memory order."""
+    if x.is_contiguous():
+        return "contiguous"
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return None
+
+
+def _flat(t: Tensor, layout: str, rows: int | None) -> Tensor:
+    """``t`` as ``(N,)`` or ``(rows, K)`` in ``layout``'s memory order (copies only a mismatched grad)."""
+    if layout == "channels_last":
+        t = t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    else:
+        t = t.contiguous()
+    return t.reshape(-1) if rows is None else t.reshape(rows, -1)
+
+
+def _unflat(t: Tensor, like: Tensor, layout: str) -> Tensor:
+    if layout == "channels_last":
+        n, c, h, w = like.shape
+        return t.view(n, h, w, c).permute(0, 3, 1, 2)
+    return t.view(like.shape)
+
+
+def _fused_mode(x: Tensor, step: Tensor) -> tuple[str, str] | None:
+    """``(layer | channel, layout)`` when the compiled kernels apply to ``x`` and ``step``, else None."""
+    if (
+        not _compile_state["enabled"]
+        or x.dtype not in _FUSED_DTYPES
+        or x.numel() < _MIN_FUSED_NUMEL
+        or x.device.type not in _FUSED_DEVICES
+        or step.device != x.device
+    ):
+        return None
+    layout = _layout(x)
+    if layout is None:
+        return None
+    if _compile_state["calls"] < _compile_state["after"]:
+        _compile_state["calls"] += 1
+        return None
+    if step.numel() == 1:
+        return "layer", layout
+    if step.dim() == x.dim() and step.numel() == step.shape[0] == x.shape[0]:
+        return "channel", layout
+    return None
+
+
+def _quantize(x: Tensor, step: Tensor, spec: tuple) -> Tensor:
+    """Forward values of :class:`_FakeQuant` (no autograd); ``spec`` as stored on its ctx."""
+    lo, hi, offset, mode = spec
+    if mode is None:
+        return _eager_forward(x, step, lo, hi, offset)
+    kind, layout = mode
+    rows = x.shape[0] if kind == "channel" else None
+    s = step.reshape(rows, 1) if rows else step.reshape(())
+    q = _run_kernel("forward", _flat(x, layout, rows), s, _bounds(lo, hi, offset, x.device))
+    return _unflat(q, x, layout)
+
+
+class _FakeQuant(torch.autograd.Function):
+    """Fused fake quantization: one pass forward, one pass backward (input and step gradients).
+
+    Saves only the input and the step (the input is usually kept alive by the ReLU / previous
+    op anyway); backward recomputes ``Q(x)`` inside its single pass instead of keeping it.
+    Optionally folds in the step's positivity clamp (``clamp_min(step, min_step)``) and the LSQ
+    gradient scale, with exactly the gradients of those two ops applied separately.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, step: Tensor, lo: int, hi: int, offset: float) -> Tensor:
-        step_c = step.to(x.dtype)
-        q = x / step_c
-        if offset:
-            q.add_(offset)
-        q.clamp_(lo, hi).round_()
-        if offset:
-            q.sub_(offset)
-        q.mul_(step_c)
-        ctx.save_for_backward(x, step, q)
-        ctx.bounds = (lo - offset, hi - offset)
+    def forward(ctx, x: Tensor, step: Tensor, lo: int, hi: int, offset: float,
+                grad_scale: float = 1.0, min_step: float | None = None) -> Tensor:
+        ctx.spec = (lo, hi, offset, _fused_mode(x, step))
+        ctx.fold = (grad_scale, min_step)
+        q = _quantize(x, _clamped(step, min_step), ctx.spec)
+        ctx.save_for_backward(x, step)
+        ctx.out_version = None if q.is_inference() else q._version
         return q
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, step, q = ctx.saved_tensors
-        lo, hi = ctx.bounds
-        step_c = step.to(x.dtype)
-        inside = (x >= lo * step_c) & (x <= hi * step_c)
-        grad_x = grad_step = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad * inside
-        if ctx.needs_input_grad[1]:
-            # dQ/dD = (Q - 1[inside] x) / D, reduced to the step's shape.
-            g = grad * (q - x * inside)
-            grad_step = (g.sum_to_size(step.shape) / step_c).to(step.dtype)
-        return grad_x, grad_step, None, None, None
+        x, raw_step = _saved_inputs(ctx)
+        ctx.unpacked = None
+        lo, hi, offset, mode = ctx.spec
+        grad_scale, min_step = ctx.fold
+        step = _clamped(raw_step, min_step)
+        need_x, need_step = ctx.needs_input_grad[:2]
+        if mode is None or torch.is_grad_enabled():  # eager: reference path and double backward
+            grad_x, grad_step = _eager_backward(grad, x, step, lo, hi, offset, need_step)
+        else:
+            kind, layout = mode
+            rows = x.shape[0] if kind == "channel" else None
+            s = step.reshape(rows, 1) if rows else step.reshape(())
+            gx, gs = _run_kernel(
+                "backward_" + kind, _flat(grad, layout, rows), _flat(x, layout, rows), s,
+                _bounds(lo, hi, offset, x.device),
+            )
+            grad_x, grad_step = _unflat(gx, x, layout), gs.reshape(step.shape)
+        if need_step and grad_scale != 1.0:
+            grad_step = grad_step * grad_scale
+        if need_step and min_step is not None:
+            grad_step = grad_step * (raw_step > min_step)  # clamp_min passes gradient where step > min
+        return (grad_x if need_x else None), (grad_step if need_step else None), None, None, None, None, None
+
+
+def _clamped(step: Tensor, min_step: float | None) -> Tensor:
+    return step if min_step is None else step.clamp_min(min_step)
+
+
+def _pack_saved(t: Tensor):
+    fn = t.grad_fn
+    if isinstance(fn, _FakeQuant._backward_cls) and t._version == fn.out_version:
+        return fn  # the node keeps x and step, enough to rebuild t bit for bit
+    return t
+
+
+def _saved_inputs(node) -> tuple[Tensor, Tensor]:
+    """The node's saved ``(x, step)``, unpacked once per backward (activation checkpointing
+    allows a single unpack), whether the recompute below or the node's backward asks first."""
+    unpacked = getattr(node, "unpacked", None)
+    if unpacked is None:
+        unpacked = node.unpacked = node.saved_tensors
+    return unpacked
+
+
+def _unpack_saved(saved):
+    if isinstance(saved, _FakeQuant._backward_cls):
+        x, step = _saved_inputs(saved)
+        with torch.no_grad():
+            return _quantize(x, _clamped(step, saved.fold[1]), saved.spec)
+    return saved
+
+
+def recompute_fake_quant_saves() -> torch.autograd.graph.saved_tensors_hooks:
+    """Context in which ops save fake-quantized tensors as a recipe, rebuilt in backward.
+
+    A convolution saves its (fake-quantized) input for the weight gradient; inside this context
+    it keeps a reference to the quantizer's autograd node instead, whose saved input and step
+    rebuild the identical tensor in backward. Training memory then stays near full precision.
+    """
+    return torch.autograd.graph.saved_tensors_hooks(_pack_saved, _unpack_saved)
 
 
 def fake_quant(x: Tensor, step: Tensor | float, lo: int, hi: int, offset: float = 0.0) -> Tensor:
@@ -109,6 +349,16 @@ def fake_quant(x: Tensor, step: Tensor | float, lo: int, hi: int, offset: float 
     ``step`` is a scalar or a tensor broadcastable to ``x`` (e.g. ``(C_out, 1, 1, 1)``).
     """
     return _FakeQuant.apply(x, _as_step(step, x), lo, hi, offset)
+
+
+def fake_quant_learnable(
+    x: Tensor, step: Tensor, lo: int, hi: int, offset: float, grad_scale: float = 1.0, min_step: float | None = None
+) -> Tensor:
+    """``fake_quant(x, scale_grad(step.clamp_min(min_step), grad_scale), ...)`` as one autograd node.
+
+    Same values and gradients as the three ops chained; what :class:`UniQQuantizer` calls.
+    """
+    return _FakeQuant.apply(x, step, lo, hi, offset, grad_scale, min_step)
 
 
 def fake_quant_weight(x: Tensor, step: Tensor | float, bits: int) -> Tensor:

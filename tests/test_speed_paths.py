@@ -1,0 +1,209 @@
+"""The fast paths: compiled kernels equal the eager reference, compile fallback, recompute of
+saved quantized tensors, and the eval-mode weight cache."""
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from uniq_hub import quant
+from uniq_hub.modules import QConv2d, QLinear, QuantSpec
+from uniq_hub.quant import code_range, compile_enabled, fake_quant, fake_quant_learnable, scale_grad, set_compile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def compiled():
+    """Run with the compiled kernels on, restoring the switch afterwards."""
+    saved = dict(quant._compile_state)
+    set_compile(True, after=0)
+    yield
+    quant._compile_state.update(saved)
+
+
+def _both_paths(fn):
+    """``fn()`` with compiled kernels, then with the eager reference."""
+    set_compile(True)
+    fast = fn()
+    assert compile_enabled(), "the compiled kernels failed and fell back; nothing was compared"
+    set_compile(False)
+    try:
+        return fast, fn()
+    finally:
+        set_compile(True)
+
+
+CASES = {
+    # name: (x shape, step shape, scheme, bits, memory format)
+    "activation-layer": ((8, 16, 12, 12), (), "unsigned", 2, torch.contiguous_format),
+    "activation-channels-last": ((8, 16, 12, 12), (), "unsigned", 1, torch.channels_last),
+    "signed-input-8bit": ((4, 3, 32, 32), (), "symmetric", 8, torch.contiguous_format),
+    "weight-per-channel": ((64, 32, 3, 3), (64, 1, 1, 1), "symmetric", 2, torch.contiguous_format),
+    "weight-per-channel-cl": ((64, 32, 3, 3), (64, 1, 1, 1), "symmetric", 1, torch.channels_last),
+    "lsq-weight-per-channel": ((32, 256), (32, 1), "twos_complement", 3, torch.contiguous_format),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_compiled_kernels_match_eager_reference(case, compiled):
+    shape, step_shape, scheme, bits, fmt = CASES[case]
+    gen = torch.Generator().manual_seed(len(case))
+    x0 = (torch.randn(shape, generator=gen) * 1.5).to(memory_format=fmt)
+    if scheme == "unsigned":
+        x0 = x0.relu()
+    # Steps from 0.05 to 1: plenty of clipped and of inside elements; one step at the clamp floor.
+    s0 = torch.rand(step_shape, generator=gen) * 0.95 + 0.05
+    if s0.dim():
+        s0.view(-1)[0] = 1e-9
+    grad_out = torch.randn(shape, generator=gen).to(memory_format=fmt)
+    lo, hi, offset = code_range(bits, scheme)
+
+    def run():
+        x, s = x0.clone().requires_grad_(True), s0.clone().requires_grad_(True)
+        q = fake_quant_learnable(x, s, lo, hi, offset, grad_scale=0.37, min_step=1e-8)
+        q.backward(grad_out)
+        return q.detach(), x.grad, s.grad
+
+    (q_fast, gx_fast, gs_fast), (q_ref, gx_ref, gs_ref) = _both_paths(run)
+    assert q_fast.is_contiguous(memory_format=fmt)
+    assert torch.equal(q_fast, q_ref)
+    assert torch.equal(gx_fast, gx_ref)
+    torch.testing.assert_close(gs_fast, gs_ref, rtol=1e-4, atol=1e-6)
+    # The folded clamp / grad scale equal the three ops chained, in the reference path too.
+    x, s = x0.clone().requires_grad_(True), s0.clone().requires_grad_(True)
+    set_compile(False)
+    q = fake_quant(x, scale_grad(s.clamp_min(1e-8), 0.37), lo, hi, offset)
+    q.backward(grad_out)
+    assert torch.equal(q.detach(), q_ref) and torch.equal(x.grad, gx_ref)
+    torch.testing.assert_close(s.grad, gs_ref, rtol=1e-6, atol=1e-9)
+    if s0.dim():
+        assert float(gs_fast.view(-1)[0]) == 0.0  # clamped step: no gradient, as clamp_min gives
+
+
+def _conv_layer(per_channel: bool = True) -> QConv2d:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 32, 3, padding=1, bias=True)
+    layer = QConv2d.from_float(conv, QuantSpec(2, "weight", per_channel=per_channel), QuantSpec(2, "activation"))
+    layer.input_quantizer.init_from(torch.randn(4, 16, 10, 10).relu())
+    return layer
+
+
+def test_conv_keeps_no_quantized_input_and_gradients_are_unchanged(compiled):
+    layer = _conv_layer()
+    x0 = torch.randn(4, 16, 10, 10).relu()
+    produced = []
+    layer.input_quantizer.register_forward_hook(lambda m, i, out: produced.append(weakref.ref(out)))
+    x = x0.clone().requires_grad_(True)
+    out = layer(x)
+    gc.collect()
+    assert produced[0]() is None, "the conv should save a recipe for Q(x), not Q(x) itself"
+    out.square().sum().backward()
+    # Reference: the same math with plain autograd and nothing recomputed.
+    wq, aq = layer.weight_quantizer, layer.input_quantizer
+    w = layer.weight.detach().clone().requires_grad_(True)
+    sw, sa = wq.step.detach().clone().requires_grad_(True), aq.step.detach().clone().requires_grad_(True)
+    xr = x0.clone().requires_grad_(True)
+    set_compile(False)
+    ref = F.conv2d(
+        fake_quant(xr, scale_grad(sa.clamp_min(1e-8), aq._grad_scale(16 * 10 * 10)), *code_range(2, "unsigned")),
+        fake_quant(w, scale_grad(sw.clamp_min(1e-8), wq._grad_scale(w.numel())), *code_range(2, "symmetric")),
+        layer.bias.detach(), padding=1,
+    )
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(layer.weight.grad, w.grad)
+    torch.testing.assert_close(wq.step.grad, sw.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(aq.step.grad, sa.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_recompute_detects_inplace_change_of_the_saved_input(compiled):
+    layer = _conv_layer()
+    x = torch.randn(4, 16, 10, 10).relu().requires_grad_(True)
+    pre = x * 1.0
+    out = layer(pre)
+    with torch.no_grad():
+        pre.mul_(2.0)  # the quantizer's saved input changed: backward must refuse, as autograd does
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_recompute_composes_with_activation_checkpointing(compiled):
+    block = nn.Sequential(_conv_layer(), nn.ReLU(), _conv_layer_like(32))
+    x0 = torch.randn(2, 16, 10, 10).relu()
+    grads = []
+    for use_checkpoint in (False, True):
+        block.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_(True)
+        out = checkpoint(block, x, use_reentrant=False) if use_checkpoint else block(x)
+        out.sum().backward()
+        grads.append([x.grad] + [p.grad for p in block.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def _conv_layer_like(chans: int) -> QConv2d:
+    torch.manual_seed(1)
+    layer = QConv2d.from_float(nn.Conv2d(chans, 8, 3, padding=1), QuantSpec(1, "weight", per_channel=True),
+                               QuantSpec(1, "activation", init=0.5))
+    return layer
+
+
+def test_eval_weight_cache_reuses_and_invalidates():
+    layer = QLinear.from_float(nn.Linear(64, 128), QuantSpec(2, "weight", per_channel=True), None).eval()
+    with torch.no_grad():
+        first = layer.quantized_weight()
+        assert layer.quantized_weight() is first  # cached
+        layer.weight.mul_(3.0)  # in place, as an optimizer or load_state_dict does
+        second = layer.quantized_weight()
+        assert second is not first and not torch.equal(second, first)
+        layer.weight_quantizer.step.mul_(0.5)
+        third = layer.quantized_weight()
+        assert third is not second and torch.equal(third, layer.weight_quantizer(layer.weight))
+        layer.weight = nn.Parameter(layer.weight.detach().clone())  # swapped Parameter
+        assert layer.quantized_weight() is not third
+    with torch.inference_mode():
+        inf = layer.quantized_weight()
+        assert inf.is_inference()
+    with torch.no_grad():
+        assert not layer.quantized_weight().is_inference()
+    # Training mode and autograd always see a fresh, differentiable weight.
+    layer.train()
+    assert layer.quantized_weight().grad_fn is not None
+
+
+def test_fallback_without_compile_and_when_compile_fails(tmp_path):
+    """``UNIQ_COMPILE=0`` skips compiling; a broken compiler warns once and falls back to eager."""
+    script = textwrap.dedent(
+        """
+        import warnings, torch
+        from uniq_hub.quant import compile_enabled, fake_quant, set_compile
+        x = torch.randn(64, 256).relu()
+        s = torch.tensor(0.3, requires_grad=True)
+        assert not compile_enabled()
+        ref = fake_quant(x, s, 0, 3, 0.0)
+        set_compile(True, after=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            q = fake_quant(x, s, 0, 3, 0.0)
+            q.sum().backward()
+        assert not compile_enabled(), "a failed compile must switch the compiled kernels off"
+        assert torch.equal(q, ref) and s.grad is not None
+        assert [str(w.message) for w in caught if "torch.compile of the quantizer kernels failed" in str(w.message)]
+        print("ok")
+        """
+    )
+    env = {**os.environ, "UNIQ_COMPILE": "0", "CXX": str(tmp_path / "no-such-compiler"),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
