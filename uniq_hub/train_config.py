@@ -53,7 +53,8 @@ class TrainConfig:
     eval_split: str = _f("test", "evaluation split")
     image_column: str | None = _f(None, "image column (default: detected)")
     label_column: str | None = _f(None, "label column (default: detected)")
-    image_size: int | None = _f(None, "input size (default: 224 for ImageNet-style data, else native)")
+    image_size: int | None = _f(None, "input size (default: 224 for images of 128 px and more, else native)")
+    in_chans: int | None = _f(None, "input channels, 1 or 3 (default: from the first image's mode)")
     streaming: bool = _f(False, "stream the training split (ImageNet from the Hub)")
     num_workers: int = _f(2, "dataloader workers per process")
     max_train_samples: int | None = _f(None, "use only the first N training examples")
@@ -278,6 +279,11 @@ def _validate(cfg: TrainConfig) -> None:
     for name in ("save_every", "dynamics_every", "calib_batches", "keep_checkpoints"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"option {name!r} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.quantized and cfg.calib_batches < 1:
+        raise ValueError("option 'calib_batches' must be >= 1 for a quantized run: the activation step sizes are "
+                         "initialised from data")
+    if cfg.in_chans not in (None, 1, 3):
+        raise ValueError(f"option 'in_chans' must be 1 or 3, got {cfg.in_chans}")
     if cfg.step_init not in ("mse", "lsq"):
         try:
             ok = float(cfg.step_init) > 0

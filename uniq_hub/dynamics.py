@@ -1,0 +1,97 @@
+"""Training dynamics of the quantizers (the paper's Figure 4).
+
+For every quantizer, on the steps it is armed, a forward hook records from the quantizer's own
+input ``x`` and output ``Q(x)`` of that training step:
+
+* ``step``: the step size (mean over output channels when kernel-wise),
+* ``std``: the standard deviation of the input,
+* ``sqnr``: ``10 log10(Var(x) / E[(x - Q(x))^2])`` in dB, the measured SQNR,
+* ``sqnr_opt``: the Table 1 optimum of that quantizer's bits and kind (Gaussian weights /
+  signed inputs, ReLU-of-Gaussian activations), the dashed line of Figure 4,
+* ``step_opt``: the MSE-optimal step for the current statistics, ``D^u * std`` (weights) or
+  ``D^u * sqrt(2 E[x^2])`` (activations), as the initialisation would set it now (kernel-wise:
+  the mean of the per-channel optima).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .modules import UniQQuantizer
+from .quant import optimal_step
+
+__all__ = ["quantizer_stats", "DynamicsRecorder"]
+
+
+_STATS = ("step", "std", "sqnr", "sqnr_opt", "step_opt")
+
+
+@torch.no_grad()
+def _stats_tensor(quantizer: UniQQuantizer, x: Tensor, q: Tensor) -> Tensor:
+    """The :data:`_STATS` of one quantizer call as a 5-vector on ``x``'s device (no host sync)."""
+    x, q = x.detach().float(), q.detach().float()
+    kind = "activation" if quantizer.spec.role == "activation" else "weight"
+    unit_step, sqnr_opt = optimal_step(quantizer.bits, kind)
+    var = x.var()
+    noise = (x - q).pow(2).mean()
+    if kind == "activation":
+        scale = torch.sqrt(2.0 * x.pow(2).mean())
+    else:  # kernel-wise: the mean of the per-channel optima, comparable with the mean step
+        scale = x.flatten(1).std(dim=1).mean() if quantizer.spec.per_channel else x.std()
+    sqnr = torch.where(noise > 0, 10.0 * torch.log10(var / noise), torch.full_like(var, math.inf))
+    step = quantizer.step.detach().float().mean()
+    return torch.stack([step, var.sqrt(), sqnr, torch.full_like(var, sqnr_opt), unit_step * scale])
+
+
+def quantizer_stats(quantizer: UniQQuantizer, x: Tensor, q: Tensor) -> dict[str, float]:
+    """Step, input std, measured and optimal SQNR of one quantizer call (``q = quantizer(x)``)."""
+    return dict(zip(_STATS, _stats_tensor(quantizer, x, q).tolist()))
+
+
+class DynamicsRecorder:
+    """Forward hooks on every quantizer of ``model`` that record :func:`quantizer_stats` when armed.
+
+    ``arm()`` before a training forward, ``collect()`` after it returns
+    ``{"<quantizer name>/<stat>": value}`` and disarms. Hooks cost a flag check when disarmed.
+    ``include``: substrings; keep only quantizers whose name contains one (all when empty).
+    """
+
+    def __init__(self, model: nn.Module, include: tuple[str, ...] = ()) -> None:
+        self.armed = False
+        self.records: dict[str, Tensor] = {}
+        self._handles = []
+        for name, module in model.named_modules():
+            if isinstance(module, UniQQuantizer) and (not include or any(s in name for s in include)):
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        @torch.compiler.disable
+        def hook(module: UniQQuantizer, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if self.armed and name not in self.records:
+                self.records[name] = _stats_tensor(module, inputs[0], output)
+
+        return hook
+
+    @property
+    def num_quantizers(self) -> int:
+        return len(self._handles)
+
+    def arm(self) -> None:
+        self.armed, self.records = True, {}
+
+    def collect(self) -> dict[str, float]:
+        self.armed = False
+        names, records = list(self.records), self.records
+        self.records = {}
+        if not names:
+            return {}
+        values = torch.stack([records[n] for n in names]).cpu().tolist()  # one host transfer
+        return {f"{n}/{k}": v for n, row in zip(names, values) for k, v in zip(_STATS, row)}
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

@@ -1,0 +1,184 @@
+"""Top-1 / top-5 accuracy of a model on a dataset split: ``uniq-hub evaluate MODEL ...``.
+
+Writes the results JSON the zoo and the model cards read (schema in :mod:`uniq_hub.zoo`)::
+
+    {"model_id", "dataset", "split", "top1", "top5", "num_examples", "command"}
+
+with accuracies in percent. Works on one process or under ``accelerate launch`` (predictions are
+gathered across processes, padding dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["split_batch", "topk_correct", "evaluate_model", "ProcessorTransform", "evaluate", "write_results",
+           "add_arguments", "run"]
+
+
+def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
+    """``(pixel_values, labels)`` of a dict batch or an ``(inputs, labels)`` pair."""
+    if isinstance(batch, dict):
+        return batch["pixel_values"], batch["labels"]
+    inputs, labels = batch[0], batch[1]
+    return inputs, labels
+
+
+def _logits(output: Any) -> Tensor:
+    return output.logits if hasattr(output, "logits") else output
+
+
+def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, Tensor]:
+    """Per-example correctness (bool) at each ``k`` (``k`` capped at the number of classes)."""
+    top = logits.topk(min(max(ks), logits.shape[-1]), dim=-1).indices
+    hits = top == labels.unsqueeze(-1)
+    return {k: hits[:, :k].any(dim=-1) for k in ks}
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, batches: Iterable, accelerator=None, progress: bool = False) -> dict[str, Any]:
+    """``{"top1", "top5", "num_examples"}`` (percent) of ``model`` over ``batches``.
+
+    With an ``accelerator`` the batches are this process's shard (a prepared dataloader) and
+    the counts are gathered with ``gather_for_metrics`` (duplicated padding dropped).
+    """
+    was_training = model.training
+    model.eval()
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    correct = {1: 0, 5: 0}
+    total = 0
+    num_classes = None
+    try:
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="eval", leave=False, dynamic_ncols=True)
+        for batch in batches:
+            inputs, labels = split_batch(batch)
+            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            logits = _logits(model(inputs))
+            num_classes = logits.shape[-1]
+            hits = topk_correct(logits.float(), labels)
+            stacked = torch.stack([hits[1], hits[5]], dim=-1)
+            if accelerator is not None:
+                stacked = accelerator.gather_for_metrics(stacked)
+            correct[1] += int(stacked[:, 0].sum())
+            correct[5] += int(stacked[:, 1].sum())
+            total += stacked.shape[0]
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluation got no examples: the split is empty (check --split / --max-samples)")
+    return {
+        "top1": 100.0 * correct[1] / total,
+        "top5": 100.0 * correct[5] / total if num_classes and num_classes > 5 else None,
+        "num_examples": total,
+    }
+
+
+def write_results(path: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write one results record (atomically) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+class ProcessorTransform:
+    """One image -> ``pixel_values`` (C, H, W) through a model's image processor (picklable)."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Any) -> Tensor:
+        return self.processor(image, return_tensors="pt")["pixel_values"][0]
+
+
+def evaluate(
+    model_id: str,
+    dataset: str,
+    split: str = "test",
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    num_workers: int = 2,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    streaming: bool = False,
+    command: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``model_id`` (a folder or Hub id) on ``dataset``/``split`` with its own image
+    processor, exactly the preprocessing ``pipeline("image-classification")`` applies; returns
+    the results record."""
+    from accelerate import Accelerator
+
+    from . import data
+    from .image_processing_uniq import UniQImageProcessor
+    from .modeling_uniq import UniQForImageClassification
+
+    accelerator = Accelerator()
+    model = UniQForImageClassification.from_pretrained(model_id)
+    processor = UniQImageProcessor.from_pretrained(model_id)
+    ds = data.load_image_dataset(dataset, split, streaming=streaming, image_column=image_column,
+                                 label_column=label_column, limit=max_samples)
+    loader = data.make_dataloader(ds, ProcessorTransform(processor), batch_size=batch_size, shuffle=False,
+                                  num_workers=num_workers)
+    model, loader = accelerator.prepare(model, loader)
+    metrics = evaluate_model(model, loader, accelerator, progress=progress and accelerator.is_local_main_process)
+    return {
+        "model_id": model_id, "dataset": dataset, "split": split, **metrics,
+        "command": command or "uniq-hub evaluate " + shlex.join([model_id, "--dataset", dataset, "--split", split]),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model folder (an export) or Hub repo id")
+    parser.add_argument("--dataset", required=True, help="HF dataset name, imagefolder / save_to_disk dir, fashion_mnist")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-samples", type=int, help="only the first N examples")
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--image-column", help="image column (default: detected)")
+    parser.add_argument("--label-column", help="label column (default: detected)")
+    parser.add_argument("--streaming", action="store_true", help="stream the split")
+    parser.add_argument("--output", "-o", help="results JSON to write (default: <model folder>/eval_results.json "
+                        "for a local folder, else print only)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = [args.model, "--dataset", args.dataset, "--split", args.split]
+    if args.max_samples:
+        parts += ["--max-samples", str(args.max_samples)]
+    for flag, value in (("--image-column", args.image_column), ("--label-column", args.label_column)):
+        if value:
+            parts += [flag, value]
+    return "uniq-hub evaluate " + shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    command = _command(args)
+    record = evaluate(
+        args.model, args.dataset, args.split, args.batch_size, args.max_samples, args.num_workers,
+        args.image_column, args.label_column, args.streaming, command=command, progress=args.progress,
+    )
+    output = args.output or (Path(args.model) / "eval_results.json" if Path(args.model).is_dir() else None)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        top5 = "n/a" if record["top5"] is None else f"{record['top5']:.2f}%"
+        print(f"{args.model} on {args.dataset}/{args.split}: top-1 {record['top1']:.2f}%  top-5 {top5}  "
+              f"({record['num_examples']} examples)")
+        if output:
+            print(f"results: {write_results(output, record)}")
+    return 0

@@ -1,0 +1,73 @@
+"""Export a trained model as a Hub-ready folder: release weights (packed low-bit codes), config,
+code, preprocessor config, model card and the evaluation record, written atomically.
+
+The folder is what ``uniq-hub publish PATH --repo-id ...`` uploads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RESULTS_FILE", "card_entry", "export_model", "save_latent"]
+
+RESULTS_FILE = "eval_results.json"
+
+
+def card_entry(model_config: Any, zoo_name: str | None, name: str, dataset: str):
+    """The zoo entry the card describes: the zoo's when training a zoo model, else a card-only one."""
+    from .cards import entry_from_config
+    from .zoo import get_entry
+
+    if zoo_name:
+        return get_entry(zoo_name)
+    return entry_from_config(model_config.to_dict(), name=name, dataset=dataset)
+
+
+def _quiet() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    old = final.with_name(f".old-{final.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(model: Any, folder: str | os.PathLike, record: dict[str, Any], entry: Any = None) -> Path:
+    """Write ``model`` (a ``UniQForImageClassification``) in the release format into ``folder``.
+
+    ``record``: the results record (zoo schema) stored as ``eval_results.json`` and shown in the
+    card; ``entry``: the zoo entry for the card (None: no card).
+    """
+    from .cards import render_card
+
+    _quiet()
+    folder = Path(folder)
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, packed=True)
+    (tmp / RESULTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    if entry is not None:
+        (tmp / "README.md").write_text(render_card(entry, record, repo_id=record.get("model_id"), folder=tmp))
+    _replace_dir(tmp, folder)
+    return folder
+
+
+def save_latent(model: Any, folder: str | os.PathLike) -> Path:
+    """``save_pretrained(packed=False)``: latent float weights, for ``--init-from`` of a next stage."""
+    _quiet()
+    folder = Path(folder)
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, packed=False)
+    _replace_dir(tmp, folder)
+    return folder

@@ -1,0 +1,429 @@
+"""``uniq-hub train`` / ``accelerate launch -m uniq_hub.train``: train a UniQ model with Accelerate.
+
+The orchestration only; each step is another module's job::
+
+    train_config  resolve the options (zoo < --config file < command line < paper recipe)
+    data          load the splits, transforms, seeded loaders
+    modeling_uniq build UniQForImageClassification; --init-from (our folders, pytorchcv via convert)
+    calibrate     step sizes from the first N batches (quantized runs)
+    recipes       optimizer (no decay on steps) + per-step warm-up / cosine schedule
+    checkpoint    atomic Accelerate state every N steps and each epoch; --resume mid-epoch
+    dynamics      per-quantizer step / std / SQNR every K steps (Figure 4)
+    export        best model in the release format + card -> <run>/export (ready to publish)
+
+Run directory: ``train_config.json`` (resolved), ``log.jsonl`` (metrics), ``dynamics.jsonl``,
+``tensorboard/``, ``checkpoints/step-*``, ``best/`` (latent weights, for ``--init-from``),
+``export/`` (release folder with ``eval_results.json`` and ``README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import Checkpointer, TrainerState
+from .train_config import TrainConfig, add_config_arguments, config_from_args
+
+logger = logging.getLogger("uniq_hub.train")
+
+__all__ = ["DataBundle", "load_data", "build_model", "load_init_weights", "train", "add_arguments", "run", "main"]
+
+_ONE_CHANNEL_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+SMALL_IMAGE = 128  # from this size up: ImageNet-style transforms (random-resized crop / resize + crop)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class DataBundle:
+    """The two splits, their transforms and what the model config needs to know about them."""
+
+    train: Any
+    eval: Any
+    train_transform: Any
+    eval_transform: Any
+    id2label: dict[int, str]
+    in_chans: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    num_train: int
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+
+def _first_image(ds: Any):
+    row = ds[0] if hasattr(ds, "__getitem__") and not isinstance(ds, torch.utils.data.IterableDataset) else next(iter(ds))
+    return row["image"]
+
+
+def _num_examples(ds: Any, cfg: TrainConfig) -> int:
+    try:
+        return len(ds)
+    except TypeError:  # streaming: the split size from the dataset's metadata
+        splits = getattr(getattr(ds, "info", None), "splits", None) or {}
+        split = splits.get(cfg.train_split)
+        if split is None or not split.num_examples:
+            raise ValueError(f"the streamed split {cfg.dataset}/{cfg.train_split} does not say how many examples it "
+                             "has; pass --max-train-samples N") from None
+        return min(split.num_examples, cfg.max_train_samples or split.num_examples)
+
+
+def _channels(values: Iterable[float], in_chans: int) -> list[float]:
+    values = list(values)
+    if len(values) == in_chans:
+        return values
+    return [sum(values) / len(values)] if in_chans == 1 else values[:1] * in_chans
+
+
+def load_data(cfg: TrainConfig) -> DataBundle:
+    """Both splits through :mod:`uniq_hub.data`, with the transform style and normalisation of the
+    data (ImageNet-style from 128 px up, CIFAR-style below; known datasets' own statistics)."""
+    from . import data
+
+    common = dict(image_column=cfg.image_column, label_column=cfg.label_column)
+    train = data.load_image_dataset(cfg.dataset, cfg.train_split, streaming=cfg.streaming,
+                                    limit=cfg.max_train_samples, **common)
+    evaluation = data.load_image_dataset(cfg.dataset, cfg.eval_split, limit=cfg.max_eval_samples, **common)
+    names = data.class_names(train) or data.class_names(evaluation)
+    if not names:
+        raise ValueError(f"dataset {cfg.dataset!r}: the label column has no class names (a ClassLabel feature)")
+    image = data.to_channels(_first_image(train), 3) if cfg.in_chans == 3 else _first_image(train)
+    in_chans = cfg.in_chans or (1 if getattr(image, "mode", "RGB") in _ONE_CHANNEL_MODES else 3)
+    native = max(getattr(image, "size", (224, 224)))
+    image_size = cfg.image_size or (224 if native >= SMALL_IMAGE else native)
+    try:
+        mean, std = data.normalization_stats(cfg.dataset)
+    except KeyError:
+        mean, std = _IMAGENET_STATS
+    mean, std = _channels(mean, in_chans), _channels(std, in_chans)
+    style = "imagenet" if image_size >= SMALL_IMAGE else "small"
+    kw = dict(in_chans=in_chans, image_size=image_size, mean=mean, std=std)
+    return DataBundle(
+        train=train, eval=evaluation,
+        train_transform=data.make_transform(style, True, **kw), eval_transform=data.make_transform(style, False, **kw),
+        id2label=dict(enumerate(names)), in_chans=in_chans, image_size=image_size, mean=mean, std=std,
+        num_train=_num_examples(train, cfg),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def _step_init(value: str) -> str | float:
+    return value if value in ("mse", "lsq") else float(value)
+
+
+def build_model(cfg: TrainConfig, bundle: DataBundle):
+    """``UniQForImageClassification`` for the run (quantized per the config, weights not loaded)."""
+    from .configuration_uniq import UniQConfig
+    from .modeling_uniq import UniQForImageClassification
+
+    config = UniQConfig(
+        arch=cfg.arch, w_bits=cfg.w_bits, a_bits=cfg.a_bits, first_bits=cfg.first_bits, last_bits=cfg.last_bits,
+        method=cfg.method, weight_granularity=cfg.weight_granularity, init=_step_init(cfg.step_init),
+        grad_scale=cfg.grad_scale, binary_fp_layers=cfg.binary_fp_layers, signed_inputs=cfg.signed_inputs,
+        num_labels=bundle.num_labels, id2label=bundle.id2label, in_chans=bundle.in_chans,
+        image_size=bundle.image_size, image_mean=bundle.mean, image_std=bundle.std,
+    )
+    return UniQForImageClassification(config)
+
+
+def _float_weights_pytorchcv(name: str, model) -> dict[str, torch.Tensor]:
+    from .convert import load_pytorchcv
+
+    source = load_pytorchcv(name)
+    return {f"model.{k}": v for k, v in source.state_dict().items()}
+
+
+def _float_weights_ours(source: str, model) -> dict[str, torch.Tensor]:
+    from .modeling_uniq import UniQForImageClassification
+
+    path = Path(source)
+    if (path / "best" / "config.json").is_file():  # a run directory: its best model, latent weights
+        path = path / "best"
+    loaded = UniQForImageClassification.from_pretrained(str(path) if path.exists() else source)
+    return dict(loaded.state_dict())
+
+
+# ``--init-from`` schemes: "scheme:name" -> float state dict with our keys
+INIT_SOURCES = {"pytorchcv": _float_weights_pytorchcv}
+
+
+def load_init_weights(model, source: str) -> list[str]:
+    """Load the network weights (not the step sizes) of ``source`` into ``model``.
+
+    ``source``: ``pytorchcv:NAME``, a run directory (its ``best/``), a saved model folder or a Hub id.
+    Step sizes are left out (a 2-bit step means nothing at 1 bit); calibration sets them.
+    Returns the keys loaded. Any other missing or mismatching tensor is an error.
+    """
+    scheme, sep, name = source.partition(":")
+    weights = INIT_SOURCES[scheme](name, model) if sep and scheme in INIT_SOURCES else _float_weights_ours(source, model)
+    weights = {k: v for k, v in weights.items() if "_quantizer." not in k}
+    own = model.state_dict()
+    needed = {k for k in own if "_quantizer." not in k}
+    missing, unexpected = sorted(needed - set(weights)), sorted(set(weights) - set(own))
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(needed & set(weights))
+              if weights[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"--init-from {source}: does not fit {model.config.arch} with {model.config.num_labels} "
+                         f"labels: missing {missing[:3]}, unexpected {unexpected[:3]}, shape mismatch {shapes[:3]}")
+    model.load_state_dict(weights, strict=False)
+    return sorted(weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+
+
+class RunLog:
+    """Metrics to ``<run>/<name>.jsonl`` and to Accelerate's trackers, from the main process only."""
+
+    def __init__(self, accelerator, run_dir: Path) -> None:
+        self.accelerator = accelerator
+        self.run_dir = run_dir
+
+    def log(self, values: dict[str, Any], step: int, file: str = "log") -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.run_dir / f"{file}.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        numeric = {k: v for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.accelerator.log(numeric, step=step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def _make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
+
+    trackers = [t for t in cfg.log_with.split(",") if t and t != "none"]
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision, cpu=cfg.cpu, gradient_accumulation_steps=cfg.grad_accum,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(cfg.run_dir), logging_dir=str(cfg.run_dir / "tensorboard")),
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor") if cfg.compile else None,
+    )
+
+
+def _per_process_batch(cfg: TrainConfig, num_processes: int) -> int:
+    parts = num_processes * cfg.grad_accum
+    if cfg.batch_size % parts:
+        raise ValueError(f"batch_size {cfg.batch_size} (global) is not divisible by processes x grad_accum = {parts}")
+    return cfg.batch_size // parts
+
+
+def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.to_dict().items()}
+
+
+def _calibrate(model, loader, cfg: TrainConfig, device) -> int:
+    from .calibrate import calibrate
+
+    batches = ((x.to(device), y) for x, y in loader)
+    return calibrate(model.model, batches, cfg.calib_batches)
+
+
+def _eval_record(cfg: TrainConfig, metrics: dict[str, Any], export_dir: Path) -> dict[str, Any]:
+    return {
+        "model_id": cfg.zoo or cfg.run_name, "dataset": cfg.dataset, "split": cfg.eval_split,
+        "top1": metrics["top1"], "top5": metrics["top5"], "num_examples": metrics["num_examples"],
+        "command": "uniq-hub evaluate " + shlex.join([str(export_dir), "--dataset", cfg.dataset, "--split", cfg.eval_split]),
+    }
+
+
+def _save_best(accelerator, model, cfg: TrainConfig, metrics: dict[str, Any]) -> None:
+    from .export import card_entry, export_model, save_latent
+
+    if not accelerator.is_main_process:
+        return
+    unwrapped = accelerator.unwrap_model(model)
+    save_latent(unwrapped, cfg.run_dir / "best")
+    if cfg.export:
+        export_dir = cfg.run_dir / "export"
+        entry = card_entry(unwrapped.config, cfg.zoo, cfg.run_name, cfg.dataset)
+        export_model(unwrapped, export_dir, _eval_record(cfg, metrics, export_dir), entry)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run the training ``cfg`` describes; returns a summary (best top-1, steps, directories)."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from . import data
+    from .dynamics import DynamicsRecorder
+    from .evaluate import evaluate_model
+    from .recipes import build_optimizer, build_scheduler
+
+    accelerator = _make_accelerator(cfg)
+    run_dir = cfg.run_dir
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    set_seed(cfg.seed)
+    bundle = load_data(cfg)
+    per_batch = _per_process_batch(cfg, accelerator.num_processes)
+    train_loader = data.make_dataloader(bundle.train, bundle.train_transform, per_batch, shuffle=True,
+                                        num_workers=cfg.num_workers, seed=cfg.seed, drop_last=True)
+    eval_loader = data.make_dataloader(bundle.eval, bundle.eval_transform, cfg.eval_batch_size, shuffle=False,
+                                       num_workers=cfg.num_workers)
+    shuffle_generator = train_loader.generator  # reseeded per epoch: the order depends on (seed, epoch) only
+
+    model = build_model(cfg, bundle)
+    checkpointer = Checkpointer(accelerator, run_dir, keep=cfg.keep_checkpoints)
+    resume_from = checkpointer.resolve(cfg.resume) if cfg.resume else None
+    if resume_from is None:
+        if cfg.init_from:
+            load_init_weights(model, cfg.init_from)
+        if cfg.quantized:
+            model.to(accelerator.device)
+            shuffle_generator.manual_seed(cfg.seed)
+            used = _calibrate(model, train_loader, cfg, accelerator.device)
+            logger.info("calibrated the step sizes on %d batches", used)
+
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    dynamics = DynamicsRecorder(model.model) if cfg.quantized and cfg.dynamics_every else None
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    scheduler = build_scheduler(optimizer, total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.warmup_lr,
+                                cfg.min_lr)
+    state = checkpointer.load(resume_from, scheduler) if resume_from else TrainerState()
+    if resume_from:
+        accelerator.print(f"resumed from {resume_from}: epoch {state.epoch}, step {state.global_step}")
+    accelerator.init_trackers(cfg.run_name, config=_tracker_config(cfg))
+    log = RunLog(accelerator, run_dir)
+    compute = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def evaluate_and_keep_best() -> dict[str, Any]:
+        metrics = evaluate_model(model, eval_loader, accelerator)
+        log.log({"epoch": state.epoch, "eval/top1": metrics["top1"], "eval/top5": metrics["top5"]}, state.global_step)
+        if state.best_metric is None or metrics["top1"] > state.best_metric:
+            state.best_metric, state.best_step = metrics["top1"], state.global_step
+            _save_best(accelerator, model, cfg, metrics)
+        accelerator.wait_for_everyone()
+        return metrics
+
+    metrics: dict[str, Any] = {}
+    done = state.global_step >= total_steps
+    window_loss, window_batches, window_images = torch.zeros((), device=accelerator.device), 0, 0
+    window_start = time.perf_counter()
+    for epoch in range(state.epoch, cfg.epochs):
+        if done:
+            break
+        shuffle_generator.manual_seed(cfg.seed * 100_003 + epoch)
+        skip = state.step_in_epoch * cfg.grad_accum
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        bar = tqdm(loader, total=len(train_loader) - skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True,
+                   disable=not (cfg.progress and accelerator.is_local_main_process))
+        model.train()
+        for inputs, labels in bar:
+            armed = dynamics is not None and (state.global_step + 1) % cfg.dynamics_every == 0 \
+                and accelerator.is_main_process
+            with accelerator.accumulate(model):
+                if armed:
+                    dynamics.arm()
+                loss = compute(model(inputs).logits.float(), labels)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            window_loss += loss.detach()
+            window_batches += 1
+            window_images += inputs.shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.global_step += 1
+            state.step_in_epoch += 1
+            if armed:
+                log.log({"epoch": epoch + state.step_in_epoch / steps_per_epoch, **dynamics.collect()},
+                        state.global_step, file="dynamics")
+            if state.global_step % cfg.log_every == 0:
+                mean_loss = accelerator.reduce(window_loss, "mean").item() / window_batches
+                speed = window_images / (time.perf_counter() - window_start)
+                log.log({"epoch": epoch + state.step_in_epoch / steps_per_epoch, "train/loss": mean_loss,
+                         "train/lr": scheduler.get_last_lr()[0], "train/images_per_s": speed}, state.global_step)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                window_loss.zero_()
+                window_batches, window_images, window_start = 0, 0, time.perf_counter()
+            done = state.global_step >= total_steps
+            if cfg.save_every and state.global_step % cfg.save_every == 0 and not done:
+                checkpointer.save(state, scheduler)
+            if done:
+                break
+        bar.close()
+        epoch_done = state.step_in_epoch >= steps_per_epoch
+        if epoch_done:
+            state.epoch, state.step_in_epoch = epoch + 1, 0
+        if done or (epoch_done and (state.epoch % cfg.eval_every == 0 or state.epoch == cfg.epochs)):
+            metrics = evaluate_and_keep_best()
+            accelerator.print(f"step {state.global_step} (epoch {state.epoch + state.step_in_epoch / steps_per_epoch:.2f}):"
+                              f" top-1 {metrics['top1']:.2f}% (best {state.best_metric:.2f}%)")
+        checkpointer.save(state, scheduler)
+    if not metrics and state.best_metric is None:  # resumed after the end, or nothing trained
+        metrics = evaluate_and_keep_best()
+    accelerator.end_training()
+    summary = {
+        "run_dir": str(run_dir), "export_dir": str(run_dir / "export") if cfg.export else None,
+        "best_top1": state.best_metric, "best_step": state.best_step, "last": metrics, "steps": state.global_step,
+        "epochs": state.epoch,
+    }
+    if accelerator.is_main_process:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("uniq_hub").setLevel(logging.INFO)
+    summary = train(config_from_args(args))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        best = summary["best_top1"]
+        print(f"done: {summary['steps']} steps, best top-1 {best:.2f}%" if best is not None else "done")
+        print(f"run directory: {summary['run_dir']}" + (f"; export: {summary['export_dir']}" if summary["export_dir"] else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="uniq_hub.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
