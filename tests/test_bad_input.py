@@ -1,0 +1,161 @@
+"""Bad checkpoints and bad images: every one raises an error naming the file and the problem; no pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageClassification, pipeline
+
+from uniq_hub import CheckpointError, UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
+from uniq_hub.modeling_uniq import CHECKSUM_KEY, state_dict_checksum
+
+
+def _save(folder, **kwargs) -> str:
+    torch.manual_seed(0)
+    model = UniQForImageClassification(UniQConfig(**{"arch": "resnet20", "num_labels": 3, "image_size": 32, **kwargs}))
+    calibrate(model.model, [torch.randn(2, 3, 16, 16)], 1)
+    model.eval().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    return _save(tmp_path / "model", w_bits=2, a_bits=2)
+
+
+def weights(folder) -> str:
+    return os.path.join(folder, "model.safetensors")
+
+
+@pytest.fixture(autouse=True)
+def no_pickle(monkeypatch):
+    """Loading must never unpickle anything."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load was called: a pickle fallback")
+
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+def _load_error(folder, match: str, error=CheckpointError, path=None):
+    with pytest.raises(error) as info:
+        AutoModelForImageClassification.from_pretrained(folder)
+    message = str(info.value)
+    assert (path or weights(folder)) in message, message
+    assert match in message, message
+    return message
+
+
+def test_truncated_file(folder):
+    data = open(weights(folder), "rb").read()
+    with open(weights(folder), "wb") as f:
+        f.write(data[: len(data) // 2])
+    _load_error(folder, "not a valid safetensors file (truncated or corrupted?)")
+
+
+def test_corrupted_header(folder):
+    data = bytearray(open(weights(folder), "rb").read())
+    data[8:40] = b"\xff" * 32
+    open(weights(folder), "wb").write(bytes(data))
+    _load_error(folder, "not a valid safetensors file")
+
+
+def test_corrupted_tensor_data_fails_the_checksum(folder):
+    data = bytearray(open(weights(folder), "rb").read())
+    data[-1000] ^= 0x40  # one flipped bit inside the tensor data
+    open(weights(folder), "wb").write(bytes(data))
+    _load_error(folder, "checksum mismatch: the tensor data is corrupted")
+
+
+def test_empty_file(folder):
+    open(weights(folder), "wb").close()
+    _load_error(folder, "not a valid safetensors file")
+
+
+def test_w2_codes_under_a_w4_config(folder):
+    config_path = os.path.join(folder, "config.json")
+    config = json.loads(open(config_path).read())
+    config["w_bits"] = config["a_bits"] = 4
+    open(config_path, "w").write(json.dumps(config))
+    message = _load_error(folder, "config.json and the weights disagree")
+    assert "~2 bits" in message and "gives this layer 4 bits" in message
+
+
+def test_wrong_key_names(folder):
+    state = load_file(weights(folder))
+    state.pop(CHECKSUM_KEY)
+    state = {k.replace("model.", "backbone.", 1): v for k, v in state.items()}
+    state[CHECKSUM_KEY] = state_dict_checksum(state)
+    save_file(state, weights(folder), metadata={"format": "pt"})
+    message = _load_error(folder, "does the file belong to this config.json")
+    assert "backbone." in message and "tensors the model needs are missing" in message
+
+
+def test_weights_of_another_shape(folder):
+    config_path = os.path.join(folder, "config.json")
+    config = json.loads(open(config_path).read())
+    config["id2label"] = {str(i): f"c{i}" for i in range(5)}
+    config["label2id"] = {f"c{i}": i for i in range(5)}
+    open(config_path, "w").write(json.dumps(config))
+    _load_error(folder, "'model.fc.bias' has shape (3,) but the config (arch=resnet20, w_bits=2, a_bits=2, num_labels=5)")
+
+
+def test_nan_weights(folder):
+    state = load_file(weights(folder))
+    state["model.fc.bias"][0] = float("nan")
+    state[CHECKSUM_KEY] = state_dict_checksum(state)
+    save_file(state, weights(folder), metadata={"format": "pt"})
+    _load_error(folder, "'model.fc.bias' holds NaN or infinite values")
+
+
+def test_missing_weights_file_and_pickle_is_refused(folder):
+    state = UniQForImageClassification.from_pretrained(folder).state_dict()
+    os.remove(weights(folder))
+    with pytest.raises(OSError, match=r"no file named model\.safetensors found in directory") as info:
+        UniQForImageClassification.from_pretrained(folder)
+    assert folder in str(info.value)
+    torch.save(state, os.path.join(folder, "pytorch_model.bin"))  # (the real torch.save: writing is fine)
+    with pytest.raises(OSError, match=r"model\.safetensors"):
+        AutoModelForImageClassification.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"safetensors only; use_safetensors=False \(pickle\) is refused"):
+        AutoModelForImageClassification.from_pretrained(folder, use_safetensors=False)
+
+
+def test_missing_config(folder):
+    os.remove(os.path.join(folder, "config.json"))
+    with pytest.raises(OSError, match="config.json") as info:
+        UniQForImageClassification.from_pretrained(folder)
+    assert folder in str(info.value)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(OSError):
+        UniQForImageClassification.from_pretrained(str(tmp_path / "nowhere"), local_files_only=True)
+
+
+def test_not_an_image(tmp_path, folder):
+    text, truncated = tmp_path / "notes.png", tmp_path / "cut.png"
+    text.write_text("this is not an image")
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    processor = UniQImageProcessor()
+    for path, problem in ((text, "cannot identify image file"), (truncated, "")):
+        with pytest.raises(ValueError) as info:
+            processor(str(path))
+        assert str(path) in str(info.value) and "not a readable image file" in str(info.value) and problem in str(info.value)
+    with pytest.raises(FileNotFoundError, match="no such image file"):
+        processor(str(tmp_path / "missing.png"))
+    with pytest.raises(ValueError, match="expected an image .* got dict"):
+        processor({"pixel_values": 1})
+    with pytest.raises(ValueError, match="unsupported image array dtype complex128"):
+        processor(torch.zeros(4, 4, dtype=torch.complex128).numpy())
+    with pytest.raises(ValueError, match="an image must have 1-4 channels"):
+        processor(torch.zeros(6, 8, 8, dtype=torch.uint8).numpy(), input_data_format="channels_first")
+    pipe = pipeline("image-classification", model=folder)
+    with pytest.raises(Exception) as info:  # raised by transformers' own image loading
+        pipe(str(text))
+    assert str(text) in str(info.value) and "cannot identify image file" in str(info.value)

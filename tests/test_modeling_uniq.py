@@ -1,0 +1,190 @@
+"""UniQForImageClassification: forward, auto classes, exact save / reload, remote code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForImageClassification
+from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
+
+from uniq_hub import QConv2d, UniQConfig, UniQForImageClassification, calibrate, quantizers
+from uniq_hub.modeling_uniq import CHECKSUM_KEY
+from uniq_hub.packing import PACKED_SUFFIX, quantized_layers
+
+X = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def tiny(**kwargs) -> UniQForImageClassification:
+    """A calibrated resnet20 (random weights), in eval mode."""
+    kwargs = {"arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 5, "image_size": 32, **kwargs}
+    torch.manual_seed(0)
+    model = UniQForImageClassification(UniQConfig(**kwargs))
+    calibrate(model.model, [torch.randn(4, kwargs.get("in_chans", 3), 16, 16)], 1)
+    for module in model.model.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.num_batches_tracked.fill_(7)
+    return model.eval()
+
+
+def logits(model, x=X) -> torch.Tensor:
+    with torch.no_grad():
+        return model(pixel_values=x).logits
+
+
+def test_forward_output_loss_and_architecture():
+    model = tiny()
+    out = model(pixel_values=X, labels=torch.tensor([0, 1, 4]))
+    assert isinstance(out, ImageClassifierOutputWithNoAttention) and out.logits.shape == (3, 5)
+    assert torch.allclose(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 4])))
+    out.loss.backward()
+    steps = [q.step for q in quantizers(model.model).values()]
+    assert all(s.grad is not None for s in steps)  # step sizes are trained
+    assert isinstance(model.model.layer1[0].conv1, QConv2d) and model.model.layer1[0].conv1.weight_quantizer.bits == 2
+    assert "model.layer1.0.conv1.weight_quantizer.step" in model.state_dict()
+    assert model.main_input_name == "pixel_values"
+    assert model(X, return_dict=False)[0].shape == (3, 5)
+    with pytest.raises(ValueError, match=r"pixel_values must have shape \(batch, 3, height, width\)"):
+        model(pixel_values=torch.zeros(1, 1, 16, 16))
+
+
+def test_full_precision_config_is_not_quantized():
+    model = UniQForImageClassification(UniQConfig(arch="resnet20", w_bits=32, a_bits=32, num_labels=3))
+    assert not quantizers(model.model) and not any(isinstance(m, QConv2d) for m in model.modules())
+
+
+def test_auto_class_resolves_the_model():
+    model = AutoModelForImageClassification.from_config(UniQConfig(arch="resnet20", num_labels=4))
+    assert type(model) is UniQForImageClassification
+
+
+def _assert_same_tensors(a: dict, b: dict, skip=()):
+    assert set(a) == set(b)
+    for key in a:
+        if key not in skip:
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "latent"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(w_bits=1, a_bits=1),
+        dict(w_bits=4, a_bits=4, method="lsq", weight_granularity="layer"),
+        dict(w_bits=3, a_bits=3, in_chans=1, image_mean=[0.3], image_std=[0.4]),
+    ],
+    ids=["w2a2", "w1a1", "w4a4-lsq-layer", "w3a3-gray"],
+)
+def test_save_and_reload_is_bit_exact(tmp_path, kwargs, packed):
+    model = tiny(**kwargs)
+    x = torch.randn(2, model.config.in_chans, 20, 12)
+    reference = logits(model, x)
+    model.save_pretrained(tmp_path, packed=packed)
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert type(reloaded) is UniQForImageClassification and not reloaded.training
+    assert torch.equal(logits(reloaded, x), reference)
+    layers = quantized_layers(model.model)
+    weights = {f"model.{name}.weight" for name in layers}
+    # Every tensor is the one saved: step sizes, BatchNorm, initialized flags, FP layers ...
+    _assert_same_tensors(model.state_dict(), reloaded.state_dict(), skip=weights if packed else ())
+    with torch.no_grad():
+        for name, (layer, wq) in layers.items():
+            expected = wq(layer.weight) if packed else layer.weight  # packed: the evaluated weights
+            assert torch.equal(reloaded.get_parameter(f"model.{name}.weight"), expected), name
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert CHECKSUM_KEY in keys
+    assert all((f"model.{name}{PACKED_SUFFIX}" in keys) == packed for name in layers)
+    assert all((f"model.{name}.weight" in keys) != packed for name in layers)
+
+
+def test_packed_reload_of_mobilenetv2_is_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    model = UniQForImageClassification(UniQConfig(arch="mobilenetv2", w_bits=4, a_bits=4, num_labels=3))
+    calibrate(model.model, [torch.randn(2, 3, 32, 32)], 1)
+    model.eval()
+    x = torch.randn(1, 3, 32, 32)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(logits(UniQForImageClassification.from_pretrained(tmp_path), x), logits(model, x))
+
+
+def test_latent_checkpoint_resumes_training(tmp_path):
+    model = tiny()
+    model.save_pretrained(tmp_path, packed=False)
+    reloaded = UniQForImageClassification.from_pretrained(tmp_path)
+    _assert_same_tensors(model.state_dict(), reloaded.state_dict())
+    reloaded.train()
+    loss = reloaded(pixel_values=X, labels=torch.tensor([1, 2, 3])).loss
+    loss.backward()
+    assert reloaded.model.layer1[0].conv1.weight.grad is not None
+
+
+def test_saved_folder_carries_code_auto_map_and_preprocessor(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_uniq.UniQConfig",
+        "AutoModelForImageClassification": "modeling_uniq.UniQForImageClassification",
+    }
+    assert config["architectures"] == ["UniQForImageClassification"]
+    code = {"configuration_uniq.py", "modeling_uniq.py", "image_processing_uniq.py", "packing.py", "quantize.py",
+            "modules.py", "quant.py", "registry.py", "preresnet.py", "mobilenetv2.py"}
+    assert code <= set(os.listdir(tmp_path))
+    processor = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert processor["image_processor_type"] == "UniQImageProcessor"
+    ref = "image_processing_uniq.UniQImageProcessor"
+    assert processor["auto_map"] == {"AutoImageProcessor": {"torchvision": ref, "pil": ref}}
+    assert processor["size"] == {"shortest_edge": 32} and processor["crop_size"] == {"height": 32, "width": 32}
+    assert processor["num_channels"] == 3
+
+
+_REMOTE = """
+import sys, torch
+sys.modules["uniq_hub"] = None  # make sure the package itself is not importable
+try:
+    import uniq_hub
+except ImportError:
+    pass
+else:
+    raise SystemExit("uniq_hub is importable")
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+folder, out = sys.argv[1], sys.argv[2]
+model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+x = torch.load(out + "/x.pt", weights_only=True)
+with torch.no_grad():
+    torch.save(model(pixel_values=x).logits, out + "/logits.pt")
+from PIL import Image
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+assert type(processor).__module__.startswith("transformers_modules."), type(processor).__module__
+pipe = pipeline("image-classification", model=model, image_processor=processor)
+result = pipe(Image.new("RGB", (40, 30), (200, 10, 10)))
+assert len(result) == 5 and {r["label"] for r in result} == set(model.config.id2label.values()), result
+print("remote ok", type(pipe.image_processor).__name__)
+"""
+
+
+def test_remote_code_without_uniq_hub_gives_the_same_logits(tmp_path):
+    model = tiny()
+    folder, out = tmp_path / "model", tmp_path / "out"
+    out.mkdir()
+    model.save_pretrained(folder)
+    torch.save(X, out / "x.pt")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_MODULES_CACHE")}
+    env["HF_HOME"] = str(tmp_path / "hf_home")
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_REMOTE), str(folder), str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote ok UniQImageProcessor" in result.stdout
+    assert torch.equal(torch.load(out / "logits.pt", weights_only=True), logits(model))

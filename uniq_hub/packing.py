@@ -1,0 +1,204 @@
+"""The release checkpoint format: quantized weights as bit-packed integer codes.
+
+A packed ``model.safetensors`` holds, for every layer whose weight has a quantizer:
+
+* ``<layer>.weight.packed``: ``uint8``, 1-D, ``ceil(numel * bits / 8)`` bytes. The weight's codes
+  (``quantize_codes`` with the layer's step and scheme, ``0 .. 2**bits - 1``), in row-major order
+  of the weight, written as a little-endian bit stream: code ``i`` occupies stream bits
+  ``i*bits .. i*bits + bits - 1`` (least significant bit first), stream bit ``j`` is bit ``j % 8``
+  of byte ``j // 8``; the last byte is zero-padded.
+* ``<layer>.weight_quantizer.step`` (float32) and every other tensor of the model's state dict
+  (BatchNorm, activation steps, biases, full-precision layers, ``initialized`` flags) unchanged.
+
+Bits, scheme and shape are not repeated in the file: they come from ``config.json`` (the same
+config builds the model that reads it), and the byte count is checked against them, so codes
+written at 2 bits are refused under a 4-bit config. Unpacking gives exactly the fake-quantized
+weights the model was evaluated with; the weight quantizer maps them onto themselves, so the
+logits are bit-identical. A file is recognised as packed by its ``.weight.packed`` keys.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .modules import _MIN_STEP, UniQQuantizer, _QuantizedMixin
+from .quant import dequantize_codes, quantize_codes
+
+PACKED_SUFFIX = ".weight.packed"
+_CHUNK = 1 << 22  # codes per chunk when packing / unpacking (bounds the temporary bit tensors)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
+        self.path, self.problem = None if path is None else os.fspath(path), problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+def packed_nbytes(numel: int, bits: int) -> int:
+    """Bytes of ``numel`` codes at ``bits`` bits each."""
+    return (numel * bits + 7) // 8
+
+
+def _chunks(numel: int, bits: int) -> Iterable[tuple[int, int]]:
+    step = _CHUNK - _CHUNK % 8  # a multiple of 8 codes is a whole number of bytes
+    for start in range(0, numel, step):
+        yield start, min(start + step, numel)
+
+
+def pack_bits(codes: Tensor, bits: int) -> Tensor:
+    """Pack integer codes ``0 .. 2**bits - 1`` (any shape) into a 1-D ``uint8`` bit stream."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    flat = codes.reshape(-1).to(torch.int32)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits):
+        raise ValueError(f"codes must lie in 0..{(1 << bits) - 1} for {bits} bits, got {int(flat.min())}..{int(flat.max())}")
+    shifts = torch.arange(bits, dtype=torch.int32)
+    weights = 1 << torch.arange(8, dtype=torch.int32)
+    out = torch.empty(packed_nbytes(flat.numel(), bits), dtype=torch.uint8)
+    for start, stop in _chunks(flat.numel(), bits):
+        stream = ((flat[start:stop, None] >> shifts) & 1).reshape(-1)
+        stream = torch.nn.functional.pad(stream, (0, -stream.numel() % 8))
+        byte0 = start * bits // 8
+        out[byte0 : byte0 + stream.numel() // 8] = (stream.view(-1, 8) * weights).sum(1).to(torch.uint8)
+    return out
+
+
+def unpack_bits(packed: Tensor, bits: int, numel: int) -> Tensor:
+    """Inverse of :func:`pack_bits`: ``numel`` codes as a 1-D ``uint8`` tensor."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != packed_nbytes(numel, bits):
+        raise ValueError(
+            f"expected a 1-D uint8 tensor of {packed_nbytes(numel, bits)} bytes ({numel} codes at {bits} bits), "
+            f"got {packed.dtype} of shape {tuple(packed.shape)}"
+        )
+    shifts8 = torch.arange(8, dtype=torch.int32)
+    weights = 1 << torch.arange(bits, dtype=torch.int32)
+    out = torch.empty(numel, dtype=torch.uint8)
+    for start, stop in _chunks(numel, bits):
+        byte0, byte1 = start * bits // 8, packed_nbytes(stop, bits)
+        stream = ((packed[byte0:byte1, None].to(torch.int32) >> shifts8) & 1).reshape(-1)
+        stream = stream[: (stop - start) * bits].view(-1, bits)
+        out[start:stop] = (stream * weights).sum(1).to(torch.uint8)
+    return out
+
+
+def quantized_layers(model: nn.Module) -> dict[str, tuple[_QuantizedMixin, UniQQuantizer]]:
+    """``{layer name: (layer, weight quantizer)}`` for every layer with a quantized weight."""
+    return {
+        name: (m, m.weight_quantizer)
+        for name, m in model.named_modules()
+        if isinstance(m, _QuantizedMixin) and m.weight_quantizer is not None
+    }
+
+
+def _effective(step: Tensor) -> Tensor:
+    """The step a quantizer's forward uses: kept positive (``UniQQuantizer.effective_step``)."""
+    return step.detach().clamp_min(_MIN_STEP)
+
+
+@torch.no_grad()
+def pack_state_dict(model: nn.Module, prefix: str = "") -> dict[str, Tensor]:
+    """The model's state dict with every quantized weight replaced by its packed codes.
+
+    The codes are those of the weight the layer computes with; packing checks that they decode
+    to it exactly.
+    ``prefix`` is prepended to the layer names (e.g. "model." for a wrapped architecture).
+    """
+    state = {prefix + k: v for k, v in model.state_dict().items()}
+    for name, (layer, wq) in quantized_layers(model).items():
+        # Codes of the weight the layer computes with (its quantizer's own output), so that
+        # the file reproduces exactly what the model was evaluated with.
+        fake = wq(layer.weight.detach()).detach()
+        step = _effective(wq.step).to(fake.dtype)
+        codes = quantize_codes(fake, step, wq.bits, wq.scheme)
+        decoded = dequantize_codes(codes, step, wq.bits, wq.scheme)
+        if not torch.equal(decoded, fake):
+            bad = (decoded != fake).sum().item()
+            raise RuntimeError(f"{prefix}{name}: {bad} packed weights do not decode to the fake-quantized weight")
+        del state[f"{prefix}{name}.weight"]
+        state[f"{prefix}{name}{PACKED_SUFFIX}"] = pack_bits(codes, wq.bits)
+    return state
+
+
+def is_packed(keys: Iterable[str]) -> bool:
+    """Whether a state dict (its keys) is in the packed release format."""
+    return any(k.endswith(PACKED_SUFFIX) for k in keys)
+
+
+def unpack_state_dict(
+    state: Mapping[str, Tensor], model: nn.Module, prefix: str = "", path: str | os.PathLike | None = None
+) -> dict[str, Tensor]:
+    """Turn a packed state dict back into the model's: packed codes -> fake-quantized float weights.
+
+    ``model`` supplies the layers' shapes, bits and schemes (it may live on the meta device).
+    Every mismatch raises :class:`CheckpointError` naming ``path`` and the key.
+    """
+    out = dict(state)
+    layers = quantized_layers(model)
+    for key in [k for k in state if k.endswith(PACKED_SUFFIX)]:
+        name = key[len(prefix) : -len(PACKED_SUFFIX)] if key.startswith(prefix) else None
+        if name not in layers:
+            raise CheckpointError(path, f"{key!r} holds packed codes but the model has no quantized layer {name!r}")
+        layer, wq = layers[name]
+        step_key = f"{prefix}{name}.weight_quantizer.step"
+        if step_key not in state:
+            raise CheckpointError(path, f"{key!r} has no step size {step_key!r} to decode it with")
+        packed, step = state[key], state[step_key]
+        shape, bits, numel = tuple(layer.weight.shape), wq.bits, layer.weight.numel()
+        if packed.dtype != torch.uint8 or packed.dim() != 1:
+            raise CheckpointError(path, f"{key!r} must be a 1-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
+        if packed.numel() != packed_nbytes(numel, bits):
+            stored = packed.numel() * 8 / numel
+            raise CheckpointError(
+                path,
+                f"{key!r} holds {packed.numel()} bytes, i.e. ~{stored:g} bits for each of the {numel} weights of "
+                f"shape {shape}, but the config gives this layer {bits} bits ({packed_nbytes(numel, bits)} bytes): "
+                "config.json and the weights disagree (bit width or shape)",
+            )
+        if tuple(step.shape) != tuple(wq.step.shape):
+            raise CheckpointError(path, f"{step_key!r} has shape {tuple(step.shape)}, expected {tuple(wq.step.shape)}")
+        if not torch.isfinite(step).all():
+            raise CheckpointError(path, f"{step_key!r} holds non-finite step sizes")
+        codes = unpack_bits(packed, bits, numel).view(shape)
+        if codes.numel() and int(codes.max()) > (1 << bits) - 1:  # impossible by construction; kept as a guard
+            raise CheckpointError(path, f"{key!r} decodes to codes above {(1 << bits) - 1}")
+        step = _effective(step.to(torch.float32))
+        del out[key]
+        out[f"{prefix}{name}.weight"] = dequantize_codes(codes, step, bits, wq.scheme)
+    return out
+
+
+def expected_layout(model: nn.Module, prefix: str = "", packed: bool = False) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{key: (shape, dtype)}`` of the state dict a checkpoint of ``model`` holds, packed or not
+    (``model`` may live on the meta device)."""
+    layout = {prefix + k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    if packed:
+        for name, (layer, wq) in quantized_layers(model).items():
+            del layout[f"{prefix}{name}.weight"]
+            layout[f"{prefix}{name}{PACKED_SUFFIX}"] = ((packed_nbytes(layer.weight.numel(), wq.bits),), torch.uint8)
+    return layout
+
+
+def information_bytes(model: nn.Module) -> int:
+    """Information-theoretic size of a release checkpoint: ``numel * bits / 8`` for each quantized
+    weight plus the bytes of every other tensor of the state dict."""
+    quantized = {f"{name}.weight": (layer.weight.numel(), wq.bits) for name, (layer, wq) in quantized_layers(model).items()}
+    total = 0.0
+    for key, tensor in model.state_dict().items():
+        numel_bits = quantized.get(key)
+        total += numel_bits[0] * numel_bits[1] / 8 if numel_bits else tensor.numel() * tensor.element_size()
+    return math.ceil(total)
+
+
+__all__ = [
+    "CheckpointError", "PACKED_SUFFIX", "expected_layout", "information_bytes", "is_packed", "pack_bits", "pack_state_dict",
+    "packed_nbytes", "quantized_layers", "unpack_bits", "unpack_state_dict",
+]
