@@ -54,11 +54,15 @@ LAUNCH = {
 @lru_cache(maxsize=None)
 def _sizes(arch: str, num_labels: int, in_chans: int, w_bits: int, a_bits: int, granularity: str | None
            ) -> tuple[int, int, dict[str, int]]:
-    """(low-bit bytes, FP32 bytes, {"2-bit": layers, "8-bit": ..., "full precision": ...})."""
+    """(low-bit bytes, FP32 bytes, {"2-bit": layers, "8-bit": ..., "full precision": ...}); the
+    model is built on the meta device (shapes and dtypes only, no memory, no init)."""
+    import torch
+
     from .quantize import QuantConfig, layer_bits, quantize_
     from .registry import create_model
 
-    model = create_model(arch, num_classes=num_labels, in_chans=in_chans)
+    with torch.device("meta"):
+        model = create_model(arch, num_classes=num_labels, in_chans=in_chans)
     fp32 = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
     if w_bits == FP_BITS:
         return fp32, fp32, {}
@@ -67,7 +71,8 @@ def _sizes(arch: str, num_labels: int, in_chans: int, w_bits: int, a_bits: int, 
     for w, _ in layer_bits(model, config).values():
         label = f"{w}-bit" if w else "full precision"
         layers[label] = layers.get(label, 0) + 1
-    quantize_(model, config)
+    with torch.device("meta"):
+        quantize_(model, config)
     low_bit = {f"{name}.weight": m.weight_quantizer.bits for name, m in model.named_modules()
                if getattr(m, "weight_quantizer", None) is not None}
     total = sum(
@@ -236,8 +241,10 @@ def render_card(
     out = ["---", data.to_yaml(), "---", "", f"# {repo_id}", ""]
     out += [
         f"A {precision} {arch} image classifier for {ds.pretty_name} ({ds.num_labels} classes, "
-        f"{ds.image_size}x{ds.image_size} {'grayscale' if ds.in_chans == 1 else 'RGB'} input), trained with "
-        f"**UniQ**, the learnable symmetric quantizer of *{PAPER_TITLE}* (Pham, Abraham, Chung).",
+        f"{ds.image_size}x{ds.image_size} {'grayscale' if ds.in_chans == 1 else 'RGB'} input), "
+        + ("the float baseline that the quantized models of this family start from; they are trained with "
+           if entry.full_precision else "trained with ")
+        + f"**UniQ**, the learnable symmetric quantizer of *{PAPER_TITLE}* (Pham, Abraham, Chung).",
         "",
         "## Quantization",
         "",

@@ -77,6 +77,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _class_refs(value: Any) -> list[str]:
+    """Class references in an ``auto_map`` value: a string, a list (slow / fast) or a dict (backends)."""
+    if isinstance(value, str):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [ref for item in items if item for ref in _class_refs(item)]
+
+
 def _code_files(folder: Path, configs: dict[str, dict[str, Any]]) -> set[str]:
     """The code files the ``auto_map`` of each config names, relative imports followed; each must
     exist. ``config.json`` must have an ``auto_map`` (users without uniq_hub load through it)."""
@@ -87,10 +95,8 @@ def _code_files(folder: Path, configs: dict[str, dict[str, Any]]) -> set[str]:
         )
     todo: list[tuple[str, str]] = []  # (module, who needs it)
     for filename, config in configs.items():
-        for value in (config.get("auto_map") or {}).values():
-            for ref in value if isinstance(value, list) else [value]:
-                if ref:  # "module.Class" or "repo--module.Class"
-                    todo.append((ref.split("--")[-1].rsplit(".", 1)[0], f"{filename}'s auto_map"))
+        for ref in _class_refs(config.get("auto_map")):  # "module.Class" or "repo--module.Class"
+            todo.append((ref.split("--")[-1].rsplit(".", 1)[0], f"{filename}'s auto_map"))
     needed: set[str] = set()
     while todo:
         module, needer = todo.pop()
