@@ -1,0 +1,229 @@
+"""`uniq-hub publish`: folder validation, dry run, and the round trip through the local Hub
+(tests/hub_server.py) with the real huggingface_hub client and transformers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from safetensors.torch import save_file
+
+from uniq_hub.cli import main
+from uniq_hub.publish import PublishError, plan_upload
+
+CONFIG = {
+    "model_type": "uniq", "arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 10, "in_chans": 1,
+    "image_size": 28,
+    "auto_map": {"AutoConfig": "configuration_uniq.UniQConfig",
+                 "AutoModelForImageClassification": "modeling_uniq.UniQForImageClassification"},
+}
+
+
+def _fake_export(folder: Path, config: dict | None = None) -> Path:
+    """A structurally complete export (validation only looks at files, JSON and the safetensors header)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config or CONFIG))
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "UniQImageProcessor",
+        "auto_map": {"AutoImageProcessor": {"torchvision": "image_processing_uniq.UniQImageProcessor"}}}))
+    (folder / "image_processing_uniq.py").write_text("import numpy\n")
+    save_file({"model.fc.weight": torch.zeros(10, 64)}, str(folder / "model.safetensors"))
+    (folder / "configuration_uniq.py").write_text("from .quantize import QuantConfig\n")
+    (folder / "modeling_uniq.py").write_text("from .configuration_uniq import UniQConfig\nfrom . import x\n")
+    (folder / "quantize.py").write_text("import torch\n")
+    (folder / "__pycache__").mkdir(exist_ok=True)
+    (folder / "__pycache__" / "quantize.cpython-311.pyc").write_bytes(b"\0")
+    return folder
+
+
+def test_validation_names_the_problem(tmp_path):
+    folder = _fake_export(tmp_path / "export")
+    plan = plan_upload(folder, "me/fm-w2a2")
+    assert set(plan.files) == {"config.json", "preprocessor_config.json", "model.safetensors", "configuration_uniq.py",
+                               "modeling_uniq.py", "quantize.py", "image_processing_uniq.py"}
+    assert set(plan.generated) == {"README.md"} and plan.card_source == "config.json"
+
+    cases = [
+        (lambda: (folder / "model.safetensors").unlink(), r"model\.safetensors: missing"),
+        (lambda: (folder / "preprocessor_config.json").unlink(), r"preprocessor_config\.json: missing"),
+        (lambda: (folder / "quantize.py").unlink(), r"quantize\.py: missing; a relative import in configuration_uniq\.py"),
+        (lambda: (folder / "modeling_uniq.py").unlink(), r"modeling_uniq\.py: missing; config\.json's auto_map"),
+        (lambda: (folder / "image_processing_uniq.py").unlink(),
+         r"image_processing_uniq\.py: missing; preprocessor_config\.json's auto_map"),
+        (lambda: (folder / "config.json").write_text(json.dumps({k: v for k, v in CONFIG.items() if k != "auto_map"})),
+         r"config\.json: no 'auto_map'"),
+        (lambda: (folder / "config.json").write_text("{trunc"), r"config\.json: not a readable JSON"),
+        (lambda: (folder / "model.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{\"a\":"),
+         r"model\.safetensors: not a valid safetensors file"),
+        (lambda: (folder / "preprocessor_config.json").write_text("{}"), r"image_processor_type"),
+    ]
+    for break_it, message in cases:
+        _fake_export(folder)
+        break_it()
+        with pytest.raises(PublishError, match=message):
+            plan_upload(folder, "me/fm-w2a2")
+    _fake_export(folder)
+    with pytest.raises(PublishError, match=r"disagrees with zoo entry uniq/resnet18-w2a2"):
+        plan_upload(folder, "uniq/resnet18-w2a2")  # a resnet20 config under a resnet18 zoo name
+    with pytest.raises(PublishError, match="ORG/NAME"):
+        plan_upload(folder, "no-org")
+    with pytest.raises(SystemExit, match=r"uniq-hub publish: .*missing"):
+        (folder / "config.json").unlink()
+        main(["publish", str(folder), "--repo-id", "me/x", "--dry-run"])
+
+
+def test_dry_run_contacts_nothing(tmp_path, hub_server, capsys):
+    folder = _fake_export(tmp_path / "export")
+    (folder / "eval_results.json").write_text(json.dumps(dict(
+        model_id=str(folder), dataset="fashion_mnist", split="test", top1=90.5, top5=99.6, num_examples=10000,
+        command="uniq-hub evaluate export --dataset fashion_mnist")))
+    before = hub_server.request_count
+    assert main(["publish", str(folder), "--repo-id", "uniq/resnet20-fashion-mnist-w2a2", "--dry-run",
+                 "--private", "--revision", "v1"]) == 0
+    out = capsys.readouterr().out
+    assert hub_server.request_count == before
+    assert "uniq/resnet20-fashion-mnist-w2a2@v1 (private)" in out
+    assert "README.md (generated from zoo entry uniq/resnet20-fashion-mnist-w2a2)" in out
+    size = (folder / "model.safetensors").stat().st_size
+    assert any(line.startswith("model.safetensors ") and line.endswith(f"({size} bytes)") for line in out.splitlines())
+    assert "__pycache__" not in out and not (folder / "README.md").exists()
+    plan = plan_upload(folder, "uniq/resnet20-fashion-mnist-w2a2")
+    card = ModelCard(plan.generated["README.md"].decode())  # the folder's measured number goes in the card
+    assert [(r.metric_value, r.dataset_type) for r in card.data.eval_results][:1] == [(90.5, "zalando-datasets/fashion_mnist")]
+
+
+def test_private_repo_and_revision_branch(tmp_path, hub_server, hub_token, capsys):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    folder = _fake_export(tmp_path / "export")
+    repo = f"{hub_server.user}/fm-private"
+    assert main(["publish", str(folder), "--repo-id", repo, "--token", hub_token]) == 0
+    assert not HfApi().model_info(repo).private  # public: anonymous readers see it
+    assert main(["publish", str(folder), "--repo-id", repo, "--private", "--token", hub_token,
+                 "--commit-message", "second upload"]) == 0  # an existing public repo is switched to private
+    assert f"published {folder} to {repo} (private)" in capsys.readouterr().out
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi().model_info(repo)  # anonymous: not visible any more
+    api = HfApi(token=hub_token)
+    info = api.model_info(repo)
+    assert info.private and {s.rfilename for s in info.siblings} >= {
+        "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "modeling_uniq.py", "quantize.py"}
+    assert not any("__pycache__" in s.rfilename for s in info.siblings)
+
+    (folder / "notes.txt").write_text("second stage")
+    assert main(["publish", str(folder), "--repo-id", repo, "--revision", "stage-2", "--token", hub_token]) == 0
+    assert "notes.txt" in api.list_repo_files(repo, revision="stage-2")
+    assert "notes.txt" not in api.list_repo_files(repo)  # main untouched
+    card = api.hf_hub_download(repo, "README.md", revision="stage-2")
+    assert ModelCard.load(card).data.pipeline_tag == "image-classification"
+
+
+OFFLINE_SCRIPT = """
+import sys
+import torch
+from safetensors.torch import load_file, save_file
+import uniq_hub  # noqa: F401
+from transformers import AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained("uniq/resnet18-w2a2").eval()
+with torch.no_grad():
+    logits = model(load_file(sys.argv[1])["pixel_values"]).logits
+save_file({"logits": logits}, sys.argv[2])
+"""
+
+
+def _logits(model, pixel_values):
+    with torch.no_grad():
+        return model(pixel_values=pixel_values).logits
+
+
+def _random_model():
+    """resnet18 w2a2 with random weights, step sizes and BatchNorm statistics (every tensor must round-trip)."""
+    from uniq_hub import UniQConfig, UniQForImageClassification, quantizers
+
+    torch.manual_seed(0)
+    model = UniQForImageClassification(UniQConfig(arch="resnet18", w_bits=2, a_bits=2, num_labels=1000, image_size=64))
+    with torch.no_grad():
+        for quantizer in quantizers(model).values():
+            quantizer.step.uniform_(0.02, 0.2)
+            quantizer.initialized.fill_(True)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_round_trip_through_the_hub(tmp_path, hub_server, hub_token):
+    """publish -> from_pretrained / pipeline -> identical logits; private; revision; offline from the cache."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from PIL import Image
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    repo = "uniq/resnet18-w2a2"
+    original = _random_model()
+    export = tmp_path / "export"
+    original.save_pretrained(export)
+    assert not (export / "README.md").exists()
+    assert main(["publish", str(export), "--repo-id", repo, "--token", hub_token]) == 0
+
+    pixel_values = torch.randn(2, 3, 64, 64)
+    expected = _logits(original, pixel_values)
+    loaded = AutoModelForImageClassification.from_pretrained(repo).eval()
+    assert type(loaded).__name__ == "UniQForImageClassification"
+    assert torch.equal(_logits(loaded, pixel_values), expected)
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8))
+    classifier = pipeline("image-classification", model=repo)
+    processed = AutoImageProcessor.from_pretrained(repo)(image, return_tensors="pt")["pixel_values"]
+    assert torch.equal(_logits(classifier.model.eval(), processed), _logits(original, processed))
+    top = _logits(original, processed).softmax(-1)[0].topk(3)
+    got = classifier(image, top_k=3)
+    assert [g["label"] for g in got] == [original.config.id2label[i] for i in top.indices.tolist()]
+    assert np.allclose([g["score"] for g in got], top.values.tolist(), rtol=1e-6, atol=0)
+    card = ModelCard.load(hf_hub_download(repo, "README.md"))  # generated from the zoo entry
+    assert card.data.eval_results is None and "w2a2" in card.data.tags and "67.8%" in card.text
+
+    # --private: reading needs the token
+    assert main(["publish", str(export), "--repo-id", f"{repo}-private", "--private", "--token", hub_token,
+                 "--zoo", repo]) == 0
+    with pytest.raises(OSError, match="resnet18-w2a2-private"):
+        AutoConfig.from_pretrained(f"{repo}-private")
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download(f"{repo}-private", "model.safetensors")
+    private_weights = hf_hub_download(f"{repo}-private", "model.safetensors", token=hub_token)
+    assert Path(private_weights).read_bytes() == (export / "model.safetensors").read_bytes()
+
+    # --revision: a second version (relabelled) lands on that branch only
+    export_v2 = tmp_path / "export-v2"
+    shutil.copytree(export, export_v2)
+    config_v2 = json.loads((export_v2 / "config.json").read_text())
+    config_v2["id2label"]["0"] = "v2 label"
+    config_v2["label2id"] = {v: int(k) for k, v in config_v2["id2label"].items()}
+    (export_v2 / "config.json").write_text(json.dumps(config_v2))
+    assert main(["publish", str(export_v2), "--repo-id", repo, "--revision", "v2", "--token", hub_token]) == 0
+    assert AutoConfig.from_pretrained(repo, revision="v2").id2label[0] == "v2 label"
+    assert AutoConfig.from_pretrained(repo).id2label[0] == original.config.id2label[0] != "v2 label"
+
+    # offline: a fresh process with HF_HUB_OFFLINE=1 loads main from the same cache; the server sees nothing
+    save_file({"pixel_values": pixel_values}, str(tmp_path / "in.safetensors"))
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")])))
+    before = hub_server.request_count
+    done = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT, str(tmp_path / "in.safetensors"),
+                           str(tmp_path / "out.safetensors")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert hub_server.request_count == before
+    assert torch.equal(load_file(str(tmp_path / "out.safetensors"))["logits"], expected)
