@@ -12,7 +12,9 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import save_file
 
+from uniq_hub.cards import checkpoint_size
 from uniq_hub.cli import main
+from uniq_hub.zoo import get_entry
 from uniq_hub.publish import PublishError, plan_upload
 
 CONFIG = {
@@ -194,6 +196,11 @@ def test_round_trip_through_the_hub(tmp_path, hub_server, hub_token):
     assert np.allclose([g["score"] for g in got], top.values.tolist(), rtol=1e-6, atol=0)
     card = ModelCard.load(hf_hub_download(repo, "README.md"))  # generated from the zoo entry
     assert card.data.eval_results is None and "w2a2" in card.data.tags and "67.8%" in card.text
+    weights = (export / "model.safetensors").read_bytes()
+    data_bytes = len(weights) - 8 - int.from_bytes(weights[:8], "little")
+    ideal, _ = checkpoint_size(get_entry(repo))
+    assert abs(data_bytes - ideal) <= 64  # the card's size is the real packed size (a checksum apart)
+    assert f"`model.safetensors` in this repository: {len(weights) / 1e6:.2f} MB" in card.text
 
     # --private: reading needs the token
     assert main(["publish", str(export), "--repo-id", f"{repo}-private", "--private", "--token", hub_token,

@@ -76,15 +76,16 @@ def _sizes(arch: str, num_labels: int, in_chans: int, w_bits: int, a_bits: int, 
     low_bit = {f"{name}.weight": m.weight_quantizer.bits for name, m in model.named_modules()
                if getattr(m, "weight_quantizer", None) is not None}
     total = sum(
-        math.ceil(t.numel() * low_bit.get(key, t.element_size() * 8 if t.is_floating_point() else 0) / 8)
+        math.ceil(t.numel() * low_bit.get(key, t.element_size() * 8) / 8)
         for key, t in model.state_dict().items()
     )
     return total, fp32, layers
 
 
 def checkpoint_size(entry: ZooEntry) -> tuple[int, int]:
-    """``(low-bit bytes, FP32 bytes)``: quantized weights at their bits, everything else (steps,
-    BatchNorm, biases, full-precision layers) at float32. The packed checkpoint's ideal size."""
+    """``(low-bit bytes, FP32 bytes)``: tensor data of the packed checkpoint (quantized weights at
+    their bits, everything else at its dtype: steps, BatchNorm, biases, full-precision layers)
+    and of the float model; without the safetensors header."""
     total, fp32, _ = _sizes(entry.arch, entry.dataset.num_labels, entry.dataset.in_chans,
                             entry.w_bits, entry.a_bits, entry.weight_granularity)
     return total, fp32
@@ -232,7 +233,7 @@ def render_card(
     low, fp32 = checkpoint_size(entry)
     size_lines = [f"- FP32 checkpoint of this architecture: {_mb(fp32)}"]
     if not entry.full_precision:
-        size_lines.insert(0, f"- Packed low-bit weights ({_bits(entry.w_bits)} per quantized weight, the rest float32): "
+        size_lines.insert(0, f"- Packed checkpoint data ({_bits(entry.w_bits)} per quantized weight, the rest as stored): "
                              f"{_mb(low)} ({fp32 / low:.1f}x smaller than FP32)")
     weights = Path(folder) / "model.safetensors" if folder else None
     if weights is not None and weights.is_file():
