@@ -60,11 +60,10 @@ class UploadPlan:
 
 
 def _human(num_bytes: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if num_bytes < 1000 or unit == "GB":
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.2f} {unit}"
-        num_bytes /= 1000  # type: ignore[assignment]
-    raise AssertionError
+    if num_bytes < 1000:
+        return f"{num_bytes} B"
+    scaled, unit = next((num_bytes / 10**e, u) for e, u in ((9, "GB"), (6, "MB"), (3, "KB")) if num_bytes >= 10**e)
+    return f"{scaled:.2f} {unit}"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
