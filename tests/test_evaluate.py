@@ -1,0 +1,89 @@
+"""Top-1 / top-5: the counting, and ``uniq-hub evaluate`` on a saved model against a direct computation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from train_helpers import make_tiny_dataset
+from uniq_hub import UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate, quant
+from uniq_hub.cli import main
+from uniq_hub.data import load_image_dataset
+from uniq_hub.evaluate import evaluate_model, topk_correct
+
+
+@pytest.fixture(autouse=True)
+def eager_kernels():
+    """A few batches: compiling the quantizer kernels would cost more than it saves."""
+    enabled = quant.compile_enabled()
+    quant.set_compile(False)
+    yield
+    quant.set_compile(enabled)
+
+
+def test_topk_counting():
+    logits = torch.tensor([[0.0, 1, 2, 3, 4, 5, 6], [6.0, 5, 4, 3, 2, 1, 0], [0.0, 1, 9, 2, 3, -1, 4]])
+    labels = torch.tensor([6, 2, 5])
+    hits = topk_correct(logits, labels)
+    assert hits[1].tolist() == [True, False, False]
+    assert hits[5].tolist() == [True, True, False]  # row 3: its label has the lowest logit
+    assert topk_correct(logits[:, :3], torch.tensor([0, 0, 1]))[5].tolist() == [True, True, True]  # k capped
+
+
+class _Lookup(nn.Module):
+    """Logits read from the input: the first ``classes`` pixels of the image."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.classes = classes
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return x.flatten(1)[:, : self.classes] + self.dummy
+
+
+def test_evaluate_model_percentages():
+    torch.manual_seed(0)
+    x = torch.randn(50, 1, 4, 4)
+    y = torch.randint(0, 10, (50,))
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 50, 16)]
+    ranks = (x.flatten(1)[:, :10] > x.flatten(1)[torch.arange(50), y][:, None]).sum(1)
+    metrics = evaluate_model(_Lookup(10), batches)
+    assert metrics["num_examples"] == 50
+    assert metrics["top1"] == pytest.approx(100.0 * (ranks == 0).float().mean().item())
+    assert metrics["top5"] == pytest.approx(100.0 * (ranks < 5).float().mean().item())
+    assert evaluate_model(_Lookup(4), [(x[:, :, :1], y % 4)])["top5"] is None  # fewer than 6 classes
+    with pytest.raises(ValueError, match="no examples"):
+        evaluate_model(_Lookup(10), [])
+
+
+def test_cli_writes_results_matching_a_direct_computation(tmp_path, capsys):
+    tiny = make_tiny_dataset(tmp_path / "tiny", train=8, test=40)
+    torch.manual_seed(0)
+    config = UniQConfig(arch="resnet20", w_bits=3, a_bits=3, num_labels=4, in_chans=1, image_size=28,
+                        image_mean=[0.3], image_std=[0.3], id2label={0: "top", 1: "upper", 2: "lower", 3: "bottom"})
+    model = UniQForImageClassification(config)
+    calibrate(model.model, [torch.randn(16, 1, 28, 28)], 1)
+    model.save_pretrained(tmp_path / "model")
+
+    out = tmp_path / "results" / "r.json"
+    assert main(["evaluate", str(tmp_path / "model"), "--dataset", str(tiny), "--split", "test",
+                 "--batch-size", "16", "--num-workers", "0", "--output", str(out), "--no-progress"]) == 0
+    record = json.loads(out.read_text())
+    assert set(record) == {"model_id", "dataset", "split", "top1", "top5", "num_examples", "command"}
+    assert (record["dataset"], record["split"], record["num_examples"], record["top5"]) == (str(tiny), "test", 40, None)
+    assert record["command"].startswith("uniq-hub evaluate ") and "--dataset" in record["command"]
+    assert "top-1" in capsys.readouterr().out
+
+    # the same number by hand: the saved model, its image processor, every test image
+    reloaded = UniQForImageClassification.from_pretrained(tmp_path / "model").eval()
+    processor = UniQImageProcessor.from_pretrained(tmp_path / "model")
+    ds = load_image_dataset(str(tiny), "test")
+    pixels = processor([row["image"] for row in ds], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        predicted = reloaded(pixels).logits.argmax(-1)
+    expected = 100.0 * (predicted == torch.tensor(ds["label"])).float().mean().item()
+    assert record["top1"] == pytest.approx(expected)
