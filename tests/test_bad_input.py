@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -23,9 +24,15 @@ def _save(folder, **kwargs) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return _save(tmp_path_factory.mktemp("pristine") / "model", w_bits=2, a_bits=2)
+
+
 @pytest.fixture()
-def folder(tmp_path):
-    return _save(tmp_path / "model", w_bits=2, a_bits=2)
+def folder(tmp_path, pristine):
+    """A fresh copy of a good checkpoint folder, for one test to damage."""
+    return str(shutil.copytree(pristine, tmp_path / "model"))
 
 
 def weights(folder) -> str:

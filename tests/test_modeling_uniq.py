@@ -73,16 +73,17 @@ def _assert_same_tensors(a: dict, b: dict, skip=()):
             assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "latent"])
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "packed"),
     [
-        dict(),
-        dict(w_bits=1, a_bits=1),
-        dict(w_bits=4, a_bits=4, method="lsq", weight_granularity="layer"),
-        dict(w_bits=3, a_bits=3, in_chans=1, image_mean=[0.3], image_std=[0.4]),
+        (dict(), True),
+        (dict(w_bits=1, a_bits=1), True),
+        (dict(w_bits=4, a_bits=4, method="lsq", weight_granularity="layer"), True),
+        (dict(w_bits=3, a_bits=3, in_chans=1, image_mean=[0.3], image_std=[0.4]), True),
+        (dict(w_bits=1, a_bits=1), False),
+        (dict(w_bits=4, a_bits=4, method="lsq", weight_granularity="layer"), False),
     ],
-    ids=["w2a2", "w1a1", "w4a4-lsq-layer", "w3a3-gray"],
+    ids=["w2a2-packed", "w1a1-packed", "w4a4-lsq-layer-packed", "w3a3-gray-packed", "w1a1-latent", "w4a4-lsq-layer-latent"],
 )
 def test_save_and_reload_is_bit_exact(tmp_path, kwargs, packed):
     model = tiny(**kwargs)
@@ -110,9 +111,9 @@ def test_save_and_reload_is_bit_exact(tmp_path, kwargs, packed):
 def test_packed_reload_of_mobilenetv2_is_bit_exact(tmp_path):
     torch.manual_seed(0)
     model = UniQForImageClassification(UniQConfig(arch="mobilenetv2", w_bits=4, a_bits=4, num_labels=3))
-    calibrate(model.model, [torch.randn(2, 3, 32, 32)], 1)
+    calibrate(model.model, [torch.randn(2, 3, 16, 16)], 1)
     model.eval()
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(1, 3, 16, 16)
     model.save_pretrained(tmp_path)
     assert torch.equal(logits(UniQForImageClassification.from_pretrained(tmp_path), x), logits(model, x))
 
@@ -188,3 +189,20 @@ def test_remote_code_without_uniq_hub_gives_the_same_logits(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote ok UniQImageProcessor" in result.stdout
     assert torch.equal(torch.load(out / "logits.pt", weights_only=True), logits(model))
+
+
+def test_push_to_hub_uploads_the_packed_release(hub_server, hub_token, tmp_path):
+    """Against the local Hub of tests/conftest.py; ``packed=False`` is honoured on the way up too."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    model = tiny()
+    model.push_to_hub("uniq/modeling-push", token=hub_token)
+    model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="uniq/modeling-save-push", token=hub_token,
+                          packed=False)
+    for repo, packed in (("uniq/modeling-push", True), ("uniq/modeling-save-push", False)):
+        files = set(HfApi(token=hub_token).list_repo_files(repo))
+        assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_uniq.py"} <= files
+        reloaded = UniQForImageClassification.from_pretrained(repo, token=hub_token)
+        assert torch.equal(logits(reloaded), logits(model))
+        with safe_open(hf_hub_download(repo, "model.safetensors", token=hub_token), "pt") as f:
+            assert any(k.endswith(PACKED_SUFFIX) for k in f.keys()) == packed

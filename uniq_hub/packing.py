@@ -30,7 +30,7 @@ from .modules import _MIN_STEP, UniQQuantizer, _QuantizedMixin
 from .quant import dequantize_codes, quantize_codes
 
 PACKED_SUFFIX = ".weight.packed"
-_CHUNK = 1 << 22  # codes per chunk when packing / unpacking (bounds the temporary bit tensors)
+_CHUNK = 1 << 21  # codes per chunk when packing / unpacking (a multiple of 8; bounds the temporaries)
 
 
 class CheckpointError(ValueError):
@@ -46,48 +46,55 @@ def packed_nbytes(numel: int, bits: int) -> int:
     return (numel * bits + 7) // 8
 
 
-def _chunks(numel: int, bits: int) -> Iterable[tuple[int, int]]:
-    step = _CHUNK - _CHUNK % 8  # a multiple of 8 codes is a whole number of bytes
-    for start in range(0, numel, step):
-        yield start, min(start + step, numel)
+def _check_bits(bits: int) -> None:
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
 
 
 def pack_bits(codes: Tensor, bits: int) -> Tensor:
-    """Pack integer codes ``0 .. 2**bits - 1`` (any shape) into a 1-D ``uint8`` bit stream."""
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
-    flat = codes.reshape(-1).to(torch.int32)
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits):
+    """Pack integer codes ``0 .. 2**bits - 1`` (any shape) into a 1-D ``uint8`` bit stream.
+
+    Groups of 8 codes form one little-endian integer of ``bits`` bytes (``sum code_j << j*bits``).
+    """
+    _check_bits(bits)
+    flat = codes.reshape(-1)
+    n = flat.numel()
+    if n and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits):
         raise ValueError(f"codes must lie in 0..{(1 << bits) - 1} for {bits} bits, got {int(flat.min())}..{int(flat.max())}")
-    shifts = torch.arange(bits, dtype=torch.int32)
-    weights = 1 << torch.arange(8, dtype=torch.int32)
-    out = torch.empty(packed_nbytes(flat.numel(), bits), dtype=torch.uint8)
-    for start, stop in _chunks(flat.numel(), bits):
-        stream = ((flat[start:stop, None] >> shifts) & 1).reshape(-1)
-        stream = torch.nn.functional.pad(stream, (0, -stream.numel() % 8))
-        byte0 = start * bits // 8
-        out[byte0 : byte0 + stream.numel() // 8] = (stream.view(-1, 8) * weights).sum(1).to(torch.uint8)
-    return out
+    out = torch.empty(-(-n // 8) * bits, dtype=torch.uint8)
+    code_shifts = torch.arange(8, dtype=torch.int64) * bits
+    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
+    for start in range(0, n, _CHUNK):
+        group = flat[start : start + _CHUNK].to(torch.int64)
+        group = torch.nn.functional.pad(group, (0, -group.numel() % 8)).view(-1, 8)
+        words = (group << code_shifts).sum(1)
+        chunk = ((words[:, None] >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1)
+        out[start * bits // 8 : start * bits // 8 + chunk.numel()] = chunk
+    nbytes = packed_nbytes(n, bits)
+    return out if out.numel() == nbytes else out[:nbytes].clone()
 
 
 def unpack_bits(packed: Tensor, bits: int, numel: int) -> Tensor:
     """Inverse of :func:`pack_bits`: ``numel`` codes as a 1-D ``uint8`` tensor."""
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
+    _check_bits(bits)
     if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != packed_nbytes(numel, bits):
         raise ValueError(
             f"expected a 1-D uint8 tensor of {packed_nbytes(numel, bits)} bytes ({numel} codes at {bits} bits), "
             f"got {packed.dtype} of shape {tuple(packed.shape)}"
         )
-    shifts8 = torch.arange(8, dtype=torch.int32)
-    weights = 1 << torch.arange(bits, dtype=torch.int32)
-    out = torch.empty(numel, dtype=torch.uint8)
-    for start, stop in _chunks(numel, bits):
-        byte0, byte1 = start * bits // 8, packed_nbytes(stop, bits)
-        stream = ((packed[byte0:byte1, None].to(torch.int32) >> shifts8) & 1).reshape(-1)
-        stream = stream[: (stop - start) * bits].view(-1, bits)
-        out[start:stop] = (stream * weights).sum(1).to(torch.uint8)
-    return out
+    out = torch.empty(-(-numel // 8) * 8, dtype=torch.uint8)
+    code_shifts = torch.arange(8, dtype=torch.int64) * bits
+    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
+    mask = (1 << bits) - 1
+    step = _CHUNK // 8 * bits  # bytes per chunk: a whole number of 8-code groups
+    for start in range(0, packed.numel(), step):
+        chunk = packed[start : start + step].to(torch.int64)
+        chunk = torch.nn.functional.pad(chunk, (0, -chunk.numel() % bits)).view(-1, bits)
+        words = (chunk << byte_shifts).sum(1)
+        codes = ((words[:, None] >> code_shifts) & mask).to(torch.uint8).reshape(-1)
+        first = start // bits * 8
+        out[first : first + codes.numel()] = codes
+    return out[:numel]
 
 
 def quantized_layers(model: nn.Module) -> dict[str, tuple[_QuantizedMixin, UniQQuantizer]]:
