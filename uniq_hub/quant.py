@@ -140,35 +140,46 @@ def _eager_backward(grad: Tensor, x: Tensor, step: Tensor, lo: float, hi: float,
     return grad_x, (g.sum_to_size(step.shape) / step_c).to(step.dtype)
 
 
-def _k_forward(x: Tensor, step: Tensor, bounds: Tensor) -> Tensor:
-    """Kernel: ``x`` is ``(N,)`` with a ``()`` step or ``(C, K)`` with a ``(C, 1)`` step."""
-    s = step.to(x.dtype)
+def _q(x: Tensor, s: Tensor, bounds: Tensor) -> Tensor:
     lo, hi, offset = bounds[0], bounds[1], bounds[2]
-    return ((torch.clamp(x / s + offset, lo, hi).round() - offset) * s).to(x.dtype)
+    return (torch.clamp(x / s + offset, lo, hi).round() - offset) * s
+
+
+def _grads(grad: Tensor, x: Tensor, s: Tensor, bounds: Tensor) -> tuple[Tensor, Tensor]:
+    """Input gradient and elementwise ``D * dQ/dD`` (reduced by the callers)."""
+    lo, hi, offset = bounds[0], bounds[1], bounds[2]
+    inside = ((x >= (lo - offset) * s) & (x <= (hi - offset) * s)).to(x.dtype)
+    return grad * inside, grad * (_q(x, s, bounds) - x * inside)
+
+
+# One function per kernel: torch.compile caches (and limits recompiles) per code object.
+def _k_forward_layer(x: Tensor, step: Tensor, bounds: Tensor) -> Tensor:
+    """Kernel: ``Q(x)`` for ``x`` of shape ``(N,)`` and a ``()`` step."""
+    return _q(x, step.to(x.dtype), bounds).to(x.dtype)
+
+
+def _k_forward_channel(x: Tensor, step: Tensor, bounds: Tensor) -> Tensor:
+    """Kernel: ``Q(x)`` for ``x`` of shape ``(C, K)`` and a ``(C, 1)`` step."""
+    return _q(x, step.to(x.dtype), bounds).to(x.dtype)
 
 
 def _k_backward_layer(grad: Tensor, x: Tensor, step: Tensor, bounds: Tensor) -> tuple[Tensor, Tensor]:
     """Kernel: input gradient and the summed step gradient for a ``()`` step, one pass."""
     s = step.to(x.dtype)
-    lo, hi, offset = bounds[0], bounds[1], bounds[2]
-    q = (torch.clamp(x / s + offset, lo, hi).round() - offset) * s
-    inside = ((x >= (lo - offset) * s) & (x <= (hi - offset) * s)).to(x.dtype)
-    grad_step = (grad * (q - x * inside)).sum(dtype=torch.float32) / s
-    return (grad * inside).to(grad.dtype), grad_step.to(step.dtype)
+    grad_x, g = _grads(grad, x, s, bounds)
+    return grad_x.to(grad.dtype), (g.sum(dtype=torch.float32) / s).to(step.dtype)
 
 
 def _k_backward_channel(grad: Tensor, x: Tensor, step: Tensor, bounds: Tensor) -> tuple[Tensor, Tensor]:
     """Kernel: as :func:`_k_backward_layer` for ``(C, K)`` rows with a ``(C, 1)`` step."""
     s = step.to(x.dtype)
-    lo, hi, offset = bounds[0], bounds[1], bounds[2]
-    q = (torch.clamp(x / s + offset, lo, hi).round() - offset) * s
-    inside = ((x >= (lo - offset) * s) & (x <= (hi - offset) * s)).to(x.dtype)
-    grad_step = (grad * (q - x * inside)).sum(dim=1, keepdim=True, dtype=torch.float32) / s
-    return (grad * inside).to(grad.dtype), grad_step.to(step.dtype)
+    grad_x, g = _grads(grad, x, s, bounds)
+    return grad_x.to(grad.dtype), (g.sum(dim=1, keepdim=True, dtype=torch.float32) / s).to(step.dtype)
 
 
 _KERNELS: dict[str, Callable] = {
-    "forward": _k_forward,
+    "forward_layer": _k_forward_layer,
+    "forward_channel": _k_forward_channel,
     "backward_layer": _k_backward_layer,
     "backward_channel": _k_backward_channel,
 }
@@ -176,6 +187,8 @@ _KERNELS: dict[str, Callable] = {
 
 def _run_kernel(name: str, *args: Tensor):
     """Run the compiled kernel ``name``; on a compile failure warn once and run it eagerly."""
+    if torch.compiler.is_compiling():  # inside a user's torch.compile: let it trace the kernel
+        return _KERNELS[name](*args)
     if _compile_state["enabled"]:
         fn = _compiled.get(name)
         if fn is None:
@@ -195,9 +208,16 @@ def _run_kernel(name: str, *args: Tensor):
     return _KERNELS[name](*args)
 
 
-@lru_cache(maxsize=None)
+_BOUNDS: dict[tuple, Tensor] = {}
+
+
 def _bounds(lo: float, hi: float, offset: float, device: torch.device) -> Tensor:
-    return torch.tensor([lo, hi, offset], dtype=torch.float32, device=device)
+    """``[lo, hi, offset]`` as a tensor, made once per device: a kernel input, not a constant,
+    so one compiled kernel serves every bit-width and scheme."""
+    key = (lo, hi, offset, device)
+    if key not in _BOUNDS:
+        _BOUNDS[key] = torch.tensor([lo, hi, offset], dtype=torch.float32, device=device)
+    return _BOUNDS[key]
 
 
 def _layout(x: Tensor) -> str | None:
@@ -210,19 +230,24 @@ def _layout(x: Tensor) -> str | None:
 
 
 def _flat(t: Tensor, layout: str, rows: int | None) -> Tensor:
-    """``t`` as ``(N,)`` or ``(rows, K)`` in ``layout``'s memory order (copies only a mismatched grad)."""
+    """``t`` as ``(N,)`` or ``(rows, K)`` in ``layout``'s memory order, detached and not a view
+    (the compiled kernels then see one stable signature; copies only a mismatched grad)."""
     if layout == "channels_last":
         t = t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
     else:
         t = t.contiguous()
-    return t.reshape(-1) if rows is None else t.reshape(rows, -1)
+    return (t.reshape(-1) if rows is None else t.reshape(rows, -1)).detach()
 
 
 def _unflat(t: Tensor, like: Tensor, layout: str) -> Tensor:
     if layout == "channels_last":
         n, c, h, w = like.shape
-        return t.view(n, h, w, c).permute(0, 3, 1, 2)
-    return t.view(like.shape)
+        return t.view(n, h, w, c).permute(0, 3, 1, 2).detach()
+    return t.view(like.shape).detach()
+
+
+def _kernel_step(step: Tensor, rows: int | None) -> Tensor:
+    return (step.reshape(rows, 1) if rows else step.reshape(())).detach()
 
 
 def _fused_mode(x: Tensor, step: Tensor) -> tuple[str, str] | None:
@@ -255,8 +280,7 @@ def _quantize(x: Tensor, step: Tensor, spec: tuple) -> Tensor:
         return _eager_forward(x, step, lo, hi, offset)
     kind, layout = mode
     rows = x.shape[0] if kind == "channel" else None
-    s = step.reshape(rows, 1) if rows else step.reshape(())
-    q = _run_kernel("forward", _flat(x, layout, rows), s, _bounds(lo, hi, offset, x.device))
+    q = _run_kernel("forward_" + kind, _flat(x, layout, rows), _kernel_step(step, rows), _bounds(lo, hi, offset, x.device))
     return _unflat(q, x, layout)
 
 
@@ -292,9 +316,8 @@ class _FakeQuant(torch.autograd.Function):
         else:
             kind, layout = mode
             rows = x.shape[0] if kind == "channel" else None
-            s = step.reshape(rows, 1) if rows else step.reshape(())
             gx, gs = _run_kernel(
-                "backward_" + kind, _flat(grad, layout, rows), _flat(x, layout, rows), s,
+                "backward_" + kind, _flat(grad, layout, rows), _flat(x, layout, rows), _kernel_step(step, rows),
                 _bounds(lo, hi, offset, x.device),
             )
             grad_x, grad_step = _unflat(gx, x, layout), gs.reshape(step.shape)
