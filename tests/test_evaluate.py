@@ -8,20 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from train_helpers import make_tiny_dataset
-from uniq_hub import UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate, quant
+from train_helpers import eager_kernels, make_tiny_dataset  # noqa: F401
+from uniq_hub import UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
 from uniq_hub.cli import main
 from uniq_hub.data import load_image_dataset
 from uniq_hub.evaluate import evaluate_model, topk_correct
-
-
-@pytest.fixture(autouse=True)
-def eager_kernels():
-    """A few batches: compiling the quantizer kernels would cost more than it saves."""
-    enabled = quant.compile_enabled()
-    quant.set_compile(False)
-    yield
-    quant.set_compile(enabled)
 
 
 def test_topk_counting():

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_helpers import accelerate_command, make_tiny_dataset, subprocess_env, train_command
-from uniq_hub import UniQForImageClassification, quant, quantizers
+from train_helpers import accelerate_command, eager_kernels, make_tiny_dataset, subprocess_env, train_command  # noqa: F401
+from uniq_hub import UniQForImageClassification, quantizers
 from uniq_hub.checkpoint import latest_checkpoint, read_trainer_state
 from uniq_hub.quant import optimal_step
 from uniq_hub.quickstart import run_quickstart
@@ -22,15 +22,6 @@ from uniq_hub.train import build_model, load_data, load_init_weights
 from uniq_hub.train_config import resolve_config
 
 STEPS_PER_EPOCH = 4  # 64 training images, batch 16
-
-
-@pytest.fixture(scope="module", autouse=True)
-def eager_kernels():
-    """Toy runs take a few steps: compiling the quantizer kernels would cost more than it saves."""
-    enabled = quant.compile_enabled()
-    quant.set_compile(False)
-    yield
-    quant.set_compile(enabled)
 
 
 @pytest.fixture(scope="module")

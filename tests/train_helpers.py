@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["top", "upper", "lower", "bottom"]
@@ -62,3 +63,15 @@ def accelerate_command(num_processes: int, *args: str) -> list[str]:
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
             "-m", "uniq_hub.train", *args]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def eager_kernels():
+    """Import into a test module: toy runs take a few steps, compiling the quantizer kernels
+    (after ``UNIQ_COMPILE_AFTER`` calls) would cost more than it saves."""
+    from uniq_hub import quant
+
+    enabled = quant.compile_enabled()
+    quant.set_compile(False)
+    yield
+    quant.set_compile(enabled)

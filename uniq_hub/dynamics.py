@@ -15,6 +15,7 @@ input ``x`` and output ``Q(x)`` of that training step:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -52,46 +53,54 @@ def quantizer_stats(quantizer: UniQQuantizer, x: Tensor, q: Tensor) -> dict[str,
 
 
 class DynamicsRecorder:
-    """Forward hooks on every quantizer of ``model`` that record :func:`quantizer_stats` when armed.
+    """Records :func:`quantizer_stats` of every quantizer of ``model`` on a probe batch.
 
-    ``arm()`` before a training forward, ``collect()`` after it returns
-    ``{"<quantizer name>/<stat>": value}`` and disarms. Hooks cost a flag check when disarmed.
-    ``include``: substrings; keep only quantizers whose name contains one (all when empty).
+    :meth:`probe` runs one extra no-grad forward of the plain (uncompiled, unwrapped) module in
+    train mode, i.e. with the batch statistics training uses, on the current training batch and
+    weights, with forward hooks on the quantizers only for that call; BatchNorm running
+    statistics are restored afterwards. The training forward itself carries no hook, so
+    ``torch.compile`` and DDP see the model unchanged. Returns ``{"<quantizer>/<stat>": value}``.
+    ``include``: substrings; only quantizers whose name contains one (all when empty).
     """
 
     def __init__(self, model: nn.Module, include: tuple[str, ...] = ()) -> None:
-        self.armed = False
-        self.records: dict[str, Tensor] = {}
-        self._handles = []
-        for name, module in model.named_modules():
-            if isinstance(module, UniQQuantizer) and (not include or any(s in name for s in include)):
-                self._handles.append(module.register_forward_hook(self._hook(name)))
-
-    def _hook(self, name: str):
-        @torch.compiler.disable
-        def hook(module: UniQQuantizer, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            if self.armed and name not in self.records:
-                self.records[name] = _stats_tensor(module, inputs[0], output)
-
-        return hook
+        self.model = model
+        self.quantizers = {
+            name: m for name, m in model.named_modules()
+            if isinstance(m, UniQQuantizer) and (not include or any(s in name for s in include))
+        }
 
     @property
     def num_quantizers(self) -> int:
-        return len(self._handles)
+        return len(self.quantizers)
 
-    def arm(self) -> None:
-        self.armed, self.records = True, {}
+    @torch.no_grad()
+    def probe(self, inputs: Tensor, autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
+        records: dict[str, Tensor] = {}
 
-    def collect(self) -> dict[str, float]:
-        self.armed = False
-        names, records = list(self.records), self.records
-        self.records = {}
+        def hook_for(name: str):
+            def hook(module: UniQQuantizer, args: tuple[Tensor, ...], output: Tensor) -> None:
+                records.setdefault(name, _stats_tensor(module, args[0], output))
+
+            return hook
+
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+        saved = [[b.clone() for b in m.buffers()] for m in norms]
+        handles = [q.register_forward_hook(hook_for(name)) for name, q in self.quantizers.items()]
+        was_training = self.model.training
+        self.model.train()
+        try:
+            with autocast or contextlib.nullcontext():
+                self.model(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+            for m, buffers in zip(norms, saved):
+                for b, old in zip(m.buffers(), buffers):
+                    b.copy_(old)
+            self.model.train(was_training)
+        names = [n for n in self.quantizers if n in records]
         if not names:
             return {}
         values = torch.stack([records[n] for n in names]).cpu().tolist()  # one host transfer
         return {f"{n}/{k}": v for n, row in zip(names, values) for k, v in zip(_STATS, row)}
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []

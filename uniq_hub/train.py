@@ -342,11 +342,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                    disable=not (cfg.progress and accelerator.is_local_main_process))
         model.train()
         for inputs, labels in bar:
-            armed = dynamics is not None and (state.global_step + 1) % cfg.dynamics_every == 0 \
-                and accelerator.is_main_process
             with accelerator.accumulate(model):
-                if armed:
-                    dynamics.arm()
                 loss = compute(model(inputs).logits.float(), labels)
                 accelerator.backward(loss)
                 optimizer.step()
@@ -359,9 +355,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             scheduler.step()
             state.global_step += 1
             state.step_in_epoch += 1
-            if armed:
-                log.log({"epoch": epoch + state.step_in_epoch / steps_per_epoch, **dynamics.collect()},
-                        state.global_step, file="dynamics")
+            if dynamics is not None and state.global_step % cfg.dynamics_every == 0 and accelerator.is_main_process:
+                log.log({"epoch": epoch + state.step_in_epoch / steps_per_epoch,
+                         **dynamics.probe(inputs, accelerator.autocast())}, state.global_step, file="dynamics")
             if state.global_step % cfg.log_every == 0:
                 mean_loss = accelerator.reduce(window_loss, "mean").item() / window_batches
                 speed = window_images / (time.perf_counter() - window_start)
