@@ -78,13 +78,15 @@ def _first_image(ds: Any):
 def _num_examples(ds: Any, cfg: TrainConfig) -> int:
     try:
         return len(ds)
-    except TypeError:  # streaming: the split size from the dataset's metadata
+    except TypeError:  # streaming: --max-train-samples, else the split size from the metadata
+        if cfg.max_train_samples:
+            return cfg.max_train_samples
         splits = getattr(getattr(ds, "info", None), "splits", None) or {}
         split = splits.get(cfg.train_split)
         if split is None or not split.num_examples:
             raise ValueError(f"the streamed split {cfg.dataset}/{cfg.train_split} does not say how many examples it "
                              "has; pass --max-train-samples N") from None
-        return min(split.num_examples, cfg.max_train_samples or split.num_examples)
+        return split.num_examples
 
 
 def _channels(values: Iterable[float], in_chans: int) -> list[float]:
@@ -290,6 +292,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     eval_loader = data.make_dataloader(bundle.eval, bundle.eval_transform, cfg.eval_batch_size, shuffle=False,
                                        num_workers=cfg.num_workers)
     shuffle_generator = train_loader.generator  # reseeded per epoch: the order depends on (seed, epoch) only
+    train_dataset = train_loader.dataset  # streaming: its shuffle buffer is reseeded per epoch (set_epoch)
 
     model = build_model(cfg, bundle)
     checkpointer = Checkpointer(accelerator, run_dir, keep=cfg.keep_checkpoints)
@@ -306,7 +309,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     dynamics = DynamicsRecorder(model.model) if cfg.quantized and cfg.dynamics_every else None
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
+    try:
+        batches_per_epoch = len(train_loader)
+    except TypeError:  # streaming: what the split size gives each process
+        batches_per_epoch = bundle.num_train // (per_batch * accelerator.num_processes)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -336,9 +343,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if done:
             break
         shuffle_generator.manual_seed(cfg.seed * 100_003 + epoch)
+        if hasattr(train_dataset, "set_epoch"):
+            train_dataset.set_epoch(epoch)
         skip = state.step_in_epoch * cfg.grad_accum
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        bar = tqdm(loader, total=len(train_loader) - skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True,
+        bar = tqdm(itertools.islice(loader, batches_per_epoch - skip), total=batches_per_epoch - skip,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True,
                    disable=not (cfg.progress and accelerator.is_local_main_process))
         model.train()
         for inputs, labels in bar:
