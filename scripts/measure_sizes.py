@@ -42,8 +42,9 @@ def table(arch: str) -> str:
     return "\n".join([
         f"Release checkpoint sizes (`model.safetensors`, 1 MB = 10^6 bytes), measured by "
         f"`python scripts/measure_sizes.py --arch {arch}`. Information-theoretic size: bits x weights for "
-        "every quantized weight plus everything stored in full precision (BatchNorm, step sizes, and at "
-        "1 bit the first conv, the classifier and the downsampling shortcuts, which stay FP32).",
+        "every quantized weight (the first conv and the classifier at 8 bits) plus everything stored in full "
+        "precision (BatchNorm, step sizes, and at 1 bit the first conv, the classifier and the downsampling "
+        "shortcuts, which stay FP32, which is why w1a1 is larger than w2a2).",
         "",
         "| model | bits | file | information-theoretic | overhead | smaller than FP32 |",
         "|---|---|---|---|---|---|",
