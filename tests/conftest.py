@@ -37,6 +37,10 @@ def _free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
+# The suite runs as `pytest -n 2` on 2 cores: one intra-op thread per worker (and per subprocess it
+# starts) avoids two OpenMP pools spinning for the same core. An explicit setting wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 HUB_PORT = _free_loopback_port()
 HUB_URL = f"http://127.0.0.1:{HUB_PORT}"
 HF_HOME = tempfile.mkdtemp(prefix="uniq_hub_hf_home_")
