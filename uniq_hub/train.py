@@ -39,7 +39,8 @@ from .train_config import TrainConfig, add_config_arguments, config_from_args
 
 logger = logging.getLogger("uniq_hub.train")
 
-__all__ = ["DataBundle", "load_data", "build_model", "load_init_weights", "train", "add_arguments", "run", "main"]
+__all__ = ["DataBundle", "Trainer", "load_data", "build_model", "load_init_weights", "train", "add_arguments", "run",
+           "main"]
 
 _ONE_CHANNEL_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -269,138 +270,168 @@ def _save_best(accelerator, model, cfg: TrainConfig, metrics: dict[str, Any]) ->
         export_model(unwrapped, export_dir, _eval_record(cfg, metrics, export_dir), entry)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run the training ``cfg`` describes; returns a summary (best top-1, steps, directories)."""
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+class Trainer:
+    """One training run: set up by the constructor (data, model, init or resume, optimizer,
+    schedule), run by :meth:`fit`. Every process of a launch builds one."""
 
-    from . import data
-    from .dynamics import DynamicsRecorder
-    from .evaluate import evaluate_model
-    from .recipes import build_optimizer, build_scheduler
+    def __init__(self, cfg: TrainConfig) -> None:
+        from accelerate.utils import set_seed
 
-    accelerator = _make_accelerator(cfg)
-    run_dir = cfg.run_dir
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    set_seed(cfg.seed)
-    bundle = load_data(cfg)
-    per_batch = _per_process_batch(cfg, accelerator.num_processes)
-    train_loader = data.make_dataloader(bundle.train, bundle.train_transform, per_batch, shuffle=True,
-                                        num_workers=cfg.num_workers, seed=cfg.seed, drop_last=True)
-    eval_loader = data.make_dataloader(bundle.eval, bundle.eval_transform, cfg.eval_batch_size, shuffle=False,
-                                       num_workers=cfg.num_workers)
-    shuffle_generator = train_loader.generator  # reseeded per epoch: the order depends on (seed, epoch) only
-    train_dataset = train_loader.dataset  # streaming: its shuffle buffer is reseeded per epoch (set_epoch)
+        from . import data
+        from .dynamics import DynamicsRecorder
+        from .recipes import build_optimizer, build_scheduler
 
-    model = build_model(cfg, bundle)
-    checkpointer = Checkpointer(accelerator, run_dir, keep=cfg.keep_checkpoints)
-    resume_from = checkpointer.resolve(cfg.resume) if cfg.resume else None
-    if resume_from is None:
-        if cfg.init_from:
-            load_init_weights(model, cfg.init_from)
-        if cfg.quantized:
-            model.to(accelerator.device)
-            shuffle_generator.manual_seed(cfg.seed)
-            used = _calibrate(model, train_loader, cfg, accelerator.device)
-            logger.info("calibrated the step sizes on %d batches", used)
+        self.cfg = cfg
+        self.accelerator = acc = _make_accelerator(cfg)
+        if acc.is_main_process:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            (cfg.run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        set_seed(cfg.seed)
+        bundle = load_data(cfg)
+        per_batch = _per_process_batch(cfg, acc.num_processes)
+        train_loader = data.make_dataloader(bundle.train, bundle.train_transform, per_batch, shuffle=True,
+                                            num_workers=cfg.num_workers, seed=cfg.seed, drop_last=True)
+        eval_loader = data.make_dataloader(bundle.eval, bundle.eval_transform, cfg.eval_batch_size, shuffle=False,
+                                           num_workers=cfg.num_workers)
+        self.shuffle_generator = train_loader.generator  # reseeded per epoch: order = f(seed, epoch)
+        self.train_dataset = train_loader.dataset  # streaming: its shuffle buffer follows set_epoch
 
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
-    dynamics = DynamicsRecorder(model.model) if cfg.quantized and cfg.dynamics_every else None
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    try:
-        batches_per_epoch = len(train_loader)
-    except TypeError:  # streaming: what the split size gives each process
-        batches_per_epoch = bundle.num_train // (per_batch * accelerator.num_processes)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-    scheduler = build_scheduler(optimizer, total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.warmup_lr,
-                                cfg.min_lr)
-    state = checkpointer.load(resume_from, scheduler) if resume_from else TrainerState()
-    if resume_from:
-        accelerator.print(f"resumed from {resume_from}: epoch {state.epoch}, step {state.global_step}")
-    accelerator.init_trackers(cfg.run_name, config=_tracker_config(cfg))
-    log = RunLog(accelerator, run_dir)
-    compute = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        model = build_model(cfg, bundle)
+        self.checkpointer = Checkpointer(acc, cfg.run_dir, keep=cfg.keep_checkpoints)
+        resume_from = self.checkpointer.resolve(cfg.resume) if cfg.resume else None
+        if resume_from is None:
+            if cfg.init_from:
+                load_init_weights(model, cfg.init_from)
+            if cfg.quantized:
+                model.to(acc.device)
+                self.shuffle_generator.manual_seed(cfg.seed)
+                used = _calibrate(model, train_loader, cfg, acc.device)
+                logger.info("calibrated the step sizes on %d batches", used)
+        optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        self.dynamics = DynamicsRecorder(model.model) if cfg.quantized and cfg.dynamics_every else None
+        self.model, self.optimizer, self.train_loader, self.eval_loader = acc.prepare(
+            model, optimizer, train_loader, eval_loader)
+        try:
+            self.batches_per_epoch = len(self.train_loader)
+        except TypeError:  # streaming: what the split size gives each process
+            self.batches_per_epoch = bundle.num_train // (per_batch * acc.num_processes)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
+        self.total_steps = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, round(cfg.warmup_epochs * self.steps_per_epoch),
+                                         cfg.warmup_lr, cfg.min_lr)
+        self.state = self.checkpointer.load(resume_from, self.scheduler) if resume_from else TrainerState()
+        if resume_from:
+            acc.print(f"resumed from {resume_from}: epoch {self.state.epoch}, step {self.state.global_step}")
+        acc.init_trackers(cfg.run_name, config=_tracker_config(cfg))
+        self.log = RunLog(acc, cfg.run_dir)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self._reset_window()
 
-    def evaluate_and_keep_best() -> dict[str, Any]:
-        metrics = evaluate_model(model, eval_loader, accelerator)
-        log.log({"epoch": state.epoch, "eval/top1": metrics["top1"], "eval/top5": metrics["top5"]}, state.global_step)
+    @property
+    def done(self) -> bool:
+        return self.state.global_step >= self.total_steps
+
+    @property
+    def epoch_progress(self) -> float:
+        return self.state.epoch + self.state.step_in_epoch / self.steps_per_epoch
+
+    def fit(self) -> dict[str, Any]:
+        cfg, state, acc = self.cfg, self.state, self.accelerator
+        metrics: dict[str, Any] = {}
+        for epoch in range(state.epoch, cfg.epochs):
+            if self.done:
+                break
+            self._train_epoch(epoch)
+            epoch_done = state.step_in_epoch >= self.steps_per_epoch
+            if epoch_done:
+                state.epoch, state.step_in_epoch = epoch + 1, 0
+            if self.done or (epoch_done and (state.epoch % cfg.eval_every == 0 or state.epoch == cfg.epochs)):
+                metrics = self.evaluate()
+            self.checkpointer.save(state, self.scheduler)
+        if not metrics and state.best_metric is None:  # nothing left to train, nothing evaluated yet
+            metrics = self.evaluate()
+        acc.end_training()
+        summary = {
+            "run_dir": str(cfg.run_dir), "export_dir": str(cfg.run_dir / "export") if cfg.export else None,
+            "best_top1": state.best_metric, "best_step": state.best_step, "last": metrics,
+            "steps": state.global_step, "epochs": state.epoch,
+        }
+        if acc.is_main_process:
+            (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _train_epoch(self, epoch: int) -> None:
+        """Optimizer steps of ``epoch`` from ``state.step_in_epoch`` on (mid-epoch after a resume)."""
+        from tqdm.auto import tqdm
+
+        cfg, state, acc = self.cfg, self.state, self.accelerator
+        self.shuffle_generator.manual_seed(cfg.seed * 100_003 + epoch)
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(epoch)
+        skip = state.step_in_epoch * cfg.grad_accum
+        loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+        batches = itertools.islice(loader, self.batches_per_epoch - skip)
+        bar = tqdm(batches, total=self.batches_per_epoch - skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   dynamic_ncols=True, disable=not (cfg.progress and acc.is_local_main_process))
+        self.model.train()
+        for inputs, labels in bar:
+            with acc.accumulate(self.model):
+                loss = self.loss_fn(self.model(inputs).logits.float(), labels)
+                acc.backward(loss)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self._window_loss += loss.detach()
+            self._window_batches += 1
+            self._window_images += inputs.shape[0] * acc.num_processes
+            if acc.sync_gradients:
+                self.scheduler.step()
+                state.global_step += 1
+                state.step_in_epoch += 1
+                self._after_step(inputs, bar)
+                if self.done:
+                    break
+        bar.close()
+
+    def _after_step(self, inputs, bar) -> None:
+        cfg, state, acc = self.cfg, self.state, self.accelerator
+        if self.dynamics is not None and state.global_step % cfg.dynamics_every == 0 and acc.is_main_process:
+            stats = self.dynamics.probe(inputs, acc.autocast())
+            self.log.log({"epoch": self.epoch_progress, **stats}, state.global_step, file="dynamics")
+        if state.global_step % cfg.log_every == 0:
+            loss = acc.reduce(self._window_loss, "mean").item() / self._window_batches
+            lr = self.scheduler.get_last_lr()[0]
+            speed = self._window_images / (time.perf_counter() - self._window_start)
+            self.log.log({"epoch": self.epoch_progress, "train/loss": loss, "train/lr": lr,
+                          "train/images_per_s": speed}, state.global_step)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+            self._reset_window()
+        if cfg.save_every and state.global_step % cfg.save_every == 0 and not self.done:
+            self.checkpointer.save(state, self.scheduler)
+
+    def _reset_window(self) -> None:
+        self._window_loss = torch.zeros((), device=self.accelerator.device)
+        self._window_batches, self._window_images, self._window_start = 0, 0, time.perf_counter()
+
+    def evaluate(self) -> dict[str, Any]:
+        """Top-1 / top-5 on the eval split; a new best is saved (``best/``) and exported (``export/``)."""
+        from .evaluate import evaluate_model
+
+        state, acc = self.state, self.accelerator
+        metrics = evaluate_model(self.model, self.eval_loader, acc)
+        self.log.log({"epoch": self.epoch_progress, "eval/top1": metrics["top1"], "eval/top5": metrics["top5"]},
+                     state.global_step)
         if state.best_metric is None or metrics["top1"] > state.best_metric:
             state.best_metric, state.best_step = metrics["top1"], state.global_step
-            _save_best(accelerator, model, cfg, metrics)
-        accelerator.wait_for_everyone()
+            _save_best(acc, self.model, self.cfg, metrics)
+        acc.wait_for_everyone()
+        acc.print(f"step {state.global_step} (epoch {self.epoch_progress:.2f}): top-1 {metrics['top1']:.2f}% "
+                  f"(best {state.best_metric:.2f}%)")
         return metrics
 
-    metrics: dict[str, Any] = {}
-    done = state.global_step >= total_steps
-    window_loss, window_batches, window_images = torch.zeros((), device=accelerator.device), 0, 0
-    window_start = time.perf_counter()
-    for epoch in range(state.epoch, cfg.epochs):
-        if done:
-            break
-        shuffle_generator.manual_seed(cfg.seed * 100_003 + epoch)
-        if hasattr(train_dataset, "set_epoch"):
-            train_dataset.set_epoch(epoch)
-        skip = state.step_in_epoch * cfg.grad_accum
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        bar = tqdm(itertools.islice(loader, batches_per_epoch - skip), total=batches_per_epoch - skip,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True,
-                   disable=not (cfg.progress and accelerator.is_local_main_process))
-        model.train()
-        for inputs, labels in bar:
-            with accelerator.accumulate(model):
-                loss = compute(model(inputs).logits.float(), labels)
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            window_loss += loss.detach()
-            window_batches += 1
-            window_images += inputs.shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state.global_step += 1
-            state.step_in_epoch += 1
-            if dynamics is not None and state.global_step % cfg.dynamics_every == 0 and accelerator.is_main_process:
-                log.log({"epoch": epoch + state.step_in_epoch / steps_per_epoch,
-                         **dynamics.probe(inputs, accelerator.autocast())}, state.global_step, file="dynamics")
-            if state.global_step % cfg.log_every == 0:
-                mean_loss = accelerator.reduce(window_loss, "mean").item() / window_batches
-                speed = window_images / (time.perf_counter() - window_start)
-                log.log({"epoch": epoch + state.step_in_epoch / steps_per_epoch, "train/loss": mean_loss,
-                         "train/lr": scheduler.get_last_lr()[0], "train/images_per_s": speed}, state.global_step)
-                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                window_loss.zero_()
-                window_batches, window_images, window_start = 0, 0, time.perf_counter()
-            done = state.global_step >= total_steps
-            if cfg.save_every and state.global_step % cfg.save_every == 0 and not done:
-                checkpointer.save(state, scheduler)
-            if done:
-                break
-        bar.close()
-        epoch_done = state.step_in_epoch >= steps_per_epoch
-        if epoch_done:
-            state.epoch, state.step_in_epoch = epoch + 1, 0
-        if done or (epoch_done and (state.epoch % cfg.eval_every == 0 or state.epoch == cfg.epochs)):
-            metrics = evaluate_and_keep_best()
-            accelerator.print(f"step {state.global_step} (epoch {state.epoch + state.step_in_epoch / steps_per_epoch:.2f}):"
-                              f" top-1 {metrics['top1']:.2f}% (best {state.best_metric:.2f}%)")
-        checkpointer.save(state, scheduler)
-    if not metrics and state.best_metric is None:  # resumed after the end, or nothing trained
-        metrics = evaluate_and_keep_best()
-    accelerator.end_training()
-    summary = {
-        "run_dir": str(run_dir), "export_dir": str(run_dir / "export") if cfg.export else None,
-        "best_top1": state.best_metric, "best_step": state.best_step, "last": metrics, "steps": state.global_step,
-        "epochs": state.epoch,
-    }
-    if accelerator.is_main_process:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run the training ``cfg`` describes; returns a summary (best top-1, steps, directories)."""
+    return Trainer(cfg).fit()
 
 
 # ---------------------------------------------------------------------------------------------
