@@ -3,7 +3,8 @@
 One process times, side by side and interleaved (rep 1: every variant once, rep 2: every
 variant once in a rotated order, ...), the full-precision model, the detach-trick baseline
 (``benchmarks/baseline_quant.py``, same policy and step sizes) and ``uniq_hub``'s quantizers
-(compiled kernels, and the eager fallback ``UNIQ_COMPILE=0``), for a training step (zero_grad,
+(``ours``: compiled kernels; ``ours-eager``: the fallback without compile, ``UNIQ_COMPILE=0``;
+``ours-keep``: compiled but keeping ``Q(x)`` for backward, ``UNIQ_RECOMPUTE=0``), for a training step (zero_grad,
 forward, cross-entropy, backward, SGD step) and an eval forward (``model.eval()`` under
 ``torch.no_grad()``). Reported: medians over the repetitions and their ratios to FP.
 
@@ -47,13 +48,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from baseline_quant import to_baseline  # noqa: E402
 
 from uniq_hub import QuantConfig, calibrate, create_model, quantize_  # noqa: E402
-from uniq_hub.quant import set_compile  # noqa: E402
+from uniq_hub.quant import set_compile, set_recompute  # noqa: E402
 
 # name -> (input channels, image size, batch, classes)
 MODELS = {"resnet20": (1, 28, 128, 10), "resnet18": (3, 224, 16, 1000)}
-# variant -> (uses quantize_, detach-trick baseline, compiled kernels)
-VARIANTS = {"fp": (False, False, False), "baseline": (True, True, False), "ours": (True, False, True),
-            "ours-eager": (True, False, False)}
+# variant -> (uses quantize_, detach-trick baseline, compiled kernels, recompute Q(x) in backward)
+VARIANTS = {"fp": (False, False, False, False), "baseline": (True, True, False, False),
+            "ours": (True, False, True, True), "ours-eager": (True, False, False, True),
+            "ours-keep": (True, False, True, False)}
 TARGETS = {"train": 1.15, "eval": 1.05, "memory": 1.20}
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
@@ -66,7 +68,7 @@ def build(model: str, variant: str, bits: int | None, device: str, channels_last
     y = torch.randint(0, classes, (batch,), generator=gen)
     torch.manual_seed(0)
     net = create_model(model, num_classes=classes, in_chans=chans)
-    quantized, baseline, _ = VARIANTS[variant]
+    quantized, baseline = VARIANTS[variant][:2]
     if quantized:
         quantize_(net, QuantConfig(w_bits=bits, a_bits=bits))
         calibrate(net, [x[: min(batch, 64)]])
@@ -84,7 +86,7 @@ class Runner:
 
     def __init__(self, variant: str, state: dict, device: str, amp: str | None) -> None:
         self.variant, self.s, self.device, self.amp = variant, state, device, amp
-        self.compiled = VARIANTS[variant][2]
+        self.compiled, self.recompute = VARIANTS[variant][2:]
 
     def _ctx(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp or "")
@@ -96,6 +98,7 @@ class Runner:
 
     def train_step(self) -> None:
         set_compile(self.compiled, after=0)
+        set_recompute(self.recompute)
         net, opt = self.s["net"], self.s["opt"]
         net.train()
         opt.zero_grad(set_to_none=True)
@@ -169,6 +172,7 @@ def measure_memory(args, model: str, variant: str, bits: int | None, batch: int)
            "--batch", f"{model}={batch}", "--device", args.device]
     cmd += ["--channels-last"] if args.channels_last else []
     cmd += ["--amp", args.amp] if args.amp else []
+    cmd += ["--threads", str(args.threads)] if args.threads else []
     env = {**os.environ, **MMAP_ENV}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -246,6 +250,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_block(path: Path, name: str, text: str) -> None:
+    """Put ``text`` between ``<!-- name begin -->`` / ``<!-- name end -->`` in ``path``, keeping the rest."""
+    begin, end = f"<!-- {name} begin (written by benchmarks/speed.py) -->", f"<!-- {name} end -->"
+    block = f"{begin}\n{text}{end}\n"
+    old = path.read_text() if path.exists() else "# Speed of UniQ fake quantization\n\n"
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)
+
+
 def targets(report: dict) -> list[str]:
     """One line per ``ours`` row that misses a target, with the miss."""
     misses = []
@@ -279,7 +297,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/speed-<device>.json)")
-    p.add_argument("--markdown", default=None, help="also write the table here (e.g. docs/speed.md)")
+    p.add_argument("--markdown", default=None, help="also put the table into this file (e.g. docs/speed.md), "
+                   "between markers, keeping the text around them")
     p.add_argument("--memory-probe", nargs=3, metavar=("MODEL", "VARIANT", "BITS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -355,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     print("\n" + table)
     print("targets missed:" if report["misses"] else "all targets met", *report["misses"], sep="\n  ")
     if args.markdown:
-        Path(args.markdown).write_text("# Speed of UniQ fake quantization\n\n" + table)
+        write_block(Path(args.markdown), f"speed-{args.device}", table)
     print(f"wrote {out}")
     return report
 
