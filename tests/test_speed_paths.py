@@ -247,3 +247,59 @@ def test_fallback_without_compile_and_when_compile_fails(tmp_path):
            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def _benchmarks():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import baseline_quant
+        import speed
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return baseline_quant, speed
+
+
+@pytest.mark.parametrize("bits", [2, 1])
+def test_detach_trick_baseline_computes_the_same_model(bits):
+    """The speed baseline is the same math written plainly: same outputs, same gradients."""
+    import copy
+
+    from uniq_hub import QuantConfig, calibrate, create_model, quantize_
+
+    baseline_quant, _ = _benchmarks()
+    torch.manual_seed(0)
+    ours = quantize_(create_model("resnet20", num_classes=10, in_chans=1), QuantConfig(w_bits=bits, a_bits=bits))
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    calibrate(ours, [x])
+    base = baseline_quant.to_baseline(copy.deepcopy(ours))
+    assert not any(type(m).__name__ in ("QConv2d", "QLinear") for m in base.modules())
+    outs = []
+    for model in (ours, base):
+        model.train()
+        out = model(x)
+        F.cross_entropy(out, y).backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1])
+    grads = dict(ours.named_parameters()), dict(base.named_parameters())
+    assert grads[0].keys() == grads[1].keys()
+    for name, p in grads[0].items():
+        torch.testing.assert_close(p.grad, grads[1][name].grad, rtol=2e-3, atol=1e-5, msg=name)
+
+
+def test_speed_script_table_block_and_arguments(tmp_path):
+    _, speed = _benchmarks()
+    doc = tmp_path / "speed.md"
+    doc.write_text("# Speed\n\nintro\n\n<!-- speed-cpu begin (written by benchmarks/speed.py) -->\nold\n"
+                   "<!-- speed-cpu end -->\n\nouttro\n")
+    speed.write_block(doc, "speed-cpu", "| new |\n")
+    text = doc.read_text()
+    assert "intro" in text and "outtro" in text and "| new |" in text and "old" not in text
+    speed.write_block(doc, "speed-cuda", "| gpu |\n")
+    assert "| new |" in doc.read_text() and "| gpu |" in doc.read_text()
+    args = speed.parse_args(["--quick"])
+    assert args.models == ["resnet20"] and args.bits == [2] and not args.memory
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--models", "resnet99"])
+    report = {"rows": [{"model": "m", "name": "ours-w2a2", "variant": "ours", "train_ratio": 1.3, "eval_ratio": 1.0,
+                        "memory_ratio": 1.1}]}
+    assert speed.targets(report) == ["m ours-w2a2: train 1.300x > 1.15x"]
