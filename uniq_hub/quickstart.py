@@ -25,7 +25,7 @@ def _say(message: str) -> None:
 
 def run_quickstart(
     workdir: str | Path = "runs/quickstart",
-    dataset: str = "fashion_mnist",
+    dataset: str = "zalando-datasets/fashion_mnist",
     bits: int = 2,
     train_samples: int | None = 20_000,
     eval_samples: int | None = None,
@@ -110,7 +110,8 @@ def _report(result: dict[str, Any], bits: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="uniq_hub.quickstart", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="runs/quickstart")
-    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--dataset", default="zalando-datasets/fashion_mnist",
+                        help="Hub name (offline: the Debian dataset-fashion-mnist files), or any other dataset")
     parser.add_argument("--bits", type=int, default=2)
     parser.add_argument("--train-samples", type=int, default=20_000, help="training subset (0: all 60k)")
     parser.add_argument("--eval-samples", type=int, default=0, help="test subset (0: all 10k)")
