@@ -39,6 +39,7 @@ import shlex
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,7 +204,8 @@ def plan(protocol: Protocol, rows: list[Row], seeds: tuple[int, ...], runs_root:
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
+    name = "uniq_hub-" + str(path.resolve()).strip("/").replace("/", "_") + ".lock"  # not beside the results
+    with open(Path(tempfile.gettempdir()) / name, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
