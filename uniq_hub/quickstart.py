@@ -27,7 +27,7 @@ def run_quickstart(
     workdir: str | Path = "runs/quickstart",
     dataset: str = "zalando-datasets/fashion_mnist",
     bits: int = 2,
-    train_samples: int | None = 20_000,
+    train_samples: int | None = None,
     eval_samples: int | None = None,
     fp_epochs: int = 2,
     q_epochs: int = 1,
@@ -48,7 +48,8 @@ def run_quickstart(
     start = time.perf_counter()
     common = dict(dataset=dataset, arch="resnet20", batch_size=batch_size, num_workers=num_workers,
                   max_train_samples=train_samples, max_eval_samples=eval_samples, progress=progress,
-                  save_every=0, keep_checkpoints=1, log_with="tensorboard")
+                  save_every=0, keep_checkpoints=1, log_with="tensorboard",
+                  eval_every=max(fp_epochs, q_epochs))  # evaluate after the last epoch of each stage
     common.update(train_options)
     subset = f"{train_samples} training images" if train_samples else "the full training split"
     _say(f"1/4 full-precision ResNet-20 on {dataset}: {fp_epochs} epoch(s) on {subset}")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="zalando-datasets/fashion_mnist",
                         help="Hub name (offline: the Debian dataset-fashion-mnist files), or any other dataset")
     parser.add_argument("--bits", type=int, default=2)
-    parser.add_argument("--train-samples", type=int, default=20_000, help="training subset (0: all 60k)")
+    parser.add_argument("--train-samples", type=int, default=0, help="training subset (0: all 60k)")
     parser.add_argument("--eval-samples", type=int, default=0, help="test subset (0: all 10k)")
     parser.add_argument("--fp-epochs", type=int, default=2)
     parser.add_argument("--q-epochs", type=int, default=1)
