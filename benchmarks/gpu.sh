@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Speed benchmark on CUDA: bf16 autocast, channels_last, ResNet-18 at batch 256 (ResNet-20 at 128),
 # FP vs the detach-trick baseline vs uniq_hub, training step and eval forward, w2a2 and w1a1.
-# Writes benchmarks/results/speed-cuda.json and docs/speed-cuda.md and prints the table.
-#   bash benchmarks/gpu.sh              # full run
-#   bash benchmarks/gpu.sh --quick      # smoke run (extra arguments go to speed.py)
+# Writes benchmarks/results/speed-cuda.json and docs/speed-cuda.md and prints the table; then runs the
+# reproduction study's full protocol (all 60k images, 30 epochs, 2 seeds; hours on one GPU; resumable)
+# unless GPU_STUDY=0.
+#   bash benchmarks/gpu.sh                  # speed + full study
+#   GPU_STUDY=0 bash benchmarks/gpu.sh      # speed only
+#   GPU_STUDY=0 bash benchmarks/gpu.sh --quick   # smoke run (extra arguments go to speed.py)
 # Needs a CUDA build of torch with Triton (torch.compile's GPU backend); without Triton the
 # quantizer kernels fall back to eager with a warning, and the JSON says which path ran.
 set -euo pipefail
@@ -27,4 +30,9 @@ PYEOF
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}
 "$PY" benchmarks/speed.py --device cuda --amp bf16 --channels-last \
     --batch resnet18=256 --batch resnet20=128 --reps 20 --eval-reps 30 --warmup 3 \
-    --out benchmarks/results/speed-cuda.json --markdown docs/speed-cuda.md "$@"
+    --out benchmarks/results/speed-cuda.json --markdown docs/speed.md "$@"
+
+if [ "${GPU_STUDY:-1}" != 0 ]; then
+    "$PY" benchmarks/reproduce.py --protocol full --jobs 1
+    "$PY" benchmarks/reproduce.py --protocol full --report --docs docs/reproduce-full.md
+fi

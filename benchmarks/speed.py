@@ -60,8 +60,10 @@ TARGETS = {"train": 1.15, "eval": 1.05, "memory": 1.20}
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
-def build(model: str, variant: str, bits: int | None, device: str, channels_last: bool, batch: int) -> dict:
-    """A model of ``variant`` with its optimizer, a fixed batch and a ``sync`` function."""
+def build(model: str, variant: str, bits: int | None, device: str, channels_last: bool, batch: int,
+          compile_model: bool = False) -> dict:
+    """A model of ``variant`` with its optimizer and a fixed batch; ``compile_model``: the whole
+    model under ``torch.compile`` (every variant, FP included, so ratios compare like with like)."""
     chans, size, _, classes = MODELS[model]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, chans, size, size, generator=gen)
@@ -77,6 +79,8 @@ def build(model: str, variant: str, bits: int | None, device: str, channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(device=device, memory_format=memory_format)
     x = x.to(device=device, memory_format=memory_format)
+    if compile_model:
+        net = torch.compile(net)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     return {"net": net, "opt": opt, "x": x, "y": y.to(device)}
 
@@ -134,9 +138,9 @@ def interleaved(runners: dict[str, Runner], what: str, reps: int) -> dict[str, l
 
 
 def memory_probe(model: str, variant: str, bits: int | None, device: str, channels_last: bool, batch: int,
-                 amp: str | None) -> dict:
+                 amp: str | None, compile_model: bool = False) -> dict:
     """Peak memory of one training step above the memory present before it (see module doc)."""
-    runner = Runner(variant, build(model, variant, bits, device, channels_last, batch), device, amp)
+    runner = Runner(variant, build(model, variant, bits, device, channels_last, batch, compile_model), device, amp)
     for _ in range(2):
         runner.train_step()
     deltas = []
@@ -167,10 +171,11 @@ def _proc_status(field: str) -> int:
 
 def measure_memory(args, model: str, variant: str, bits: int | None, batch: int) -> dict:
     if args.device == "cuda":
-        return memory_probe(model, variant, bits, "cuda", args.channels_last, batch, args.amp)
+        return memory_probe(model, variant, bits, "cuda", args.channels_last, batch, args.amp, args.compile_model)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", model, variant, str(bits or 0),
            "--batch", f"{model}={batch}", "--device", args.device]
     cmd += ["--channels-last"] if args.channels_last else []
+    cmd += ["--compile-model"] if args.compile_model else []
     cmd += ["--amp", args.amp] if args.amp else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
     env = {**os.environ, **MMAP_ENV}
@@ -184,7 +189,8 @@ def run_model(args, model: str, batch: int) -> list[dict]:
     """Time every variant of ``model`` interleaved; one row per (variant, bits)."""
     keys = [("fp", None)] + [(v, b) for b in args.bits for v in args.variants if v != "fp"]
     names = ["fp" if b is None else f"{v}-w{b}a{b}" for v, b in keys]
-    runners = {n: Runner(v, build(model, v, b, args.device, args.channels_last, batch), args.device, args.amp)
+    runners = {n: Runner(v, build(model, v, b, args.device, args.channels_last, batch, args.compile_model),
+                         args.device, args.amp)
                for n, (v, b) in zip(names, keys)}
     # Fresh models, same weights and steps: the baseline must compute what ours computes.
     agree = {}
@@ -295,6 +301,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="autocast dtype")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile-model", action="store_true",
+                   help="torch.compile every variant's whole model (FP too); the quantizers are traced into it")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/speed-<device>.json)")
     p.add_argument("--markdown", default=None, help="also put the table into this file (e.g. docs/speed.md), "
@@ -327,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.memory_probe:
         model, variant, bits = args.memory_probe
         res = memory_probe(model, variant, int(bits) or None, args.device, args.channels_last,
-                           args.batches[model], args.amp)
+                           args.batches[model], args.amp, args.compile_model)
         print(json.dumps(res))
         return None
     start_load = [round(v, 2) for v in os.getloadavg()]
@@ -358,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                        for m in args.models},
             "bits": args.bits, "variants": ["fp", *args.variants], "reps": args.reps, "eval_reps": args.eval_reps,
             "warmup": args.warmup, "amp": args.amp, "channels_last": args.channels_last,
+            "compile_model": args.compile_model,
             "optimizer": "SGD(lr=1e-3, momentum=0.9)", "policy": "quantize_ defaults (paper Section 5.1)",
             "memory": ("peak RSS during one step minus RSS before it, fresh subprocess, MALLOC_MMAP_THRESHOLD_=65536"
                        if args.device == "cpu" else "max_memory_allocated during one step minus allocated before"),
@@ -367,14 +376,15 @@ def main(argv: list[str] | None = None) -> dict | None:
         "wall_s": time.perf_counter() - t0,
     }
     report["misses"] = targets(report)
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"speed-{args.device}.json")
+    tag = f"{args.device}-compiled" if args.compile_model else args.device
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"speed-{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     table = markdown(report)
     print("\n" + table)
     print("targets missed:" if report["misses"] else "all targets met", *report["misses"], sep="\n  ")
     if args.markdown:
-        write_block(Path(args.markdown), f"speed-{args.device}", table)
+        write_block(Path(args.markdown), f"speed-{tag}", table)
     print(f"wrote {out}")
     return report
 

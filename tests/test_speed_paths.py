@@ -303,3 +303,22 @@ def test_speed_script_table_block_and_arguments(tmp_path):
     report = {"rows": [{"model": "m", "name": "ours-w2a2", "variant": "ours", "train_ratio": 1.3, "eval_ratio": 1.0,
                         "memory_ratio": 1.1}]}
     assert speed.targets(report) == ["m ours-w2a2: train 1.300x > 1.15x"]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_whole_model_compile_traces_one_graph(training):
+    """Under a user's torch.compile the quantizers trace into the model's graph: no graph breaks
+    (no Python-side caches, version checks or recompute hooks while compiling)."""
+    from uniq_hub import QuantConfig, calibrate, create_model, quantize_
+
+    torch.manual_seed(0)
+    net = create_model("resnet20", num_classes=10, in_chans=1)
+    x = torch.randn(4, 1, 28, 28)
+    quantize_(net, QuantConfig(w_bits=2, a_bits=2))
+    calibrate(net, [x])
+    net.train(training)
+    with torch.set_grad_enabled(training):
+        explained = torch._dynamo.explain(net)(x)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+    torch._dynamo.reset()

@@ -166,7 +166,11 @@ class _QuantizedMixin:
         wq = self.weight_quantizer
         if wq is None:
             return weight
-        if self.training or torch.is_grad_enabled() and (weight.requires_grad or wq.step.requires_grad):
+        if (
+            self.training
+            or torch.compiler.is_compiling()  # a compiled graph has no Python-side cache
+            or torch.is_grad_enabled() and (weight.requires_grad or wq.step.requires_grad)
+        ):
             self._wq_cache = None
             return wq(weight)
         # The tensors themselves (identity), their storage and version counters: any in-place
@@ -196,7 +200,9 @@ class _QuantizedMixin:
         ):
             return self._apply_with_input_step_adjoint(op, x, bias)
         qx, qw = self.quantize_input(x), self.quantized_weight()
-        if torch.is_grad_enabled() and (qx.grad_fn is not None or qw.grad_fn is not None):
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling() and (
+            qx.grad_fn is not None or qw.grad_fn is not None
+        ):
             with recompute_fake_quant_saves():
                 return op(qx, qw, bias)
         return op(qx, qw, bias)

@@ -83,7 +83,11 @@ def _as_step(step: Tensor | float, like: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_FUSED_DEVICES = ("cpu", "cuda")
+# CPU only. On CUDA (H200, bf16, benchmarks/results/speed-cuda.json) per-quantizer compiled kernels
+# were slower than the eager ones in training (ResNet-18 2.80x vs 2.62x FP, ResNet-20 4.6x vs 3.4x:
+# per-call overhead, and Inductor's dynamic-shape full reductions ran on few thread blocks); there
+# the fast path is compiling the whole model (1.41x), which traces these functions into its graph.
+_FUSED_DEVICES = ("cpu",)
 _MIN_FUSED_NUMEL = 4096  # below this, guard checks and launches cost more than the passes saved
 
 
@@ -303,7 +307,8 @@ class _FakeQuant(torch.autograd.Function):
         ctx.fold = (grad_scale, min_step)
         q = _quantize(x, _clamped(step, min_step), ctx.spec)
         ctx.save_for_backward(x, step)
-        ctx.out_version = None if q.is_inference() else q._version
+        # Under a user's torch.compile there is no recompute hook (its partitioner decides what to keep).
+        ctx.out_version = None if torch.compiler.is_compiling() or q.is_inference() else q._version
         return q
 
     @staticmethod
@@ -376,7 +381,7 @@ def recompute_fake_quant_saves() -> contextlib.AbstractContextManager:
     rebuild the identical tensor in backward. Training memory then stays near full precision.
     A no-op context when :func:`set_recompute` turned it off.
     """
-    if not _recompute_state["enabled"]:
+    if not _recompute_state["enabled"] or torch.compiler.is_compiling():
         return contextlib.nullcontext()
     return torch.autograd.graph.saved_tensors_hooks(_pack_saved, _unpack_saved)
 
