@@ -13,6 +13,7 @@ from uniq_hub import UniQConfig, UniQForImageClassification, UniQImageProcessor,
 from uniq_hub.cli import main
 from uniq_hub.data import load_image_dataset
 from uniq_hub.evaluate import evaluate_model, topk_correct
+from uniq_hub.zoo import get_entry
 
 
 def test_topk_counting():
@@ -51,7 +52,7 @@ def test_evaluate_model_percentages():
         evaluate_model(_Lookup(10), [])
 
 
-def test_cli_writes_results_matching_a_direct_computation(tmp_path, capsys):
+def _tiny_model(tmp_path):
     tiny = make_tiny_dataset(tmp_path / "tiny", train=8, test=40)
     torch.manual_seed(0)
     config = UniQConfig(arch="resnet20", w_bits=3, a_bits=3, num_labels=4, in_chans=1, image_size=28,
@@ -59,6 +60,11 @@ def test_cli_writes_results_matching_a_direct_computation(tmp_path, capsys):
     model = UniQForImageClassification(config)
     calibrate(model.model, [torch.randn(16, 1, 28, 28)], 1)
     model.save_pretrained(tmp_path / "model")
+    return tiny
+
+
+def test_cli_writes_results_matching_a_direct_computation(tmp_path, capsys):
+    tiny = _tiny_model(tmp_path)
 
     out = tmp_path / "results" / "r.json"
     assert main(["evaluate", str(tmp_path / "model"), "--dataset", str(tiny), "--split", "test",
@@ -78,3 +84,19 @@ def test_cli_writes_results_matching_a_direct_computation(tmp_path, capsys):
         predicted = reloaded(pixels).logits.argmax(-1)
     expected = 100.0 * (predicted == torch.tensor(ds["label"])).float().mean().item()
     assert record["top1"] == pytest.approx(expected)
+
+
+def test_zoo_name_attaches_the_result_to_the_zoo_entry(tmp_path, capsys):
+    tiny = _tiny_model(tmp_path)
+    results = tmp_path / "results"
+    args = ["evaluate", str(tmp_path / "model"), "--dataset", str(tiny), "--batch-size", "16", "--num-workers", "0",
+            "--no-progress", "--output", str(results / "fm-w3a3.json")]
+    with pytest.raises(SystemExit, match="--zoo-name: unknown zoo entry 'resnet20-nope'"):
+        main([*args, "--zoo-name", "resnet20-nope"])
+    assert not results.exists()  # refused before evaluating: nothing written
+    assert main([*args, "--zoo-name", "resnet20-fashion-mnist-w3a3"]) == 0
+    record = json.loads((results / "fm-w3a3.json").read_text())
+    assert record["zoo_name"] == "uniq/resnet20-fashion-mnist-w3a3"
+    assert "--zoo-name uniq/resnet20-fashion-mnist-w3a3" in record["command"]
+    entry = get_entry("uniq/resnet20-fashion-mnist-w3a3", results_dirs=[results])
+    assert entry.measured is not None and entry.measured.top1 == pytest.approx(record["top1"])

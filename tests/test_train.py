@@ -30,11 +30,12 @@ def tiny(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def quick(tiny, tmp_path_factory):
-    """The quickstart at toy size: FP 1 epoch, then w2a2 from it for 2 epochs, evaluate, pipeline."""
+def quick(tiny, tmp_path_factory, hub_server, hub_token):
+    """The quickstart at toy size: FP 1 epoch, then w2a2 from it for 2 epochs, evaluate, pipeline,
+    publish to the local Hub."""
     work = tmp_path_factory.mktemp("quick")
     result = run_quickstart(work, dataset=str(tiny), train_samples=None, fp_epochs=1, q_epochs=2, batch_size=16,
-                            num_workers=0, num_examples=3, progress=False,
+                            num_workers=0, num_examples=3, progress=False, repo_id="quickstart/toy-w2a2", token=hub_token,
                             log_every=1, dynamics_every=2, save_every=3, eval_every=1)
     return work, result
 
@@ -56,6 +57,13 @@ def test_quickstart_toy(quick):
                                                    for p in result["predictions"])
     assert result["q_bytes"] < result["fp_bytes"] / 4  # packed 2-bit weights
     assert (export / "README.md").read_text().startswith("---")
+    # published: the Hub copy loads and computes what the folder computes
+    assert "quickstart/toy-w2a2" in result["published"]
+    pixels = torch.randn(2, 1, 28, 28)
+    local = UniQForImageClassification.from_pretrained(export).eval()
+    hub = UniQForImageClassification.from_pretrained("quickstart/toy-w2a2").eval()
+    with torch.no_grad():
+        assert torch.equal(local(pixels).logits, hub(pixels).logits)
 
 
 def test_run_directory(quick):

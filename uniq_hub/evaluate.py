@@ -154,6 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", help="results JSON to write (default: <model folder>/eval_results.json "
                         "for a local folder, else print only)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--zoo-name", help="the zoo entry this model is (recorded, so `uniq-hub zoo` and the "
+                        "cards show the result when the JSON goes to benchmarks/results/)")
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -163,15 +165,26 @@ def _command(args: argparse.Namespace) -> str:
     for flag, value in (("--image-column", args.image_column), ("--label-column", args.label_column)):
         if value:
             parts += [flag, value]
+    if args.zoo_name:
+        parts += ["--zoo-name", args.zoo_name]
     return "uniq-hub evaluate " + shlex.join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.zoo_name:
+        from .zoo import get_entry
+
+        try:
+            args.zoo_name = get_entry(args.zoo_name).name
+        except KeyError as err:
+            raise SystemExit(f"uniq-hub evaluate: --zoo-name: {err.args[0]}") from None
     command = _command(args)
     record = evaluate(
         args.model, args.dataset, args.split, args.batch_size, args.max_samples, args.num_workers,
         args.image_column, args.label_column, args.streaming, command=command, progress=args.progress,
     )
+    if args.zoo_name:
+        record["zoo_name"] = args.zoo_name
     output = args.output or (Path(args.model) / "eval_results.json" if Path(args.model).is_dir() else None)
     from accelerate import PartialState
 

@@ -2,9 +2,10 @@
 
 Fashion-MNIST (the Hub, else the Debian ``dataset-fashion-mnist`` files): train a pre-activation
 ResNet-20 in full precision, then UniQ w2a2 initialised from it (calibration, then training),
-evaluate the exported model through ``uniq-hub evaluate``'s code path, and classify a few test
-images with ``pipeline("image-classification")``. Prints the measured numbers and where the
-Hub-ready folder is.
+evaluate the exported model through ``uniq-hub evaluate``'s code path, classify a few test images
+with ``pipeline("image-classification")``, and publish the folder with ``uniq-hub publish``'s code
+(a dry run that validates it and lists what would go up, unless a repo id is given). Prints the
+measured numbers and where the Hub-ready folder is.
 """
 
 from __future__ import annotations
@@ -35,12 +36,16 @@ def run_quickstart(
     num_workers: int = 1,
     num_examples: int = 4,
     progress: bool = True,
+    repo_id: str | None = None,
+    token: str | None = None,
     **train_options: Any,
 ) -> dict[str, Any]:
     """Train FP then w{bits}a{bits}, evaluate, export, classify; returns the measured numbers.
 
+    ``repo_id``: publish there (with ``token``, else the stored login); without it, a dry run.
     ``train_options``: more training options for both stages (e.g. ``log_every=1``)."""
     from .evaluate import evaluate
+    from .publish import publish
     from .train import train
     from .train_config import resolve_config
 
@@ -52,23 +57,27 @@ def run_quickstart(
                   eval_every=max(fp_epochs, q_epochs))  # evaluate after the last epoch of each stage
     common.update(train_options)
     subset = f"{train_samples} training images" if train_samples else "the full training split"
-    _say(f"1/4 full-precision ResNet-20 on {dataset}: {fp_epochs} epoch(s) on {subset}")
+    _say(f"1/5 full-precision ResNet-20 on {dataset}: {fp_epochs} epoch(s) on {subset}")
     fp = train(resolve_config(common, bits=32, epochs=fp_epochs, output_dir=str(workdir / "fp"),
                               run_name="quickstart-resnet20-fp"))
-    _say(f"2/4 UniQ w{bits}a{bits} initialised from it: calibration, then {q_epochs} epoch(s)")
+    _say(f"2/5 UniQ w{bits}a{bits} initialised from it: calibration, then {q_epochs} epoch(s)")
     q = train(resolve_config(common, bits=bits, epochs=q_epochs, init_from=str(workdir / "fp"),
                              output_dir=str(workdir / f"w{bits}a{bits}"), run_name=f"quickstart-resnet20-w{bits}a{bits}"))
     export = Path(q["export_dir"])
-    _say(f"3/4 evaluating the exported folder {export} as `uniq-hub evaluate` does")
+    _say(f"3/5 evaluating the exported folder {export} as `uniq-hub evaluate` does")
     record = evaluate(str(export), dataset, "test", batch_size=256, max_samples=eval_samples, num_workers=num_workers)
     (export / "eval_results.json").write_text(json.dumps(record, indent=2) + "\n")
-    _say(f"4/4 pipeline('image-classification') on {num_examples} test images")
+    _say(f"4/5 pipeline('image-classification') on {num_examples} test images")
     predictions = _classify(export, dataset, num_examples)
+    target = repo_id or f"YOUR_NAME/resnet20-fashion-mnist-w{bits}a{bits}"
+    _say(f"5/5 publishing to {target}" + ("" if repo_id else " (dry run: no --repo-id given, nothing is sent)"))
+    published = publish(export, target, token=token, dry_run=repo_id is None)
     fp_size = (Path(fp["export_dir"]) / "model.safetensors").stat().st_size
     q_size = (export / "model.safetensors").stat().st_size
     result = {
         "fp_top1": fp["best_top1"], "q_top1": q["best_top1"], "evaluate": record, "predictions": predictions,
-        "export_dir": str(export), "fp_bytes": fp_size, "q_bytes": q_size, "seconds": time.perf_counter() - start,
+        "export_dir": str(export), "repo_id": repo_id,
+        "published": published.commit_url if repo_id else published.describe(), "fp_bytes": fp_size, "q_bytes": q_size, "seconds": time.perf_counter() - start,
     }
     _report(result, bits)
     return result
@@ -104,7 +113,12 @@ def _report(result: dict[str, Any], bits: int) -> None:
         mark = "ok " if p["true"] == p["predicted"] else "err"
         print(f"  pipeline: {mark} true={p['true']!r:<14} predicted={p['predicted']!r:<14} score={p['score']:.3f}")
     print(f"\n  Hub-ready folder: {result['export_dir']}")
-    print(f"  publish it with:  uniq-hub publish {result['export_dir']} --repo-id YOUR_NAME/resnet20-fashion-mnist-w{bits}a{bits}")
+    if result["repo_id"]:
+        print(f"  published: {result['published']}")
+    else:
+        print("  publish dry run, would upload:\n    " + result["published"].replace("\n", "\n    "))
+        print(f"  publish it with:  uniq-hub publish {result['export_dir']} "
+              f"--repo-id YOUR_NAME/resnet20-fashion-mnist-w{bits}a{bits}   (or rerun with --repo-id)")
     print(f"  total time: {result['seconds'] / 60:.1f} min")
 
 
@@ -121,9 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--repo-id", help="publish the w2a2 folder to this Hub repo (default: a dry run)")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
     args = parser.parse_args(argv)
     run_quickstart(args.workdir, args.dataset, args.bits, args.train_samples or None, args.eval_samples or None,
-                   args.fp_epochs, args.q_epochs, args.batch_size, args.num_workers, progress=args.progress)
+                   args.fp_epochs, args.q_epochs, args.batch_size, args.num_workers, progress=args.progress,
+                   repo_id=args.repo_id, token=args.token)
     return 0
 
 
