@@ -106,11 +106,16 @@ def plot_dynamics(run_dir: str | Path, out: str | Path, patterns: list[str] | No
             bottom.legend(fontsize=8)
     bits = f"w{config.get('w_bits')}a{config.get('a_bits')}" if config else ""
     fig.suptitle(f"training dynamics: {config.get('run_name', run_dir.name)} {bits} ({config.get('optimizer', '')})")
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
+    """Write ``fig`` as a PNG to ``out`` (parents created) and close it."""
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _agg().close(fig)
     return out
 
 
@@ -194,12 +199,7 @@ def plot_accuracy(results: list[RunResult], out: str | Path) -> Path:
     ax.set_title("accuracy against bits")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
