@@ -77,7 +77,8 @@ def run_quickstart(
     result = {
         "fp_top1": fp["best_top1"], "q_top1": q["best_top1"], "evaluate": record, "predictions": predictions,
         "export_dir": str(export), "repo_id": repo_id,
-        "published": published.commit_url if repo_id else published.describe(), "fp_bytes": fp_size, "q_bytes": q_size, "seconds": time.perf_counter() - start,
+        "published": published.commit_url if repo_id else published.describe(),
+        "fp_bytes": fp_size, "q_bytes": q_size, "seconds": time.perf_counter() - start,
     }
     _report(result, bits)
     return result
