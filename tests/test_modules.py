@@ -85,3 +85,60 @@ def test_qlinear_with_only_an_input_quantizer():
     assert q.weight_quantizer is None
     x = torch.randn(7, 5)
     torch.testing.assert_close(q(x), F.linear(fake_quant_weight(x, 0.1, 4), lin.weight, lin.bias))
+
+
+# --- a ReLU before an unsigned quantizer is skipped: same values, same gradients -------------------
+
+
+def test_unsigned_quantizer_statistics_ignore_a_skipped_relu():
+    x = torch.randn(64, 8, 5, 5) * 1.7 + 0.3
+    act = UniQQuantizer(QuantSpec(3, "activation"))
+    signed = UniQQuantizer(QuantSpec(3, "signed"))
+    assert act.clips_at_zero and not signed.clips_at_zero
+    assert UniQQuantizer(QuantSpec(3, "activation", method="lsq")).clips_at_zero
+    assert not UniQQuantizer(QuantSpec(3, "weight", method="lsq")).clips_at_zero
+    for init in ("mse", "lsq"):
+        q = UniQQuantizer(QuantSpec(3, "activation", init=init))
+        assert torch.equal(q.estimate_step(x), q.estimate_step(F.relu(x)))
+    assert not torch.equal(signed.estimate_step(x), signed.estimate_step(F.relu(x)))
+
+
+@pytest.mark.parametrize("bits", [2, 1])
+def test_preact_resnet_skips_absorbed_relus_with_identical_results(bits, monkeypatch):
+    import uniq_hub.preresnet as preresnet
+    from uniq_hub import QuantConfig, calibrate, create_model, quantize_
+
+    torch.manual_seed(0)
+    net = create_model("resnet20", num_classes=10, in_chans=1)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    quantize_(net, QuantConfig(w_bits=bits, a_bits=bits))
+    calibrate(net, [x])
+    block = net.layer2[0]  # a downsampling block: conv1 and the 1x1 shortcut read the same ReLU
+    assert block.conv1.absorbs_relu and block.conv2.absorbs_relu
+    assert getattr(block.downsample, "absorbs_relu", False) is (bits > 1)  # at 1 bit: a full-precision shortcut
+
+    skipped = []
+    real = preresnet.relu_unless_absorbed
+    # skipped: the negative values of the BatchNorm output pass through (real ReLUs run in place)
+    monkeypatch.setattr(preresnet, "relu_unless_absorbed",
+                        lambda t, *c: (out := real(t.clone(), *c), skipped.append(bool((out < 0).any())))[0])
+    calibrate(net, [x])
+    steps_skipping = {n: p.detach().clone() for n, p in net.named_parameters() if n.endswith("step")}
+
+    def run(relu):
+        monkeypatch.setattr(preresnet, "relu_unless_absorbed", relu)
+        net.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    loss_fast, grads_fast = run(real)
+    monkeypatch.setattr(preresnet, "relu_unless_absorbed", lambda t, *c: F.relu(t))
+    calibrate(net, [x])  # the init sees relu(x) now: the same steps
+    assert all(torch.equal(p, steps_skipping[n]) for n, p in net.named_parameters() if n.endswith("step"))
+    loss_ref, grads_ref = run(lambda t, *c: F.relu(t))
+    assert torch.equal(loss_fast, loss_ref)
+    for name, grad in grads_ref.items():
+        torch.testing.assert_close(grads_fast[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    # every block ReLU was skipped, except the 1-bit model's before a full-precision shortcut
+    assert skipped.count(True) == (2 * 9 if bits > 1 else 2 * 9 - 2) and len(skipped) == 2 * 9
