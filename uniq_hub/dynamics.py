@@ -33,7 +33,7 @@ _STATS = ("step", "std", "sqnr", "sqnr_opt", "step_opt")
 @torch.no_grad()
 def _stats_tensor(quantizer: UniQQuantizer, x: Tensor, q: Tensor) -> Tensor:
     """The :data:`_STATS` of one quantizer call as a 5-vector on ``x``'s device (no host sync)."""
-    x, q = quantizer.observed(x.detach().float()), q.detach().float()
+    x, q = x.detach().float(), q.detach().float()
     kind = "activation" if quantizer.spec.role == "activation" else "weight"
     unit_step, sqnr_opt = optimal_step(quantizer.bits, kind)
     var = x.var()

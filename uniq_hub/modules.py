@@ -95,23 +95,12 @@ class UniQQuantizer(nn.Module):
     def _stat_kind(self) -> str:
         return "activation" if self.spec.role == "activation" else "weight"
 
-    @property
-    def clips_at_zero(self) -> bool:
-        """Unsigned codes: ``Q(x) == Q(relu(x))`` in value and in both gradients (except at x == 0
-        exactly), so a ReLU right before this quantizer can be skipped (see :func:`relu_unless_absorbed`)."""
-        return self.lo - self.offset == 0
-
-    def observed(self, x: Tensor) -> Tensor:
-        """What the quantizer represents of ``x``: ``relu(x)`` when it clips at zero, else ``x``.
-        Step-size init and training statistics use it, so they do not depend on a skipped ReLU."""
-        return x.clamp_min(0) if self.clips_at_zero else x
-
     @torch.no_grad()
     def estimate_step(self, x: Tensor) -> Tensor:
         """The initial step the spec's init rule gives for ``x`` (shape of ``self.step``)."""
         spec, kind = self.spec, self._stat_kind()
         dims = tuple(range(1, x.dim())) if spec.per_channel else None
-        x = self.observed(x.detach().float())
+        x = x.detach().float()
         if isinstance(spec.init, (int, float)):
             return torch.full_like(self.step, float(spec.init))
         if spec.init == "lsq":
@@ -193,11 +182,6 @@ class _QuantizedMixin:
         if cache is None or cache[0] is not weight or cache[1] is not step or cache[2] != key:
             cache = self._wq_cache = (weight, step, key, wq(weight).detach())
         return cache[3]
-
-    @property
-    def absorbs_relu(self) -> bool:
-        """The input quantizer clips at zero: a ReLU feeding only this layer changes nothing."""
-        return self.input_quantizer is not None and self.input_quantizer.clips_at_zero
 
     def quantize_input(self, x: Tensor) -> Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)
@@ -300,11 +284,3 @@ class QLinear(_QuantizedMixin, nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._apply_quantized(F.linear, x, self.bias)
-
-
-def relu_unless_absorbed(x: Tensor, *consumers: nn.Module | None) -> Tensor:
-    """``relu(x)`` (in place), or ``x`` itself when every layer that reads it quantizes its input
-    with codes that clip at zero, which makes the ReLU a no-op (one memory pass saved)."""
-    if all(getattr(c, "absorbs_relu", False) for c in consumers if c is not None):
-        return x
-    return F.relu(x, inplace=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .modules import relu_unless_absorbed
 from .registry import register_model
 
 
@@ -27,8 +26,8 @@ class PreActBlock(nn.Module):
         self.downsample = nn.Conv2d(in_chs, out_chs, 1, stride, bias=False) if resize else None
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = relu_unless_absorbed(self.bn1(x), self.conv1, self.downsample)
-        out = self.conv2(relu_unless_absorbed(self.bn2(self.conv1(pre)), self.conv2))
+        pre = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
         return out + (x if self.downsample is None else self.downsample(pre))
 
 
@@ -82,7 +81,7 @@ class PreActResNet(nn.Module):
         x = self.stem(x)
         for name in self.stage_names:
             x = getattr(self, name)(x)
-        return F.relu(self.norm(x), inplace=True)
+        return F.relu(self.norm(x))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(F.adaptive_avg_pool2d(self.forward_features(x), 1).flatten(1))
