@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Speed benchmark on CUDA: bf16 autocast, channels_last, ResNet-18 at batch 256 (ResNet-20 at 128),
 # FP vs the detach-trick baseline vs uniq_hub, training step and eval forward, w2a2 and w1a1.
-# Writes benchmarks/results/speed-cuda.json and docs/speed-cuda.md and prints the table; then runs the
-# reproduction study's full protocol (all 60k images, 30 epochs, 2 seeds; hours on one GPU; resumable)
+# Writes benchmarks/results/speed-cuda.json and the table into docs/speed.md; then runs the
+# reproduction study's full protocol (all 60k images, 30 epochs, 3 seeds; hours on one GPU; resumable)
 # unless GPU_STUDY=0.
 #   bash benchmarks/gpu.sh                  # speed + full study
 #   GPU_STUDY=0 bash benchmarks/gpu.sh      # speed only
