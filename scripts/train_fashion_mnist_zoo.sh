@@ -1,11 +1,46 @@
 #!/usr/bin/env bash
-# Trains and evaluates the Fashion-MNIST zoo entries FP and w2a2 with their recipes (about 1 h on 2 cores);
-# the results JSON files land in benchmarks/results/ (then: python scripts/generate_model_cards.py).
+# Trains, evaluates and releases the whole Fashion-MNIST zoo (ResNet-20 fp/w4a4/w3a3/w2a2/w1a1,
+# MobileNetV2 fp/w4a4/w2a2) with the zoo recipes (`uniq-hub zoo --json` prints them), resumably:
+# rerun it after an interruption and every entry continues from its last complete checkpoint;
+# finished entries (summary.json present) are skipped. Wall time per invocation is appended to
+# runs/zoo/<entry>/wall_times.txt. `STAGES="fp multi"` limits what runs (fp, multi, binary, release).
+# Then: the release folders land in zoo/<entry>/ (scripts/release_zoo.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 U=.venv/bin/uniq-hub
-$U train --zoo uniq/resnet20-fashion-mnist-fp --output-dir runs/zoo/resnet20-fashion-mnist-fp --eval-every 15 --no-progress
-$U train --zoo uniq/resnet20-fashion-mnist-w2a2 --init-from runs/zoo/resnet20-fashion-mnist-fp --output-dir runs/zoo/resnet20-fashion-mnist-w2a2 --eval-every 10 --no-progress
-for t in fp w2a2; do
-  $U evaluate runs/zoo/resnet20-fashion-mnist-$t/export --dataset zalando-datasets/fashion_mnist --zoo-name uniq/resnet20-fashion-mnist-$t --output benchmarks/results/resnet20-fashion-mnist-$t.json --no-progress
+STAGES=${STAGES:-"fp multi binary release"}
+KD=${KD:-}  # e.g. KD=1: distil every quantized entry from its family's FP entry
+
+train() {  # train ZOO_SHORT_NAME [extra uniq-hub train args...]
+  local name=$1; shift
+  local dir=runs/zoo/$name
+  [ -f "$dir/summary.json" ] && { echo "[zoo] $name: done"; return 0; }
+  local resume=()
+  ls -d "$dir"/checkpoints/step-* >/dev/null 2>&1 && resume=(--resume)
+  [ -d "$dir" ] && [ ${#resume[@]} = 0 ] && resume=(--overwrite)
+  local start=$SECONDS
+  $U train --zoo "uniq/$name" --output-dir "$dir" --no-progress --save-every 100 "${resume[@]}" "$@"
+  echo $((SECONDS - start)) >> "$dir/wall_times.txt"
+}
+
+kd() {  # kd FAMILY: the distillation flags when KD=1
+  [ -n "$KD" ] && echo "--teacher runs/zoo/$1-fashion-mnist-fp" || true
+}
+
+for arch in resnet20 mobilenetv2; do
+  case " $STAGES " in *" fp "*) train $arch-fashion-mnist-fp ;; esac
 done
+if [[ " $STAGES " == *" multi "* ]]; then
+  for bits in 4 3 2; do
+    train resnet20-fashion-mnist-w${bits}a${bits} --init-from runs/zoo/resnet20-fashion-mnist-fp $(kd resnet20)
+  done
+  for bits in 4 2; do
+    train mobilenetv2-fashion-mnist-w${bits}a${bits} --init-from runs/zoo/mobilenetv2-fashion-mnist-fp $(kd mobilenetv2)
+  done
+fi
+if [[ " $STAGES " == *" binary "* ]]; then
+  train resnet20-fashion-mnist-w1a1 --init-from runs/zoo/resnet20-fashion-mnist-w2a2 $(kd resnet20)
+fi
+if [[ " $STAGES " == *" release "* ]]; then
+  .venv/bin/python scripts/release_zoo.py
+fi

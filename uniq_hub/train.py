@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import Checkpointer, TrainerState
+from .distill import distillation_loss, load_teacher, teacher_logits
 from .train_config import TrainConfig, add_config_arguments, config_from_args
 
 logger = logging.getLogger("uniq_hub.train")
@@ -325,6 +326,7 @@ class Trainer:
         acc.init_trackers(cfg.run_name, config=_tracker_config(cfg))
         self.log = RunLog(acc, cfg.run_dir)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.teacher = load_teacher(cfg.teacher, bundle.num_labels).to(acc.device) if cfg.teacher else None
         self._reset_window()
 
     @property
@@ -376,7 +378,7 @@ class Trainer:
         self.model.train()
         for inputs, labels in bar:
             with acc.accumulate(self.model):
-                loss = self.loss_fn(self.model(inputs).logits.float(), labels)
+                loss = self._loss(self.model(inputs).logits.float(), inputs, labels)
                 acc.backward(loss)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -391,6 +393,14 @@ class Trainer:
                 if self.done:
                     break
         bar.close()
+
+    def _loss(self, logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy, or the distillation loss when the run has a teacher."""
+        if self.teacher is None:
+            return self.loss_fn(logits, labels)
+        cfg = self.cfg
+        return distillation_loss(logits, teacher_logits(self.teacher, inputs), labels, cfg.kd_temperature,
+                                 cfg.kd_weight, cfg.label_smoothing)
 
     def _after_step(self, inputs, bar) -> None:
         cfg, state, acc = self.cfg, self.state, self.accelerator

@@ -72,6 +72,9 @@ class TrainConfig:
     warmup_lr: float | None = _f(None, "constant warm-up lr (unset: linear ramp to lr)")
     min_lr: float = _f(0.0, "final lr of the cosine schedule")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
+    teacher: str | None = _f(None, "knowledge distillation: teacher model (folder, run dir or Hub id; same labels)")
+    kd_temperature: float = _f(4.0, "distillation temperature T (the KL term is scaled by T^2)")
+    kd_weight: float = _f(0.5, "distillation weight w: loss = (1 - w) CE + w T^2 KL(teacher || student)")
     calib_batches: int | None = _f(None, "batches for the activation step-size init (0: none)")
     grad_accum: int = _f(1, "gradient accumulation steps")
     max_steps: int | None = _f(None, "stop after this many optimizer steps")
@@ -284,6 +287,10 @@ def _validate(cfg: TrainConfig) -> None:
                          "initialised from data")
     if cfg.in_chans not in (None, 1, 3):
         raise ValueError(f"option 'in_chans' must be 1 or 3, got {cfg.in_chans}")
+    if not 0.0 <= cfg.kd_weight <= 1.0:
+        raise ValueError(f"option 'kd_weight' must be in [0, 1], got {cfg.kd_weight}")
+    if not cfg.kd_temperature > 0:
+        raise ValueError(f"option 'kd_temperature' must be > 0, got {cfg.kd_temperature}")
     if cfg.step_init not in ("mse", "lsq"):
         try:
             ok = float(cfg.step_init) > 0
