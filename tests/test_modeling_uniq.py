@@ -134,6 +134,7 @@ def test_saved_folder_carries_code_auto_map_and_preprocessor(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_uniq.UniQConfig",
+        "AutoModel": "modeling_uniq.UniQModel",
         "AutoModelForImageClassification": "modeling_uniq.UniQForImageClassification",
     }
     assert config["architectures"] == ["UniQForImageClassification"]

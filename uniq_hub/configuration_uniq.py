@@ -55,9 +55,11 @@ class UniQConfig(PreTrainedConfig):
     crop_pct (`float`): preprocessing resizes the shortest edge to ``image_size / crop_pct`` and
         centre-crops ``image_size`` (ImageNet: 224 / 0.875 = 256). Default 0.875 for inputs of
         at least 128 pixels, 1.0 below.
-    image_mean, image_std (`list[float]`): per-channel normalisation (default: ImageNet for RGB,
-        0.5 / 0.5 for grayscale).
-    num_labels / id2label / label2id: as in every transformers classifier.
+    image_mean, image_std (`list[float]` or `float`): per-channel normalisation (default: ImageNet
+        for RGB, 0.5 / 0.5 for grayscale); a single number applies to every channel, as in image processors.
+    num_labels / id2label / label2id / problem_type: as in every transformers classifier. Passed to
+        ``from_pretrained``, a ``num_labels`` or ``id2label`` that differs from the saved labels
+        replaces them (with ``ignore_mismatched_sizes=True``, for a new classifier).
     """
 
     model_type = "uniq"
@@ -155,10 +157,25 @@ class UniQConfig(PreTrainedConfig):
         return out
 
     def _checked_stats(self, name: str, value: Any, default: tuple[float, ...]) -> list[float]:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value] * self.in_chans
         value = list(default if value is None else value)
         if len(value) != self.in_chans or not all(isinstance(v, (int, float)) for v in value):
             raise ValueError(f"UniQConfig.{name} must hold {self.in_chans} numbers (one per channel), got {value!r}")
         return [float(v) for v in value]
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """As the base class, but new labels passed as ``id2label`` / ``num_labels`` replace the saved
+        ones (the base class would pair a new ``num_labels`` with the old ``id2label``)."""
+        config_dict = dict(config_dict)
+        if kwargs.get("id2label") is not None:
+            config_dict["id2label"] = kwargs.pop("id2label")
+            config_dict["label2id"] = kwargs.pop("label2id", None)
+        elif kwargs.get("num_labels") is not None and len(config_dict.get("id2label") or ()) != kwargs["num_labels"]:
+            config_dict.pop("id2label", None)
+            config_dict.pop("label2id", None)
+        return super().from_dict(config_dict, **kwargs)
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> tuple[dict, dict]:

@@ -64,12 +64,19 @@ class MobileNetV2(nn.Module):
             f"blocks.{i}.expand.conv" for i in range(1, len(blocks))
         ]
         self.weight_per_channel = False
+        ends = [sum(n for *_, n, _ in _STAGES[: i + 1]) - 1 for i in range(len(_STAGES))]
+        self.feature_layers = ["stem"] + [f"blocks.{i}" for i in ends]  # stem, then the end of each stage
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+            self.init_module(m)
+
+    @staticmethod
+    def init_module(m: nn.Module) -> None:
+        """Initialise one layer: He-normal convs (fan out); the classifier N(0, 0.01), zero bias."""
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(self.stem(x)))

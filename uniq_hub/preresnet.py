@@ -73,9 +73,18 @@ class PreActResNet(nn.Module):
         self.shortcut_layers = [n for n, m in self.named_modules() if n.endswith("downsample") and m is not None]
         self.signed_input_layers = [self.first_layer]
         self.weight_per_channel = True
+        self.feature_layers = ["stem", *self.stage_names]  # whose outputs are the hidden states
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                self.init_module(m)
+
+    @staticmethod
+    def init_module(m: nn.Module) -> None:
+        """Initialise one layer: He-normal convs (fan out); Linear as torch does."""
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.Linear):
+            m.reset_parameters()
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.stem(x)
