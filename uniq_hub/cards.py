@@ -212,6 +212,29 @@ def _recipe_lines(entry: ZooEntry) -> list[str]:
     return ["| hyperparameter | value |", "|---|---|", *lines]
 
 
+def _onnx_lines(onnx: Mapping[str, Any] | None) -> list[str]:
+    """The ONNX export's measured accuracy per runtime (``eval_results.json``'s ``onnx``)."""
+    if not onnx:
+        return []
+    rows = [f"| {runtime} | {r['top1']:.2f} | {'-' if r.get('top5') is None else format(r['top5'], '.2f')} |"
+            for runtime, r in onnx.items()]
+    return ["", "The exact integer ONNX graph in `onnx/model.onnx`, same images, same preprocessing:", "",
+            "| runtime | top-1 (%) | top-5 (%) |", "|---|---|---|", *rows]
+
+
+def _trained_lines(training: Mapping[str, Any]) -> list[str]:
+    """How this checkpoint was trained (``eval_results.json``'s ``training``)."""
+    wall = training.get("wall_time_s")
+    kd = (f"knowledge distillation from `{training['teacher']}` (temperature {training['kd_temperature']:g}, "
+          f"weight {training['kd_weight']:g})" if training.get("teacher") else "no knowledge distillation")
+    lines = ["## Training", "", "This checkpoint was trained with:", "", "```bash", training["command"], "```", "",
+             f"Seed {training['seed']}; {kd}"
+             + (f"; wall time {wall / 60:.1f} min on 2 CPU cores (one thread)." if wall else "."), ""]
+    recipe = training.get("recipe") or {}
+    return lines + ["| hyperparameter | value |", "|---|---|",
+                    *(f"| {k.replace('_', ' ')} | {v} |" for k, v in recipe.items() if v is not None)]
+
+
 def render_card(
     entry: ZooEntry,
     result: Result | Mapping[str, Any] | None = None,
@@ -224,6 +247,7 @@ def render_card(
     used in the snippets (default: the entry's name); ``folder``: an exported model folder whose
     ``model.safetensors`` size is reported.
     """
+    extra = result if isinstance(result, Mapping) else {}
     result = _as_result(result, entry)
     repo_id = repo_id or entry.name
     data = card_data(entry, result)
@@ -265,6 +289,7 @@ def render_card(
                 f"**top-1 {result.top1:.2f}%**{top5}."]
         if result.command:
             out += ["", "Command:", "", "```bash", result.command, "```"]
+        out += _onnx_lines(extra.get("onnx"))
     else:
         out += ["Not measured yet: this checkpoint has not been evaluated in this project, so the metadata "
                 "carries no evaluation results."]
@@ -304,7 +329,9 @@ def render_card(
         "Without `uniq_hub`, plain `transformers` loads the model from the code files in this repository: "
         "pass `trust_remote_code=True` (as above) to `from_pretrained` / `pipeline`.",
     ]
-    if entry.recipe is not None:
+    if extra.get("training"):
+        out += ["", *_trained_lines(extra["training"])]
+    elif entry.recipe is not None:
         run_dir = f"runs/{entry.short_name}"
         out += [
             "",

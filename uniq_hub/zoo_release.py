@@ -1,0 +1,153 @@
+"""The trained zoo kept in git: release folders ``zoo/<name>/``, made from training runs, and
+published in one command (``uniq-hub publish-zoo``).
+
+A release folder is the run's export (packed weights, config, processor config, remote code),
+re-evaluated on the whole evaluation split, with ``eval_results.json`` (the record, the training
+record inside) and a card ``README.md`` that shows those numbers. ``tests/test_zoo_release.py``
+re-derives every number of every card from the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from .zoo import ZooEntry, get_entry
+
+__all__ = ["RELEASE_DIR", "RELEASE_FILES", "release_folders", "training_record", "release_entry", "publish_zoo"]
+
+RELEASE_DIR = Path(__file__).resolve().parent.parent / "zoo"
+# What a release folder holds (besides the remote-code *.py files and onnx/).
+RELEASE_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "eval_results.json")
+_NOT_OPTIONS = {"output_dir", "run_name", "progress", "log_with", "resume", "export"}  # bookkeeping, not results
+
+
+def release_folders(root: str | os.PathLike = RELEASE_DIR) -> dict[str, Path]:
+    """``{zoo name: folder}`` of every release folder under ``root`` (``uniq/<folder name>``)."""
+    root = Path(root)
+    found = sorted(p for p in root.iterdir() if (p / "config.json").is_file()) if root.is_dir() else []
+    return {f"uniq/{p.name}": p for p in found}
+
+
+def training_record(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """How a run was trained: the exact command (every option that differs from its zoo entry's
+    resolved recipe), distillation settings, seed and wall time (all invocations, resumes included)."""
+    from .train_config import TrainConfig, resolve_config
+
+    run_dir = Path(run_dir)
+    used = json.loads((run_dir / "train_config.json").read_text())
+    base = resolve_config({"zoo": used["zoo"]}) if used.get("zoo") else TrainConfig()
+    args = ["uniq-hub", "train", "--zoo", used["zoo"]] if used.get("zoo") else ["uniq-hub", "train"]
+    args += ["--output-dir", used["output_dir"]]
+    for f in fields(TrainConfig):
+        value = used.get(f.name)
+        if f.name in _NOT_OPTIONS or f.name == "zoo" or value == getattr(base, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        args += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
+    times = run_dir / "wall_times.txt"
+    wall = sum(int(line) for line in times.read_text().split()) if times.is_file() else None
+    return {
+        "command": shlex.join(args), "wall_time_s": wall, "seed": used["seed"],
+        "teacher": used.get("teacher"),
+        "kd_temperature": used.get("kd_temperature") if used.get("teacher") else None,
+        "kd_weight": used.get("kd_weight") if used.get("teacher") else None,
+        "recipe": {k: used[k] for k in ("optimizer", "lr", "momentum", "weight_decay", "epochs", "batch_size",
+                                        "warmup_epochs", "warmup_lr", "calib_batches")},
+    }
+
+
+def _copy_release(export: Path, out: Path) -> None:
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for path in export.iterdir():
+        if path.is_file() and (path.name in RELEASE_FILES or path.suffix == ".py"):
+            shutil.copy2(path, tmp / path.name)
+    if (export / "onnx").is_dir():
+        shutil.copytree(export / "onnx", tmp / "onnx")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str | os.PathLike = RELEASE_DIR,
+                  num_workers: int = 2) -> dict[str, Any]:
+    """Copy the run's export into ``root/<name>``, evaluate it on the entry's whole eval split
+    (PyTorch, and every ONNX runtime when ``onnx/model.onnx`` is there), write
+    ``eval_results.json`` and the card; returns the record."""
+    from .cards import render_card
+    from .evaluate import evaluate
+
+    entry = get_entry(entry) if isinstance(entry, str) else entry
+    out = Path(root) / entry.short_name
+    _copy_release(Path(run_dir) / "export", out)
+    ds = entry.dataset
+    command = f"uniq-hub evaluate zoo/{entry.short_name} --dataset {ds.hf_name} --split {ds.eval_split}"
+    record = evaluate(str(out), ds.hf_name, ds.eval_split, num_workers=num_workers, command=command)
+    record.update(model_id=entry.name, zoo_name=entry.name, training=training_record(run_dir))
+    onnx_results = _onnx_results(out, entry, num_workers)
+    if onnx_results:
+        record["onnx"] = onnx_results
+    (out / "eval_results.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "README.md").write_text(render_card(entry, record, repo_id=entry.name, folder=out))
+    return record
+
+
+def _onnx_results(folder: Path, entry: ZooEntry, num_workers: int) -> dict[str, Any]:
+    """Top-1 / top-5 of ``folder/onnx/model.onnx`` per runtime (none when the file is absent)."""
+    if not (folder / "onnx" / "model.onnx").is_file():
+        return {}
+    from .evaluate import evaluate
+
+    ds = entry.dataset
+    results = {}
+    for runtime in ("onnxruntime", "openvino"):
+        record = evaluate(str(folder), ds.hf_name, ds.eval_split, num_workers=num_workers, runtime=runtime)
+        results[runtime] = {k: record[k] for k in ("top1", "top5", "num_examples")}
+    return results
+
+
+def publish_zoo(root: str | os.PathLike = RELEASE_DIR, only: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Upload every release folder under ``root`` to its ``uniq/<name>`` repo (``publish``'s
+    checks apply to each); ``kwargs`` go to :func:`uniq_hub.publish.publish`. Returns
+    ``{repo id: commit info or plan}``."""
+    from .publish import publish
+
+    folders = release_folders(root)
+    if only:
+        unknown = sorted(set(only) - set(folders))
+        if unknown:
+            raise ValueError(f"no release folder for {unknown} under {root}; there are {sorted(folders)}")
+        folders = {k: v for k, v in folders.items() if k in only}
+    if not folders:
+        raise ValueError(f"no release folder (a folder with config.json) under {root}")
+    return {repo_id: publish(folder, repo_id, **kwargs) for repo_id, folder in folders.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# `uniq-hub publish-zoo`
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default=str(RELEASE_DIR), help="folder of release folders (default: zoo/)")
+    parser.add_argument("--only", action="append", metavar="NAME", help="only this entry (repeatable), e.g. "
+                        "uniq/resnet20-fashion-mnist-w2a2")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    parser.add_argument("--dry-run", action="store_true", help="check every folder, print the plans, upload nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        done = publish_zoo(args.root, args.only, token=args.token, dry_run=args.dry_run)
+    except ValueError as err:
+        raise SystemExit(f"uniq-hub publish-zoo: {err}") from err
+    for repo_id, out in done.items():
+        print(f"{repo_id}: " + (f"would upload\n{out.describe()}" if args.dry_run else f"published {out.commit_url}"))
+    return 0
