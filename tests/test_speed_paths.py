@@ -15,17 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from uniq_hub import quant
+from uniq_hub import quant_kernels
 from uniq_hub.modules import QConv2d, QLinear, QuantSpec
-from uniq_hub.quant import (
-    code_range,
-    compile_enabled,
-    fake_quant,
-    fake_quant_learnable,
-    scale_grad,
-    set_compile,
-    set_recompute,
-)
+from uniq_hub.quant import code_range, fake_quant, scale_grad
+from uniq_hub.quant_kernels import fake_quant_learnable, set_compile, set_recompute
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,18 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def compiled():
     """Run with the compiled kernels on, restoring the switch afterwards."""
-    saved = dict(quant._compile_state)
+    saved = dict(quant_kernels._state)
     set_compile(True, after=0)
     yield
-    quant._compile_state.update(saved)
+    quant_kernels._state.update(saved)
 
 
 def _both_paths(fn):
     """``fn()`` with compiled kernels, then with the eager reference."""
     set_compile(True)
     fast = fn()
-    assert compile_enabled(), "the compiled kernels failed and fell back; nothing was compared"
-    set_compile(False)
+    assert set_compile(False), "the compiled kernels failed and fell back; nothing was compared"
     try:
         return fast, fn()
     finally:
@@ -227,17 +219,17 @@ def test_fallback_without_compile_and_when_compile_fails(tmp_path):
     script = textwrap.dedent(
         """
         import warnings, torch
-        from uniq_hub.quant import compile_enabled, fake_quant, set_compile
+        from uniq_hub.quant_kernels import fake_quant_learnable, set_compile
         x = torch.randn(64, 256).relu()
         s = torch.tensor(0.3, requires_grad=True)
-        assert not compile_enabled()
-        ref = fake_quant(x, s, 0, 3, 0.0)
+        assert not set_compile(False)
+        ref = fake_quant_learnable(x, s, 0, 3, 0.0)
         set_compile(True, after=0)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            q = fake_quant(x, s, 0, 3, 0.0)
+            q = fake_quant_learnable(x, s, 0, 3, 0.0)
             q.sum().backward()
-        assert not compile_enabled(), "a failed compile must switch the compiled kernels off"
+        assert not set_compile(False), "a failed compile must switch the compiled kernels off"
         assert torch.equal(q, ref) and s.grad is not None
         assert [str(w.message) for w in caught if "torch.compile of the quantizer kernels failed" in str(w.message)]
         print("ok")

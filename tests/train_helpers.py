@@ -69,9 +69,8 @@ def accelerate_command(num_processes: int, *args: str) -> list[str]:
 def eager_kernels():
     """Import into a test module: toy runs take a few steps, compiling the quantizer kernels
     (after ``UNIQ_COMPILE_AFTER`` calls) would cost more than it saves."""
-    from uniq_hub import quant
+    from uniq_hub.quant_kernels import set_compile
 
-    enabled = quant.compile_enabled()
-    quant.set_compile(False)
+    enabled = set_compile(False)
     yield
-    quant.set_compile(enabled)
+    set_compile(enabled)

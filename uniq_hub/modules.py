@@ -10,16 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .quant import (
-    code_range,
-    fake_quant_learnable,
-    fake_quant_step_derivative,
-    grad_scale_factor,
-    lsq_init_step,
-    optimal_step,
-    recompute_fake_quant_saves,
-    scale_grad,
-)
+from .quant import code_range, grad_scale_factor, lsq_init_step, optimal_step
+from .quant_kernels import WeightCache, fake_quant_learnable, fake_quant_step_derivative, recompute_fake_quant_saves
 
 Role = Literal["weight", "activation", "signed"]
 Method = Literal["uniq", "lsq"]
@@ -129,26 +121,17 @@ class UniQQuantizer(nn.Module):
         per = numel // self.step.numel() if self.spec.per_channel else numel
         return grad_scale_factor(per, self.spec.bits, self._stat_kind())
 
-    def effective_step(self, numel: int) -> Tensor:
-        """The step used in forward: kept positive, with the LSQ gradient scale applied."""
-        step = self.step.clamp_min(_MIN_STEP)
-        scale = self._grad_scale(numel)
-        return step if scale == 1.0 else scale_grad(step, scale)
-
     def forward(self, x: Tensor) -> Tensor:
         if self.calibrating:
             self.init_from(x, running_max=True)
         numel = x.numel() if self.spec.role == "weight" else math.prod(x.shape[1:])
-        # One autograd node for effective_step() + fake_quant(): same values and gradients.
+        # One autograd node for fake_quant(x, scale_grad(step.clamp_min(_MIN_STEP), scale)).
         return fake_quant_learnable(x, self.step, self.lo, self.hi, self.offset, self._grad_scale(numel), _MIN_STEP)
 
 
 class _QuantizedMixin:
-    """Shared by QConv2d / QLinear: optional weight and input quantizers and an eval-mode cache.
-
-    In eval mode the quantized weight is computed once and reused until the weight or the
-    step change (tracked through their version counters).
-    """
+    """Shared by QConv2d / QLinear: optional weight and input quantizers and an eval-mode cache
+    of the quantized weight (:class:`WeightCache`)."""
 
     weight_quantizer: UniQQuantizer | None
     input_quantizer: UniQQuantizer | None
@@ -159,29 +142,19 @@ class _QuantizedMixin:
         self.input_quantizer = UniQQuantizer(a_spec) if a_spec else None
         if self.weight_quantizer is not None and weight.device.type != "meta":
             self.weight_quantizer.to(weight.device).init_from(weight)
-        self._wq_cache: tuple[Tensor, Tensor, tuple, Tensor] | None = None
+        self._wq_cache = WeightCache()
 
     def quantized_weight(self) -> Tensor:
         weight: Tensor = self.weight  # type: ignore[attr-defined]
         wq = self.weight_quantizer
         if wq is None:
             return weight
-        if (
-            self.training
-            or torch.compiler.is_compiling()  # a compiled graph has no Python-side cache
-            or torch.is_grad_enabled() and (weight.requires_grad or wq.step.requires_grad)
-        ):
-            self._wq_cache = None
+        if torch.compiler.is_compiling():  # a compiled graph has no Python-side cache
             return wq(weight)
-        # The tensors themselves (identity), their storage and version counters: any in-place
-        # update (optimizer, load_state_dict, copy_), a swapped Parameter or a moved / cast
-        # module changes the key. Inference-mode results are kept apart from ordinary ones.
-        step = wq.step
-        key = (weight.data_ptr(), weight._version, step.data_ptr(), step._version, torch.is_inference_mode_enabled())
-        cache = self._wq_cache
-        if cache is None or cache[0] is not weight or cache[1] is not step or cache[2] != key:
-            cache = self._wq_cache = (weight, step, key, wq(weight).detach())
-        return cache[3]
+        if self.training or torch.is_grad_enabled() and (weight.requires_grad or wq.step.requires_grad):
+            self._wq_cache.clear()
+            return wq(weight)
+        return self._wq_cache.get(weight, wq.step, lambda: wq(weight))
 
     def quantize_input(self, x: Tensor) -> Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)
