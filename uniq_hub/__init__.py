@@ -1,28 +1,119 @@
-"""uniq_hub: UniQ low-bit image classifiers for the Hugging Face Hub."""
+"""uniq_hub: UniQ low-bit image classifiers for the Hugging Face Hub.
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+Names are imported on first use (``uniq_hub.quantize_`` ...), so that the torch-free deployment
+runtime (``uniq_hub.OnnxImageClassifier``, ``uniq_hub.onnx_runtime``) never imports torch.
+The transformers auto classes (AutoConfig, AutoModelForImageClassification, AutoImageProcessor)
+learn model_type "uniq" as soon as both uniq_hub and transformers are imported, in either order:
+``import uniq_hub`` is all ``from_pretrained`` / ``pipeline`` need.
+"""
 
-from . import mobilenetv2, preresnet  # noqa: F401  (register the architectures)
-from .calibrate import calibrate
-from .modules import QConv2d, QLinear, QuantSpec, UniQQuantizer
-from .quantize import QuantConfig, layer_bits, quantize_, quantizers
-from .registry import create_model, list_models
+from __future__ import annotations
 
-# Hugging Face classes, registered with the auto classes (AutoConfig, AutoModelForImageClassification,
-# AutoImageProcessor) so that from_pretrained / pipeline resolve model_type "uniq" without remote code.
-from .configuration_uniq import UniQConfig
-from .image_processing_uniq import UniQImageProcessor
-from .labels import imagenet_id2label
-from .modeling_uniq import UniQForImageClassification, UniQModel
-from .packing import CheckpointError
+import importlib
+import importlib.abc
+import sys
+from typing import Any
 
-AutoConfig.register(UniQConfig.model_type, UniQConfig, exist_ok=True)
-AutoModelForImageClassification.register(UniQConfig, UniQForImageClassification, exist_ok=True)
-AutoModel.register(UniQConfig, UniQModel, exist_ok=True)
-AutoImageProcessor.register(UniQConfig, image_processor_classes={"torchvision": UniQImageProcessor}, exist_ok=True)
+# public name -> submodule that defines it
+_EXPORTS = {
+    "QConv2d": "modules", "QLinear": "modules", "QuantSpec": "modules", "UniQQuantizer": "modules",
+    "QuantConfig": "quantize", "layer_bits": "quantize", "quantize_": "quantize", "quantizers": "quantize",
+    "calibrate": "calibrate", "create_model": "registry", "list_models": "registry",
+    "UniQConfig": "configuration_uniq", "UniQImageProcessor": "image_processing_uniq", "imagenet_id2label": "labels",
+    "UniQForImageClassification": "modeling_uniq", "UniQModel": "modeling_uniq", "CheckpointError": "packing",
+    "export_onnx": "onnx_export", "OnnxImageClassifier": "onnx_runtime",
+}
+_TORCH_FREE = {"onnx_runtime"}
+__all__ = sorted(_EXPORTS)
+_state = {"registered": False}
 
-__all__ = [
-    "QConv2d", "QLinear", "QuantConfig", "QuantSpec", "UniQQuantizer",
-    "calibrate", "create_model", "layer_bits", "list_models", "quantize_", "quantizers",
-    "CheckpointError", "UniQConfig", "UniQForImageClassification", "UniQImageProcessor", "UniQModel", "imagenet_id2label",
-]
+
+def register_auto_classes() -> None:
+    """Register model_type "uniq" with the transformers auto classes (idempotent)."""
+    if _state["registered"]:
+        return
+    _state["registered"] = True
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+
+    from . import mobilenetv2, preresnet  # noqa: F401  (register the architectures)
+    from .configuration_uniq import UniQConfig
+    from .image_processing_uniq import UniQImageProcessor
+    from .modeling_uniq import UniQForImageClassification, UniQModel
+
+    AutoConfig.register(UniQConfig.model_type, UniQConfig, exist_ok=True)
+    AutoModelForImageClassification.register(UniQConfig, UniQForImageClassification, exist_ok=True)
+    AutoModel.register(UniQConfig, UniQModel, exist_ok=True)
+    AutoImageProcessor.register(UniQConfig, image_processor_classes={"torchvision": UniQImageProcessor}, exist_ok=True)
+    if _HOOK in sys.meta_path:
+        sys.meta_path.remove(_HOOK)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'uniq_hub' has no attribute {name!r}")
+    if module not in _TORCH_FREE:
+        register_auto_classes()
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+def _initializing(name: str) -> bool:
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
+
+
+def _register_when_ready(just_loaded: str) -> None:
+    """Register once transformers is imported and no uniq_hub module is half-initialised
+    (registering from inside a uniq_hub module's own import would be a circular import)."""
+    if _state["registered"] or "transformers" not in sys.modules:
+        return
+    busy = [n for n in list(sys.modules) if (n == "transformers" or n.startswith(__name__ + ".")) and n != just_loaded]
+    if not any(_initializing(n) for n in busy) and not _initializing(__name__):
+        register_auto_classes()
+
+
+class _Loader(importlib.abc.Loader):
+    """Wraps a loader: after the module executes, registers the auto classes when ready."""
+
+    def __init__(self, loader: Any, name: str) -> None:
+        self._loader, self._name = loader, name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._loader, attr)
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        _register_when_ready(self._name)
+
+
+class _AfterImportHook(importlib.abc.MetaPathFinder):
+    """Watches the imports of transformers and of uniq_hub's modules (see register_auto_classes)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "transformers" and not (name.startswith(__name__ + ".") and name.count(".") == 1):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _Loader(spec.loader, name)
+                return spec
+        return None
+
+
+_HOOK = _AfterImportHook()
+if "transformers" in sys.modules:
+    register_auto_classes()
+else:
+    sys.meta_path.insert(0, _HOOK)

@@ -12,8 +12,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 from huggingface_hub import EvalResult, ModelCardData
 
+from .quantize import QuantConfig, layer_bits, quantize_
+from .registry import create_model, model_info
 from .zoo import FP_BITS, ORG, DatasetInfo, Result, ZooEntry, parse_result
 
 LICENSE = "apache-2.0"
@@ -24,13 +27,6 @@ PAPER_CITATION = """@article{pham2021uniq,
   journal = {IEEE Access},
   year    = {2021}
 }"""
-ARCH_NAMES = {
-    "resnet18": "pre-activation ResNet-18",
-    "resnet34": "pre-activation ResNet-34",
-    "resnet20": "pre-activation ResNet-20",
-    "resnet32": "pre-activation ResNet-32",
-    "mobilenetv2": "MobileNetV2 (width 1.0)",
-}
 EDGE_POLICY = {
     "multi": "the first convolution and the last classifier at 8 bits (the first convolution's input, "
              "the normalised image, through the symmetric quantizer)",
@@ -56,11 +52,6 @@ def _sizes(arch: str, num_labels: int, in_chans: int, w_bits: int, a_bits: int, 
            ) -> tuple[int, int, dict[str, int]]:
     """(low-bit bytes, FP32 bytes, {"2-bit": layers, "8-bit": ..., "full precision": ...}); the
     model is built on the meta device (shapes and dtypes only, no memory, no init)."""
-    import torch
-
-    from .quantize import QuantConfig, layer_bits, quantize_
-    from .registry import create_model
-
     with torch.device("meta"):
         model = create_model(arch, num_classes=num_labels, in_chans=in_chans)
     fp32 = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
@@ -179,7 +170,7 @@ def _policy(entry: ZooEntry) -> str:
         return "Full precision (float32): the initialisation of the quantized models of this family."
     _, _, layers = _sizes(entry.arch, entry.dataset.num_labels, entry.dataset.in_chans,
                           entry.w_bits, entry.a_bits, entry.weight_granularity)
-    granularity = entry.weight_granularity or ("layer" if entry.arch == "mobilenetv2" else "channel")
+    granularity = entry.weight_granularity or model_info(entry.arch).weight_granularity
     edges = EDGE_POLICY[
         "multi" if entry.w_bits > 1 else "binary+shortcuts" if layers.get("full precision", 0) > 2 else "binary"
     ]
@@ -251,7 +242,7 @@ def render_card(
     result = _as_result(result, entry)
     repo_id = repo_id or entry.name
     data = card_data(entry, result)
-    arch = ARCH_NAMES.get(entry.arch, entry.arch)
+    arch = model_info(entry.arch).display_name
     ds = entry.dataset
     precision = "full-precision" if entry.full_precision else f"{entry.bits} (weights {entry.w_bits}-bit, activations {entry.a_bits}-bit)"
     low, fp32 = checkpoint_size(entry)

@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from .modules import UniQQuantizer
+from .registry import model_info
 from .zoo import DATASETS, FAMILIES, FP_BITS, RECIPES
 
 __all__ = [
-    "EXTRA_RECIPES", "IMAGENET_ARCHS", "OPTIMIZERS", "recipe_kind", "recipe_family", "recipe_defaults",
+    "EXTRA_RECIPES", "OPTIMIZERS", "recipe_kind", "recipe_family", "recipe_defaults",
     "param_groups", "build_optimizer", "WarmupCosine", "build_scheduler",
 ]
 
@@ -41,7 +42,6 @@ EXTRA_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                    source="here", notes="torchvision's ResNet recipe with cosine; the paper used pytorchcv weights"),
     },
 }
-IMAGENET_ARCHS = frozenset({"resnet18", "resnet34", "mobilenetv2"})
 
 
 def recipe_kind(w_bits: int, a_bits: int) -> str:
@@ -57,13 +57,13 @@ def _norm(name: str) -> str:
 
 def recipe_family(dataset: str | None, arch: str) -> str:
     """The recipe family of a dataset (a zoo dataset by key or HF name, ``fashion_mnist`` too);
-    other datasets by the architecture: ImageNet architectures "imagenet", the others "cifar100"."""
+    other datasets by the architecture (:func:`model_info`): ImageNet ones "imagenet", small-image ones "cifar100"."""
     if dataset:
         for family in FAMILIES:
             info = DATASETS[family.dataset]
             if _norm(dataset) in (_norm(info.key), _norm(info.hf_name)):
                 return family.recipes
-    return "imagenet" if arch in IMAGENET_ARCHS else "cifar100"
+    return "imagenet" if model_info(arch).imagenet else "cifar100"
 
 
 def _calibration_batches(family: str) -> int:

@@ -1,0 +1,378 @@
+"""Run an exported ``onnx/model.onnx`` without torch: backends, exactness checks and
+:class:`OnnxImageClassifier` (numpy, PIL and onnxruntime / openvino only).
+
+Backends (``BACKENDS``) all compute the same exact graph; what each needs to stay exact:
+
+* ``reference``: ``onnx.reference.ReferenceEvaluator`` (numpy): the definition of the graph.
+* ``onnxruntime``: its ``WeightBiasQuantization`` rewrite quantizes a float conv bias (BatchNorm
+  folded into the conv) to int32 and so changes results; it is disabled through the session's
+  ``disabled_optimizers`` (graph optimizations otherwise stay on).
+* ``openvino``: ``INFERENCE_PRECISION_HINT=f32`` (its default on CPUs with bf16 computes the
+  float parts in bf16); the quantized convolutions still run in int8.
+
+A backend counts as exact for a model when :func:`compare_logits` against the reference is within
+:data:`EXACT_BOUNDS` (only one-level flips at rounding boundaries differ); ``export_onnx`` records
+the backends it verified in the file's metadata, and the classifier defaults to the fastest of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = [
+    "BACKENDS", "EXACT_BOUNDS", "FASTEST_FIRST", "META_EXACT_BACKENDS", "META_FORMAT", "META_SOURCE", "ONNX_FILE",
+    "OnnxImageClassifier", "available_backends", "compare_logits", "load_backend", "within_bounds",
+]
+
+ONNX_FILE = "onnx/model.onnx"
+META_FORMAT = "uniq_hub.format"  # metadata_props key: the graph format ("exact-qdq-1")
+META_SOURCE = "uniq_hub.source_sha256"  # hex sha256 checksum of the weights it was exported from
+META_EXACT_BACKENDS = "uniq_hub.exact_backends"  # JSON list of the backends verified exact at export
+INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
+# Measured here (docs/deploy.md): OpenVINO runs the exact graph's int8 convolutions, ONNX Runtime
+# dequantizes and runs them in float.
+FASTEST_FIRST = ("openvino", "onnxruntime", "reference")
+# The issue's bounds for "exact": argmax agreement, median over images of max |difference| / max |logit|.
+EXACT_BOUNDS = {"argmax_agreement": 0.999, "median_rel_max_diff": 1e-3}
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: path -> callable(batch float32 NCHW) -> logits
+# ---------------------------------------------------------------------------------------------
+
+
+def _reference(path: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(path)
+    return lambda x: np.asarray(evaluator.run(None, {INPUT_NAME: x})[0])
+
+
+def ort_session(path: str, threads: int = 2, optimized_model_filepath: str | None = None, optimize: bool = True):
+    """An ONNX Runtime CPU session that stays exact (``WeightBiasQuantization`` disabled).
+
+    ``optimize=False``: ``ORT_DISABLE_ALL`` (the graph as written, a second reference).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimized_model_filepath:
+        options.optimized_model_filepath = optimized_model_filepath
+    return ort.InferenceSession(
+        path, options, providers=["CPUExecutionProvider"], disabled_optimizers=["WeightBiasQuantization"]
+    )
+
+
+def _onnxruntime(path: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    session = ort_session(path, threads)
+    return lambda x: session.run(None, {INPUT_NAME: x})[0]
+
+
+def openvino_model(path: str, threads: int = 2, precision: str | None = "f32"):
+    """An OpenVINO CPU compiled model; ``precision=None`` keeps OpenVINO's default (bf16 here)."""
+    import openvino as ov
+
+    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    return ov.Core().compile_model(path, "CPU", config)
+
+
+def _openvino(path: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    request = openvino_model(path, threads).create_infer_request()
+    return lambda x: np.array(request.infer({0: x})[0])
+
+
+BACKENDS: dict[str, Callable[[str, int], Callable[[np.ndarray], np.ndarray]]] = {
+    "reference": _reference,
+    "onnxruntime": _onnxruntime,
+    "openvino": _openvino,
+}
+_MODULES = {"reference": "onnx", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+def available_backends() -> list[str]:
+    """Backends whose package is installed, fastest first."""
+    import importlib.util
+
+    return [b for b in FASTEST_FIRST if importlib.util.find_spec(_MODULES[b]) is not None]
+
+
+def load_backend(path: str | os.PathLike, backend: str, threads: int = 2) -> Callable[[np.ndarray], np.ndarray]:
+    """``fn(x) -> logits`` running the ONNX file at ``path`` on ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown ONNX backend {backend!r}; expected one of {sorted(BACKENDS)}")
+    if backend not in available_backends():
+        raise ImportError(f"backend {backend!r} needs the {_MODULES[backend]!r} package: pip install 'uniq_hub[onnx]'"
+                          + (" 'uniq_hub[openvino]'" if backend == "openvino" else ""))
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    try:
+        return BACKENDS[backend](path, threads)
+    except Exception as err:  # each runtime raises its own error types for an unreadable graph
+        raise ValueError(f"{path}: {backend} cannot load this ONNX file (corrupted or not an ONNX model?): {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# Exactness: one-level flips only
+# ---------------------------------------------------------------------------------------------
+
+
+def compare_logits(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """Argmax agreement and the median / worst over images of ``max |difference| / max |logit|``."""
+    reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    if reference.shape != other.shape or reference.ndim != 2:
+        raise ValueError(f"logits must be two arrays of the same (batch, classes) shape, got {reference.shape} and {other.shape}")
+    scale = np.maximum(np.abs(reference).max(axis=1), np.finfo(np.float32).tiny)
+    rel = np.abs(reference - other).max(axis=1) / scale
+    return {
+        "argmax_agreement": float((reference.argmax(1) == other.argmax(1)).mean()),
+        "median_rel_max_diff": float(np.median(rel)),
+        "worst_rel_max_diff": float(rel.max()),
+        "max_abs_diff": float(np.abs(reference - other).max()),
+        "num_images": int(reference.shape[0]),
+    }
+
+
+def within_bounds(stats: dict[str, float]) -> bool:
+    """Whether :func:`compare_logits` statistics meet :data:`EXACT_BOUNDS`."""
+    return (stats["argmax_agreement"] >= EXACT_BOUNDS["argmax_agreement"]
+            and stats["median_rel_max_diff"] <= EXACT_BOUNDS["median_rel_max_diff"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing: UniQImageProcessor's contract in numpy / PIL
+# ---------------------------------------------------------------------------------------------
+
+# Same input conventions as uniq_hub.image_processing_uniq (which needs torch): PIL mode -> the
+# 8-bit mode it is read in; the value that maps to white for deep PIL modes and array dtypes.
+_PIL_MODES = {
+    "1": "L", "L": "L", "LA": "LA", "La": "LA", "PA": "RGBA", "RGB": "RGB", "RGBA": "RGBA", "RGBa": "RGBA",
+    "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "HSV": "RGB",
+}
+_PIL_DEEP_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": None, "F": 1.0}
+_ARRAY_WHITE = {("u", 1): 255.0, ("b", 1): 1.0, ("u", 2): 65535.0, ("i", 2): 65535.0, ("i", 4): None,
+                ("i", 8): None, ("u", 4): None, ("f", 2): 1.0, ("f", 4): 1.0, ("f", 8): 1.0}
+
+
+def _white(array: np.ndarray, white: float | None) -> float:
+    if white is not None:
+        return white
+    return 255.0 if array.size == 0 or float(array.max()) <= 255 else 65535.0
+
+
+def _to_hwc(image: Any) -> np.ndarray:
+    """Any supported image -> ``(H, W, C)`` float32 in 0..255, C in 1..4."""
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such image file")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise ValueError(f"{path}: not a readable image file ({err})") from err
+    if isinstance(image, Image.Image):
+        if image.mode in _PIL_DEEP_MODES:
+            array = np.asarray(image).astype(np.float32)
+            white = _white(array, _PIL_DEEP_MODES[image.mode])
+        else:
+            target = ("RGBA" if "transparency" in image.info else "RGB") if image.mode == "P" else _PIL_MODES.get(image.mode)
+            if target is None:
+                raise ValueError(f"unsupported PIL image mode {image.mode!r} (size {image.size})")
+            array, white = np.asarray(image.convert(target), dtype=np.float32), 255.0
+        array = array[..., None] if array.ndim == 2 else array
+    else:
+        array = np.asarray(image)
+        key = (array.dtype.kind, array.dtype.itemsize)
+        if key not in _ARRAY_WHITE:
+            raise ValueError(f"unsupported image array dtype {array.dtype}")
+        white = _white(array, _ARRAY_WHITE[key])
+        array = array.astype(np.float32)
+        if array.ndim == 2:
+            array = array[..., None]
+        elif array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[-1] not in (1, 2, 3, 4):
+            array = array.transpose(1, 2, 0)  # channels first
+        if array.ndim != 3:
+            raise ValueError(f"an image must have 2 or 3 dimensions (H, W[, C] or C, H, W), got shape {array.shape}")
+    return np.clip(array, 0, white) * np.float32(255.0 / white)
+
+
+def _match_channels(x: np.ndarray, num_channels: int) -> np.ndarray:
+    """``(H, W, C)`` with C in 1 (L), 2 (LA), 3 (RGB), 4 (RGBA) -> ``num_channels`` channels."""
+    if x.shape[-1] in (2, 4):  # composite over white
+        alpha = x[..., -1:] / np.float32(255.0)
+        x = x[..., :-1] * alpha + np.float32(255.0) * (np.float32(1.0) - alpha)
+    if x.shape[-1] not in (1, 3):
+        raise ValueError(f"an image must have 1-4 channels (L, LA, RGB, RGBA), got {x.shape[-1]}")
+    if x.shape[-1] == num_channels:
+        return x
+    if num_channels == 3:
+        return np.repeat(x, 3, axis=-1)
+    return (x @ _LUMA)[..., None].astype(np.float32)
+
+
+def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear, antialiased (PIL's float mode: the algorithm torchvision's antialias ports)."""
+    if x.shape[:2] == (height, width):
+        return x
+    channels = [Image.fromarray(np.ascontiguousarray(x[..., c]), mode="F").resize((width, height), Image.BILINEAR)
+                for c in range(x.shape[-1])]
+    return np.stack([np.asarray(c, dtype=np.float32) for c in channels], axis=-1)
+
+
+class _Preprocessor:
+    """Resize the shortest edge, centre-crop, rescale, normalise (``preprocessor_config.json``)."""
+
+    def __init__(self, config: dict[str, Any], where: str) -> None:
+        try:
+            self.num_channels = int(config.get("num_channels", 3))
+            self.shortest_edge = int(config["size"]["shortest_edge"]) if config.get("do_resize", True) else None
+            crop = config["crop_size"] if config.get("do_center_crop", True) else None
+            self.crop = None if crop is None else (int(crop["height"]), int(crop["width"]))
+            self.rescale = float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0
+            normalize = config.get("do_normalize", True)
+            self.mean = np.asarray(config["image_mean"] if normalize else [0.0] * self.num_channels, np.float32)
+            self.std = np.asarray(config["image_std"] if normalize else [1.0] * self.num_channels, np.float32)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: missing or invalid field {err} (expected size.shortest_edge, crop_size, "
+                             "image_mean, image_std, num_channels)") from err
+        if self.mean.shape != (self.num_channels,) or self.std.shape != (self.num_channels,):
+            raise ValueError(f"{where}: image_mean / image_std must hold {self.num_channels} values")
+
+    def __call__(self, image: Any) -> np.ndarray:
+        x = _match_channels(_to_hwc(image), self.num_channels)
+        if self.shortest_edge:
+            h, w = x.shape[:2]
+            short, long = (h, w) if h <= w else (w, h)
+            new_long = int(self.shortest_edge * long / short)
+            x = _resize(x, *((self.shortest_edge, new_long) if h <= w else (new_long, self.shortest_edge)))
+        if self.crop:
+            h, w = x.shape[:2]
+            ch, cw = self.crop
+            if ch > h or cw > w:
+                raise ValueError(f"image of size {h}x{w} is smaller than the crop {ch}x{cw}")
+            top, left = (h - ch) // 2, (w - cw) // 2
+            x = x[top : top + ch, left : left + cw]
+        x = (x * np.float32(self.rescale) - self.mean) / self.std
+        return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The classifier
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (a UniQ model folder has config.json, preprocessor_config.json "
+                                f"and {ONNX_FILE})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def _resolve(folder_or_repo: str | os.PathLike, revision: str | None, token: Any) -> Path:
+    if os.path.isdir(folder_or_repo):
+        return Path(folder_or_repo)
+    from huggingface_hub import snapshot_download
+
+    files = ["config.json", "preprocessor_config.json", ONNX_FILE]
+    return Path(snapshot_download(os.fspath(folder_or_repo), revision=revision, token=token, allow_patterns=files))
+
+
+def exact_backends_of(path: str | os.PathLike) -> list[str]:
+    """Backends ``export_onnx`` verified exact for this file (its metadata), fastest first."""
+    import onnx
+
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    verified = json.loads(meta.get(META_EXACT_BACKENDS, "[]"))
+    return [b for b in FASTEST_FIRST if b in verified]
+
+
+class OnnxImageClassifier:
+    """Image classification with a model folder's ``onnx/model.onnx``, without torch.
+
+    >>> clf = OnnxImageClassifier.from_pretrained("path/or/repo-id")      # doctest: +SKIP
+    >>> clf("shoe.png", top_k=3)                                           # doctest: +SKIP
+    [{'label': 'Sneaker', 'score': 0.97}, ...]
+    """
+
+    def __init__(self, folder: str | os.PathLike, backend: str | None = None, threads: int = 2) -> None:
+        folder = Path(folder)
+        config = _read_json(folder / "config.json")
+        self.preprocess = _Preprocessor(_read_json(folder / "preprocessor_config.json"), str(folder / "preprocessor_config.json"))
+        id2label = config.get("id2label") or {}
+        self.labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]
+        self.path = folder / ONNX_FILE
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: not found; export it with `uniq-hub export-onnx {folder}`")
+        if backend is None:
+            installed = available_backends()
+            try:
+                verified = exact_backends_of(self.path)
+            except Exception as err:
+                raise ValueError(f"{self.path}: not a readable ONNX file (corrupted?): {err}") from err
+            backend = next((b for b in verified if b in installed), None)
+            if backend is None:
+                raise ValueError(
+                    f"{self.path}: none of the backends verified exact for this file ({verified or 'none recorded'}) "
+                    f"is installed ({installed}); pass backend= explicitly or re-export with `uniq-hub export-onnx`"
+                )
+        self.backend = backend
+        self._run = load_backend(self.path, backend, threads)
+
+    @classmethod
+    def from_pretrained(cls, folder_or_repo: str | os.PathLike, backend: str | None = None, threads: int = 2,
+                        revision: str | None = None, token: Any = None) -> "OnnxImageClassifier":
+        """Load from a local folder or a Hub repo id (downloads only the three files needed)."""
+        return cls(_resolve(folder_or_repo, revision, token), backend=backend, threads=threads)
+
+    def logits(self, images: Any, batch_size: int = 32) -> np.ndarray:
+        """``(N, num_labels)`` float32 logits of one image or a list of them (paths, PIL, arrays)."""
+        batch = [self.preprocess(im) for im in _as_list(images)]
+        if not batch:
+            raise ValueError("no images given")
+        return np.concatenate([self.run(np.stack(batch[i : i + batch_size])) for i in range(0, len(batch), batch_size)])
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Logits of already preprocessed ``(N, C, H, W)`` float32 pixel values."""
+        return self._run(np.ascontiguousarray(pixel_values, dtype=np.float32))
+
+    def __call__(self, images: Any, top_k: int = 5, return_logits: bool = False) -> Any:
+        """Pipeline-style ``[{"label", "score"}, ...]`` (a list of them for a list of images);
+        with ``return_logits`` a pair ``(results, logits)``."""
+        logits = self.logits(images)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        k = max(1, min(int(top_k), probs.shape[1]))
+        results = [[{"label": self._label(i), "score": float(p[i])} for i in np.argsort(-p, kind="stable")[:k]] for p in probs]
+        out = results if isinstance(images, (list, tuple)) else results[0]
+        return (out, logits) if return_logits else out
+
+    def _label(self, index: int) -> str:
+        return self.labels[index] if index < len(self.labels) else f"LABEL_{index}"
+
+
+def _as_list(images: Any) -> Sequence[Any]:
+    if isinstance(images, (list, tuple)):
+        return images
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    return [images]
+
