@@ -12,17 +12,27 @@ from .modules import UniQQuantizer, _QuantizedMixin
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[Tensor | tuple | dict], num_batches: int | None = None) -> int:
+def calibrate(
+    model: nn.Module, batches: Iterable[Tensor | tuple | dict], num_batches: int | None = None,
+    uninitialized_only: bool = False,
+) -> int:
     """Initialise every step size of ``model``; returns the number of batches used.
+
+    ``uninitialized_only``: leave quantizers whose ``initialized`` flag is set alone (e.g. only
+    the classifier re-initialised by ``from_pretrained(..., ignore_mismatched_sizes=True)``).
 
     Runs in train mode, so each quantizer sees the distribution it will see in training
     (BatchNorm on batch statistics); BatchNorm running statistics are restored afterwards.
     A batch is a tensor, a ``(inputs, labels)`` pair or a dict with ``pixel_values``.
     """
+    def chosen(quantizer: UniQQuantizer) -> bool:
+        return not (uninitialized_only and bool(quantizer.initialized))
+
     for module in model.modules():
-        if isinstance(module, _QuantizedMixin) and module.weight_quantizer is not None:
+        if isinstance(module, _QuantizedMixin) and module.weight_quantizer is not None and chosen(module.weight_quantizer):
             module.weight_quantizer.init_from(module.weight)
-    act = [m for n, m in model.named_modules() if isinstance(m, UniQQuantizer) and not n.endswith("weight_quantizer")]
+    act = [m for n, m in model.named_modules()
+           if isinstance(m, UniQQuantizer) and not n.endswith("weight_quantizer") and chosen(m)]
     for q in act:
         q.initialized.fill_(False)
         q.calibrating = True
