@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification, pipeline
 
@@ -83,13 +84,100 @@ def test_empty_file(folder):
     _load_error(folder, "not a valid safetensors file")
 
 
-def test_w2_codes_under_a_w4_config(folder):
+def _edit_config(folder, **changes) -> None:
     config_path = os.path.join(folder, "config.json")
     config = json.loads(open(config_path).read())
-    config["w_bits"] = config["a_bits"] = 4
+    config.update(changes)
     open(config_path, "w").write(json.dumps(config))
+
+
+def _metadata(folder) -> dict:
+    with safe_open(weights(folder), framework="pt") as f:
+        return f.metadata()
+
+
+def _resave(folder, state, metadata) -> None:
+    """Write tensors back with a fresh checksum and the given header metadata."""
+    state.pop(CHECKSUM_KEY, None)
+    state[CHECKSUM_KEY] = state_dict_checksum(state)
+    save_file(state, weights(folder), metadata=metadata)
+
+
+def test_w2_codes_under_a_w4_config(folder):
+    _edit_config(folder, w_bits=4, a_bits=4)
+    message = _load_error(folder, "metadata 'uniq_hub.w_bits' is 2 but config.json gives 4")
+    assert "config.json and the weights disagree" in message
+    # a file from before the metadata existed: the byte counts still catch it
+    _resave(folder, load_file(weights(folder)), {"format": "pt"})
     message = _load_error(folder, "config.json and the weights disagree")
     assert "~2 bits" in message and "gives this layer 4 bits" in message
+
+
+@pytest.mark.parametrize("field, value, key", [
+    ("a_bits", 4, "'uniq_hub.a_bits' is 2 but config.json gives 4"),  # same bytes: only the metadata tells
+    ("method", "lsq", "'uniq_hub.method' is \"uniq\" but config.json gives \"lsq\""),
+    ("weight_granularity", "layer", "'uniq_hub.weight_granularity' is null but config.json gives \"layer\""),
+    ("first_bits", 4, "'uniq_hub.first_bits' is 8 but config.json gives 4"),
+    ("signed_inputs", True, "'uniq_hub.signed_inputs' is false but config.json gives true"),
+])
+def test_config_edits_that_change_the_computation_are_refused(folder, field, value, key):
+    _edit_config(folder, **{field: value})
+    _load_error(folder, f"metadata {key}")
+
+
+def test_recorded_per_layer_plan_is_checked(folder):
+    """A per-layer difference the config fields do not show (e.g. another policy in the code)."""
+    metadata = _metadata(folder)
+    plan = json.loads(metadata["uniq_hub.quantizers"])
+    assert plan["fc.weight_quantizer"] == "8-bit weight uniq per-channel"
+    plan["fc.weight_quantizer"] = "4-bit weight uniq per-channel"
+    _resave(folder, load_file(weights(folder)), {**metadata, "uniq_hub.quantizers": json.dumps(plan)})
+    _load_error(folder, "metadata 'uniq_hub.quantizers'['fc.weight_quantizer'] is '4-bit weight uniq per-channel' "
+                        "but config.json builds '8-bit weight uniq per-channel'")
+
+
+def test_metadata_leaves_the_tensors_byte_identical(folder):
+    """The release file is what it was before the metadata existed, header metadata apart."""
+    model = UniQForImageClassification.from_pretrained(folder)
+    state = model.packed_state_dict()
+    state[CHECKSUM_KEY] = state_dict_checksum(state)
+    plain = os.path.join(folder, "plain.safetensors")
+    save_file(state, plain, metadata={"format": "pt"})
+
+    def data_and_layout(path):
+        raw = open(path, "rb").read()
+        size = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + size])
+        header.pop("__metadata__")
+        return raw[8 + size :], header
+
+    assert data_and_layout(weights(folder)) == data_and_layout(plain)
+    assert set(_metadata(folder)) > {"format", "uniq_hub.w_bits", "uniq_hub.quantizers"}
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("model.layer1.0.conv1.input_quantizer.step", 0.0, "step sizes that are not positive and finite (e.g. 0.0)"),
+    ("model.fc.weight_quantizer.step", -0.5, "step sizes that are not positive and finite (e.g. -0.5)"),
+    ("model.layer1.0.bn1.running_var", -1.0, "a negative BatchNorm variance (-1.0)"),
+])
+def test_impossible_values_are_refused(folder, key, value, problem):
+    state = load_file(weights(folder))
+    state[key].reshape(-1)[0] = value
+    _resave(folder, state, _metadata(folder))
+    _load_error(folder, f"{key!r} holds {problem}")
+
+
+def test_unexpected_tensor_is_refused_from_the_header(folder):
+    """An undeclared tensor is refused before any data is read: here the data is also corrupt,
+    and the error is about the header, not the checksum."""
+    state = load_file(weights(folder))
+    state["model.extra.payload"] = torch.zeros(1000)
+    _resave(folder, state, _metadata(folder))
+    data = bytearray(open(weights(folder), "rb").read())
+    data[-100] ^= 0xFF  # corrupt tensor data: reading it would fail the checksum
+    open(weights(folder), "wb").write(bytes(data))
+    message = _load_error(folder, "1 tensors are not part of the model (e.g. ['model.extra.payload'])")
+    assert "no tensor data was read" in message and "checksum" not in message
 
 
 def test_wrong_key_names(folder):
@@ -108,7 +196,8 @@ def test_weights_of_another_shape(folder):
     config["id2label"] = {str(i): f"c{i}" for i in range(5)}
     config["label2id"] = {f"c{i}": i for i in range(5)}
     open(config_path, "w").write(json.dumps(config))
-    _load_error(folder, "'model.fc.bias' has shape (3,) but the config (arch=resnet20, w_bits=2, a_bits=2, num_labels=5)")
+    _load_error(folder, "the classifier does not fit the config (arch=resnet20, w_bits=2, a_bits=2, num_labels=5): "
+                        "model.fc.bias (3,) (config: (5,))")
 
 
 def test_nan_weights(folder):

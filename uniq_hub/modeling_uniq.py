@@ -39,7 +39,10 @@ from .modules import UniQQuantizer
 # Imported for their side effect: they fill the architecture registry (this file also runs as
 # remote code, without uniq_hub's __init__).
 from .mobilenetv2 import mobilenetv2  # noqa: F401
-from .packing import PACKED_SUFFIX, CheckpointError, expected_layout, is_packed, pack_state_dict, unpack_state_dict
+from .packing import (
+    PACKED_SUFFIX, CheckpointError, check_header, check_values, expected_layout, is_packed, pack_state_dict,
+    record_computation, unpack_state_dict,
+)
 from .preresnet import resnet18  # noqa: F401
 from .quantize import quantize_
 from .registry import create_model
@@ -212,7 +215,10 @@ class UniQPreTrainedModel(PreTrainedModel):
             os.makedirs(save_directory, exist_ok=True)
             UniQImageProcessor.from_model_config(self.config).save_pretrained(save_directory)
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
-        return super().save_pretrained(save_directory, is_main_process, state_dict, False, **kwargs)
+        out = super().save_pretrained(save_directory, is_main_process, state_dict, False, **kwargs)
+        if is_main_process:  # bits, method, granularity, policy into the safetensors metadata (packing.py)
+            record_computation(save_directory, self.config, self.model)
+        return out
 
     def push_to_hub(self, *args: Any, packed: bool = True, **kwargs: Any) -> Any:
         """``PreTrainedModel.push_to_hub``, uploading the release format unless ``packed=False``."""
@@ -245,6 +251,8 @@ class UniQPreTrainedModel(PreTrainedModel):
         """Read the files ourselves (safetensors only), unpack, check, then hand over a full state dict
         (less a classifier being re-initialised, which transformers then initialises with ``_init_weights``)."""
         if state_dict is None:
+            for file in checkpoint_files or []:  # names and recorded quantization, from the header (packing.py)
+                check_header(file, model.config, model.model, _PREFIX, extra_keys=(CHECKSUM_KEY,))
             state_dict, origin = read_safetensors(checkpoint_files or [])
             where = os.fspath(checkpoint_files[0]) if checkpoint_files and len(checkpoint_files) == 1 else None
         else:
@@ -393,6 +401,7 @@ def load_checked_state_dict(
             raise CheckpointError(path, f"{key!r} has dtype {got.dtype}, expected {dtype}")
         if got.is_floating_point() and not torch.isfinite(got).all():
             raise CheckpointError(path, f"{key!r} holds NaN or infinite values")
+    check_values(state, path)  # steps > 0, BatchNorm variances >= 0 (packing.py)
     return unpack_state_dict(state, model.model, prefix=_PREFIX, path=path) if packed else state
 
 

@@ -10,24 +10,36 @@ A packed ``model.safetensors`` holds, for every layer whose weight has a quantiz
 * ``<layer>.weight_quantizer.step`` (float32) and every other tensor of the model's state dict
   (BatchNorm, activation steps, biases, full-precision layers, ``initialized`` flags) unchanged.
 
-Bits, scheme and shape are not repeated in the file: they come from ``config.json`` (the same
-config builds the model that reads it), and the byte count is checked against them, so codes
-written at 2 bits are refused under a 4-bit config. Unpacking gives exactly the fake-quantized
+Shapes come from ``config.json`` (the same config builds the model that reads it). Everything
+that changes the computation is also recorded in the file's safetensors metadata
+(:func:`computation_metadata`: the config's quantization fields and each quantizer's bits, role,
+method and granularity) and checked against ``config.json`` at load, from the header, before
+any tensor data is read (:func:`check_header`), together with the tensor names: a file is
+refused when its header declares a tensor the model does not expect. A file without this
+metadata (written before it existed) is still checked by its byte counts, so codes written at
+2 bits are refused under a 4-bit config. Loading also refuses step sizes that are not positive
+and finite and negative BatchNorm variances (:func:`check_values`). Unpacking gives exactly the fake-quantized
 weights the model was evaluated with; the weight quantizer maps them onto themselves, so the
 logits are bit-identical. A file is recognised as packed by its ``.weight.packed`` keys.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
-from typing import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from .modules import _MIN_STEP, UniQQuantizer, _QuantizedMixin
 from .quant import dequantize_codes, quantize_codes
+from .quantize import quantizers
+
+logger = logging.getLogger(__name__)
 
 PACKED_SUFFIX = ".weight.packed"
 _CHUNK = 1 << 21  # codes per chunk when packing / unpacking (a multiple of 8; bounds the temporaries)
@@ -205,7 +217,166 @@ def information_bytes(model: nn.Module) -> int:
     return math.ceil(total)
 
 
+# ---------------------------------------------------------------------------------------------
+# What changes the computation: recorded in the safetensors metadata, checked at load
+
+
+METADATA_PREFIX = "uniq_hub."
+# UniQConfig fields that decide how the network quantizes (bits, method, granularity, policy).
+# Training-only fields (init, grad_scale) and those the tensor shapes already pin are left out.
+POLICY_FIELDS = (
+    "arch", "w_bits", "a_bits", "first_bits", "last_bits", "method", "weight_granularity",
+    "binary_fp_layers", "signed_inputs", "overrides",
+)
+QUANTIZERS_KEY = METADATA_PREFIX + "quantizers"
+
+
+def describe_quantizer(quantizer: UniQQuantizer) -> str:
+    """One quantizer's contribution to the computation, e.g. ``"2-bit weight uniq per-channel"``."""
+    spec = quantizer.spec
+    return f"{spec.bits}-bit {spec.role} {spec.method} {'per-channel' if spec.per_channel else 'per-layer'}"
+
+
+def computation_metadata(config: Any, model: nn.Module) -> dict[str, str]:
+    """The safetensors metadata of a checkpoint of ``model`` (built from ``config``): every
+    :data:`POLICY_FIELDS` value and each quantizer's :func:`describe_quantizer`, as JSON strings."""
+    meta = {METADATA_PREFIX + name: json.dumps(getattr(config, name), sort_keys=True) for name in POLICY_FIELDS}
+    meta[QUANTIZERS_KEY] = json.dumps({n: describe_quantizer(q) for n, q in quantizers(model).items()}, sort_keys=True)
+    return meta
+
+
+def add_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
+    """Rewrite the safetensors file ``path`` with ``metadata`` added to its header; the tensors
+    (names, dtypes, shapes, bytes and order) stay exactly as they were. Atomic (temp file + rename).
+
+    transformers' ``save_pretrained`` writes only ``{"format": "pt"}`` (other metadata only
+    through an ``hf_quantizer``), hence this second pass over the (small) release file.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+        merged = {**(f.metadata() or {}), **metadata}
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    save_file(tensors, os.fspath(tmp), metadata=merged)
+    os.replace(tmp, path)
+
+
+def weight_files(folder: str | os.PathLike) -> list[Path]:
+    """The safetensors weight files of a saved folder (transformers' names: one file, or the shards
+    its index lists)."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
+
+
+def record_computation(folder: str | os.PathLike, config: Any, model: nn.Module) -> None:
+    """Add :func:`computation_metadata` to every weight file of a folder ``save_pretrained`` wrote."""
+    metadata = computation_metadata(config, model)
+    for path in weight_files(folder):
+        add_metadata(path, metadata)
+
+
+def _head_prefix(model: nn.Module, prefix: str) -> str | None:
+    last = getattr(model, "last_layer", None)
+    return f"{prefix}{last}." if last else None
+
+
+def check_metadata(
+    path: str | os.PathLike | None, metadata: Mapping[str, str], config: Any, model: nn.Module, prefix: str = ""
+) -> None:
+    """Compare a file's recorded computation (:func:`computation_metadata`) with what ``config``
+    builds; the first difference raises :class:`CheckpointError` naming file, key, value and the
+    expected value. A file without the metadata passes (it predates it)."""
+    if not any(k.startswith(METADATA_PREFIX) for k in metadata):
+        logger.warning("%s: no %s* metadata (written by an older uniq_hub); the quantization recorded in "
+                       "config.json cannot be checked against the weights beyond their byte counts", path, METADATA_PREFIX)
+        return
+    expected = computation_metadata(config, model)
+    hint = ("config.json and the weights disagree: the weights were written for another quantization and would "
+            "compute a different model; restore config.json or export the model again")
+    for key in (METADATA_PREFIX + name for name in POLICY_FIELDS):
+        if key not in metadata:
+            raise CheckpointError(path, f"metadata key {key!r} is missing (expected {expected[key]})")
+        if json.loads(metadata[key]) != json.loads(expected[key]):
+            raise CheckpointError(path, f"metadata {key!r} is {metadata[key]} but config.json gives {expected[key]}; {hint}")
+    try:
+        stored = json.loads(metadata[QUANTIZERS_KEY])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(path, f"metadata key {QUANTIZERS_KEY!r} is missing or not JSON ({err})") from err
+    built = json.loads(expected[QUANTIZERS_KEY])
+    # A base model (classifier dropped) lacks the head's quantizers, a base model's file too; whether a
+    # classifier may be re-initialised is the loader's decision (ignore_mismatched_sizes).
+    head = _head_prefix(model, "")
+    for name in sorted(set(stored) | set(built)):
+        headless = name not in built or name not in stored
+        if stored.get(name) != built.get(name) and not (headless and head and name.startswith(head)):
+            raise CheckpointError(
+                path, f"metadata {QUANTIZERS_KEY!r}[{name!r}] is {stored.get(name, 'absent')!r} but config.json builds "
+                f"{built.get(name, 'no such quantizer')!r}; {hint}",
+            )
+
+
+def check_header(
+    path: str | os.PathLike,
+    config: Any,
+    model: nn.Module,
+    prefix: str = "",
+    extra_keys: Iterable[str] = (),
+) -> dict[str, str]:
+    """Check one safetensors file from its header alone (no tensor data is read): every tensor it
+    declares must be one ``model`` expects (packed or latent layout, plus ``extra_keys``, e.g. a
+    checksum; a base model without classifier also accepts the classifier's tensors), and its
+    metadata must match ``config`` (:func:`check_metadata`). Returns the metadata."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+            keys, metadata = list(f.keys()), dict(f.metadata() or {})
+    except FileNotFoundError as err:
+        raise CheckpointError(path, "file not found") from err
+    except Exception as err:  # safetensors raises its own error type for every format problem
+        raise CheckpointError(path, f"not a valid safetensors file (truncated or corrupted?): {err}") from err
+    layout = set(expected_layout(model, prefix, packed=is_packed(keys))) | set(extra_keys)
+    head = _head_prefix(model, prefix)
+    headless = head is not None and not any(k.startswith(head) for k in layout)
+    unexpected = sorted(k for k in keys if k not in layout and not (headless and k.startswith(head)))
+    if unexpected:
+        what = ", ".join(f"{name}={getattr(config, name, None)}" for name in ("arch", "w_bits", "a_bits", "num_labels"))
+        missing = sorted(layout - set(keys) - set(extra_keys))
+        problems = [f"{'packed' if is_packed(keys) else 'latent'} checkpoint"]
+        if missing:
+            problems.append(f"{len(missing)} tensors the model needs are missing (e.g. {missing[:3]})")
+        problems.append(f"{len(unexpected)} tensors are not part of the model (e.g. {unexpected[:3]})")
+        raise CheckpointError(
+            path, f"{'; '.join(problems)}; does the file belong to this config.json ({what})? "
+            "(refused from the header; no tensor data was read)",
+        )
+    check_metadata(path, metadata, config, model)
+    return metadata
+
+
+def check_values(state: Mapping[str, Tensor], path: str | os.PathLike | None = None) -> None:
+    """Refuse step sizes that are not positive and finite and negative BatchNorm variances
+    (the model would silently clamp or produce NaN), naming the file and key."""
+    for key, tensor in state.items():
+        if key.endswith("_quantizer.step"):
+            bad = ~(torch.isfinite(tensor) & (tensor > 0))
+            if bool(bad.any()):
+                value = tensor.reshape(-1)[bad.reshape(-1)][0].item()
+                raise CheckpointError(path, f"{key!r} holds step sizes that are not positive and finite (e.g. {value}); "
+                                            "expected every step > 0")
+        elif key.endswith(".running_var") and tensor.is_floating_point() and bool((tensor < 0).any()):
+            value = tensor[tensor < 0].reshape(-1)[0].item()
+            raise CheckpointError(path, f"{key!r} holds a negative BatchNorm variance ({value}); expected >= 0")
+
+
 __all__ = [
-    "CheckpointError", "PACKED_SUFFIX", "expected_layout", "information_bytes", "is_packed", "pack_bits", "pack_state_dict",
-    "packed_nbytes", "quantized_layers", "unpack_bits", "unpack_state_dict",
+    "CheckpointError", "METADATA_PREFIX", "PACKED_SUFFIX", "POLICY_FIELDS", "QUANTIZERS_KEY", "add_metadata",
+    "check_header", "record_computation", "weight_files", "check_metadata", "check_values", "computation_metadata", "describe_quantizer", "expected_layout",
+    "information_bytes", "is_packed", "pack_bits", "pack_state_dict", "packed_nbytes", "quantized_layers",
+    "unpack_bits", "unpack_state_dict",
 ]
