@@ -1,5 +1,6 @@
 """Data layer: Fashion-MNIST offline fallback, imagefolder / save_to_disk sources, column detection,
-errors, transforms over every PIL mode, and the seeded DataLoader. Nothing touches the network."""
+errors, transforms over every PIL mode, labels by name, degenerate splits, corrupt images, and the
+seeded DataLoader. Nothing touches the network."""
 
 from __future__ import annotations
 
@@ -23,13 +24,10 @@ from uniq_hub.data import (
     DatasetUnavailableError,
     class_names,
     detect_columns,
-    imagenet_transform,
     load_image_dataset,
     make_dataloader,
+    make_transform,
     normalization_stats,
-    small_image_transform,
-    to_channels,
-    transform_for,
 )
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -167,7 +165,7 @@ def test_imagefolder_uses_folder_names_as_classes(tmp_path):
     assert {r["image"].mode for r in ds} >= {"RGB", "L", "I;16", "RGBA"}
     # a tree without split folders is one split, whatever is asked for
     assert len(load_image_dataset(str(tmp_path / "tree"), "validation", cache_dir=str(tmp_path / "c"))) == 6
-    loader = make_dataloader(ds, small_image_transform(False, image_size=16, mean=(0.5,), std=(0.5,)), 4, False)
+    loader = make_dataloader(ds, make_transform("small", False, image_size=16, mean=(0.5,), std=(0.5,)), 4, False)
     (x1, y1), (x2, y2) = list(loader)
     assert x1.shape == (4, 3, 16, 16) and x2.shape == (2, 3, 16, 16)
     assert torch.cat([y1, y2]).tolist() == list(ds["label"])
@@ -261,21 +259,22 @@ def _image(mode: str, size=(37, 23)) -> Image.Image:
 @pytest.mark.parametrize("in_chans", [1, 3])
 def test_transforms_every_mode_to_in_chans(mode, in_chans):
     img = _image(mode)
-    assert to_channels(img, in_chans).mode == {1: "L", 3: "RGB"}[in_chans]
     for train in (True, False):
-        small = small_image_transform(train, image_size=32, mean=(0.5,), std=(0.25,), in_chans=in_chans)(img)
+        small = make_transform("small", train, image_size=32, mean=(0.5,), std=(0.25,), in_chans=in_chans)(img)
         assert small.shape == (in_chans, 32, 32) and small.dtype == torch.float32
-        big = imagenet_transform(train, in_chans=in_chans)(img)
+        big = make_transform("imagenet", train, in_chans=in_chans)(img)
         assert big.shape == (in_chans, 224, 224)
+    with pytest.raises(ValueError, match=r"unknown transform style 'fancy'.*\['cifar', 'imagenet', 'small'\]"):
+        make_transform("fancy", True)
 
 
 @pytest.mark.parametrize("in_chans", [1, 3])
 def test_sixteen_bit_images_are_scaled_not_clipped(in_chans):
-    plain = small_image_transform(False, image_size=8, mean=(0.0,), std=(1.0,), in_chans=in_chans)
+    plain = make_transform("small", False, image_size=8, mean=(0.0,), std=(1.0,), in_chans=in_chans)
     for value, expected in ((32768, 0.5), (65535, 1.0), (1000, 1000 / 65535), (0, 0.0)):
         out = plain(Image.fromarray(np.full((8, 8), value, np.uint16)))
         assert out.shape == (in_chans, 8, 8)
-        assert torch.allclose(out, torch.full_like(out, expected), atol=2.5 / 255), (value, out.flatten()[0])
+        assert torch.allclose(out, torch.full_like(out, expected), atol=1e-5), (value, out.flatten()[0])
 
 
 def test_normalisation_stats_and_eval_values():
@@ -286,11 +285,12 @@ def test_normalisation_stats_and_eval_values():
     with pytest.raises(KeyError, match="known"):
         normalization_stats("mnist-of-the-future")
     grey = Image.new("L", (28, 28), 51)  # 0.2
-    out = transform_for("fashion_mnist", False, in_chans=1, image_size=28)(grey)
+    mean, std = normalization_stats("fashion_mnist")
+    out = make_transform("small", False, in_chans=1, image_size=28, mean=mean, std=std)(grey)
     assert torch.allclose(out, torch.full((1, 28, 28), (0.2 - 0.2860) / 0.3530), atol=1e-5)
-    rgb = transform_for("fashion_mnist", False, in_chans=3, image_size=28)(grey)  # stats repeated
+    rgb = make_transform("small", False, in_chans=3, image_size=28, mean=mean, std=std)(grey)  # stats repeated
     assert rgb.shape == (3, 28, 28) and torch.allclose(rgb, out.expand(3, -1, -1), atol=1e-5)
-    red = imagenet_transform(False)(Image.new("RGB", (300, 260), (255, 0, 0)))
+    red = make_transform("imagenet", False)(Image.new("RGB", (300, 260), (255, 0, 0)))
     mean, std = data.NORMALIZATION["imagenet"]
     expected = torch.tensor([(1 - mean[0]) / std[0], -mean[1] / std[1], -mean[2] / std[2]])
     assert torch.allclose(red[:, 100, 100], expected, atol=1e-4)
@@ -299,8 +299,73 @@ def test_normalisation_stats_and_eval_values():
 def test_imagenet_eval_is_resize_then_center_crop():
     arr = np.zeros((256, 512, 3), np.uint8)
     arr[:, 256 - 112:256 + 112] = 255  # a centred white band exactly 224 wide
-    out = imagenet_transform(False, mean=(0, 0, 0), std=(1, 1, 1))(Image.fromarray(arr))
+    out = make_transform("imagenet", False, mean=(0, 0, 0), std=(1, 1, 1))(Image.fromarray(arr))
     assert out.shape == (3, 224, 224) and out.min() > 0.99  # Resize(256) keeps it, CenterCrop(224) is the band
+
+
+def test_small_training_transform_is_the_processor_plus_a_random_shift_and_flip():
+    """Padding 4 and a flip: the training image is the evaluation image shifted by at most 4 pixels."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+    processor = data.processor_for(in_chans=3, image_size=12, mean=(0.5,), std=(0.5,))
+    evaluation = data.eval_transform(processor)(image)
+    train = data.train_transform(processor, "small")
+    torch.manual_seed(0)
+    for _ in range(5):
+        out = train(image)
+        candidates = [evaluation, evaluation.flip(-1)]
+        padded = [torch.nn.functional.pad(c, (4, 4, 4, 4), value=-1.0) for c in candidates]  # 0 -> (0 - .5)/.5
+        assert any(torch.equal(out, p[:, i:i + 12, j:j + 12]) for p in padded for i in range(9) for j in range(9))
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels and degenerate splits
+
+
+def test_label_mapping_by_name():
+    model = {0: "ankle boot", 1: "T-shirt/top", 2: "bag"}
+    assert data.label_mapping(["bag", "ankle boot"], model) == [2, 0]
+    assert data.label_mapping(["T - shirt / top", "Ankle_Boot"], model) == [1, 0]  # case, spaces, _ ignored
+    assert data.label_mapping(["0", "1"], model) == [0, 1]  # unnamed integer labels are model ids
+    with pytest.raises(ValueError, match=r"'tree' has classes the model does not know: \['zebra'\]"):
+        data.label_mapping(["bag", "zebra"], model, source="tree")
+    with pytest.raises(ValueError, match=r"labels 0\.\.3 but the model has 3 classes"):
+        data.label_mapping(["0", "1", "2", "3"], model)
+    with pytest.raises(ValueError, match="no class names"):
+        data.label_mapping(None, model)
+
+
+def test_degenerate_training_splits_are_refused():
+    ds = _labelled(6)
+    data.check_training_split(ds, class_names(ds), "six", "train", len(ds), 4)
+    with pytest.raises(ValueError, match=r"dataset 'six' split 'train' has no examples"):
+        data.check_training_split(ds.select([]), class_names(ds), "six", "train", 0, 4)
+    with pytest.raises(ValueError, match=r"'six' split 'train' has 6 examples, fewer than one batch of 8"):
+        data.check_training_split(ds, class_names(ds), "six", "train", 6, 8)
+    with pytest.raises(ValueError, match=r"single class \['only'\]"):
+        data.check_training_split(ds, ["only"], "six", "train", 6, 4)
+    same = ds.map(lambda row: {"label": 3})
+    with pytest.raises(ValueError, match=r"every example has the same class \['3'\]"):
+        data.check_training_split(same, class_names(ds), "six", "train", 6, 4)
+
+
+def test_a_corrupt_image_is_named(tmp_path):
+    for cls in ("a", "b"):
+        _write_png(tmp_path / "tree" / cls / "ok.png", "RGB", (8, 8))
+    bad = tmp_path / "tree" / "b" / "zz-broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    ds = load_image_dataset(str(tmp_path / "tree"), "train", cache_dir=str(tmp_path / "c"))
+    loader = make_dataloader(ds, make_transform("small", False, image_size=8, mean=(0.5,), std=(0.5,)), 3, False,
+                             source="tree")
+    with pytest.raises(ValueError, match="zz-broken.png .dataset 'tree'.: not a readable image"):
+        list(loader)
+
+
+def test_dataloader_maps_labels():
+    ds = _labelled(4)
+    plain = make_transform("small", False, image_size=12, mean=(0.0,), std=(1.0,), in_chans=1)
+    (_, y), = _batches(make_dataloader(ds, plain, 4, False, label_map=[3, 2, 1, 0]))
+    assert y.tolist() == [3, 2, 1, 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +389,7 @@ def _same(a, b) -> bool:
 
 def test_dataloader_shapes_dtypes_and_seed_determinism():
     ds = _labelled(20)
-    train = small_image_transform(True, image_size=12, mean=(0.5,), std=(0.5,), in_chans=1)
+    train = make_transform("small", True, image_size=12, mean=(0.5,), std=(0.5,), in_chans=1)
     rng_state = torch.get_rng_state()
     make = lambda seed, **kw: _batches(make_dataloader(ds, train, 8, True, seed=seed, **kw))  # noqa: E731
     a, b, c = make(0), make(0), make(1)
@@ -341,7 +406,7 @@ def test_dataloader_shapes_dtypes_and_seed_determinism():
 
 def test_dataloader_workers_are_deterministic():
     ds = _labelled(16)
-    train = small_image_transform(True, image_size=12, mean=(0.5,), std=(0.5,), in_chans=1)
+    train = make_transform("small", True, image_size=12, mean=(0.5,), std=(0.5,), in_chans=1)
     a = _batches(make_dataloader(ds, train, 4, True, num_workers=2, seed=3))
     b = _batches(make_dataloader(ds, train, 4, True, num_workers=2, seed=3))
     assert _same(a, b) and len(a) == 4
@@ -349,7 +414,7 @@ def test_dataloader_workers_are_deterministic():
 
 def test_dataloader_streaming_and_plain_pairs():
     ds = _labelled(10)
-    plain = small_image_transform(False, image_size=12, mean=(0.0,), std=(1.0,), in_chans=3)
+    plain = make_transform("small", False, image_size=12, mean=(0.0,), std=(1.0,), in_chans=3)
     stream = ds.to_iterable_dataset()
     a = _batches(make_dataloader(stream, plain, 4, True, seed=5, shuffle_buffer=8))
     b = _batches(make_dataloader(stream, plain, 4, True, seed=5, shuffle_buffer=8))

@@ -119,17 +119,20 @@ def test_16_bit_images_are_scaled_not_clipped():
     assert processor(dark, return_tensors="pt")["pixel_values"].max() < 0.02
 
 
-def test_alpha_is_composited_over_white_and_color_to_luma():
+def test_alpha_is_dropped_as_pil_does_and_color_to_luma():
+    """The pipeline converts PIL images with convert("RGB") (alpha dropped) before the processor
+    runs; the processor does the same, so both give the same input (tests/test_preprocessing.py)."""
     processor = UniQImageProcessor(size={"shortest_edge": 4}, crop_size={"height": 4, "width": 4}, num_channels=3,
                                    image_mean=[0.0] * 3, image_std=[1.0] * 3)
     transparent = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
-    assert torch.allclose(processor(transparent, return_tensors="pt")["pixel_values"], torch.ones(1, 3, 4, 4))
+    red = torch.tensor([1.0, 0, 0])[None, :, None, None].expand(1, 3, 4, 4)
+    assert torch.equal(processor(transparent, return_tensors="pt")["pixel_values"], red)
     half = Image.new("LA", (4, 4), (0, 128))
-    assert torch.allclose(processor(half, return_tensors="pt")["pixel_values"], torch.full((1, 3, 4, 4), 127 / 255))
+    assert torch.equal(processor(half, return_tensors="pt")["pixel_values"], torch.zeros(1, 3, 4, 4))
     gray = UniQImageProcessor(size={"shortest_edge": 4}, crop_size={"height": 4, "width": 4}, num_channels=1,
                               image_mean=[0.0], image_std=[1.0])
-    red = processor_out = gray(Image.new("RGB", (4, 4), (255, 0, 0)), return_tensors="pt")["pixel_values"]
-    assert red.shape == (1, 1, 4, 4) and torch.allclose(processor_out, torch.full_like(red, 0.299))
+    red = gray(Image.new("RGB", (4, 4), (255, 0, 0)), return_tensors="pt")["pixel_values"]
+    assert red.shape == (1, 1, 4, 4) and torch.allclose(red, torch.full_like(red, 0.299))
 
 
 def test_processor_accepts_arrays_tensors_paths_and_batches(tmp_path):

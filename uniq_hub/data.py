@@ -1,5 +1,7 @@
 """Data layer: load an image-classification split from the Hub, an ``imagefolder`` tree or a
-``save_to_disk`` directory; torchvision v2 transforms; a seeded ``(pixel_values, labels)`` loader.
+``save_to_disk`` directory; transforms built from the image processor (evaluation: the processor
+itself; training: its input conversion and normalisation around a random geometry); labels
+matched to a model's by name; a seeded ``(pixel_values, labels)`` loader.
 
 Every loaded split is normalised to two columns, ``image`` and ``label``; when the class names are
 known (``ClassLabel`` names or folder names) ``label`` is a ``ClassLabel`` carrying them, see
@@ -14,7 +16,6 @@ import functools
 import gzip
 import hashlib
 import logging
-import math
 import os
 import re
 import shutil
@@ -35,7 +36,9 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
+
+from .configuration_uniq import UniQConfig
+from .image_processing_uniq import UniQImageProcessor, to_float_image
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +46,11 @@ AnyDataset = Dataset | IterableDataset
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 __all__ = [
-    "DatasetUnavailableError", "FASHION_MNIST_CLASSES", "NORMALIZATION", "TRANSFORM_STYLES",
-    "class_names", "detect_columns", "fashion_mnist_from_idx", "hub_reachable", "imagenet_transform",
-    "load_image_dataset", "make_dataloader", "make_transform", "normalization_stats", "read_idx",
-    "resolve_split", "small_image_transform", "to_channels", "transform_for",
+    "DatasetUnavailableError", "FASHION_MNIST_CLASSES", "NORMALIZATION", "TRANSFORM_STYLES", "ProcessorTransform",
+    "check_training_split", "class_names", "decode_image", "detect_columns", "eval_transform",
+    "fashion_mnist_from_idx", "hub_reachable", "label_mapping", "load_image_dataset", "make_dataloader",
+    "make_transform", "normalization_stats", "per_channel", "processor_for", "read_idx", "resolve_split",
+    "train_transform",
 ]
 
 
@@ -420,8 +424,6 @@ NORMALIZATION: dict[str, Stats] = {
 }
 _STATS_ALIASES = {"imagenet_1k": "imagenet", "ilsvrc": "imagenet", "cifar_100": "cifar100",
                   "fashionmnist": "fashion_mnist"}
-_CHANNEL_MODES = {1: "L", 3: "RGB"}
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})  # "I" from 16-bit PNG/TIFF decoders
 
 
 def _stats_key(name: str) -> str:
@@ -437,7 +439,7 @@ def normalization_stats(name: str) -> Stats:
     return NORMALIZATION[key]
 
 
-def _per_channel(values: Sequence[float], in_chans: int) -> list[float]:
+def per_channel(values: Sequence[float], in_chans: int) -> list[float]:
     """Repeat a single value, or average RGB values for one channel."""
     values = list(values)
     if len(values) == in_chans:
@@ -449,125 +451,188 @@ def _per_channel(values: Sequence[float], in_chans: int) -> list[float]:
     raise ValueError(f"{len(values)} normalisation values for {in_chans} channels")
 
 
-def _as_pil(image: Any) -> Image.Image:
-    """PIL image from a PIL image, an HWC/CHW array or tensor (uint8, or float in [0, 1])."""
-    if isinstance(image, Image.Image):
-        return image
-    array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)
-    if array.dtype.kind == "f":
-        array = np.clip(np.rint(array * 255), 0, 255)
-    return Image.fromarray(array.astype(np.uint8).squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1
-                           else array.astype(np.uint8))
+def processor_for(*, in_chans: int = 3, image_size: int = 224, mean: Sequence[float] | None = None,
+                  std: Sequence[float] | None = None, crop_pct: float | None = None) -> UniQImageProcessor:
+    """The image processor a model with these inputs ships (``UniQConfig``'s defaults fill the rest)."""
+    config = UniQConfig(in_chans=in_chans, image_size=image_size, crop_pct=crop_pct,
+                        image_mean=None if mean is None else per_channel(mean, in_chans),
+                        image_std=None if std is None else per_channel(std, in_chans))
+    return UniQImageProcessor.from_model_config(config)
 
 
-def to_channels(image: Any, in_chans: int) -> Image.Image:
-    """Convert any PIL mode (RGB, L, LA, RGBA, P, CMYK, 1, I;16 ...) to "L" (1 channel) or "RGB" (3)."""
-    if in_chans not in _CHANNEL_MODES:
-        raise ValueError(f"in_chans must be one of {sorted(_CHANNEL_MODES)}, got {in_chans}")
-    image, mode = _as_pil(image), _CHANNEL_MODES[in_chans]
-    if image.mode in _SIXTEEN_BIT_MODES:  # PIL would clip to 255 (white); scale 0..65535 -> 0..255
-        array = np.asarray(image).astype(np.float64)
-        image = Image.fromarray(np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8), "L")
-    elif image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode not in ("1", "L", "RGB"):
-        image = image.convert("RGB")
-    return image if image.mode == mode else image.convert(mode)
+class ProcessorTransform:
+    """One image -> ``pixel_values`` (C, H, W) through an image processor: the evaluation transform,
+    exactly what ``pipeline("image-classification")`` feeds the model (picklable)."""
 
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
 
-class ToChannels:
-    """Transform: PIL image (any mode) -> PIL image of mode "L" / "RGB" for ``in_chans`` 1 / 3."""
-
-    def __init__(self, in_chans: int):
-        self.in_chans = in_chans
-
-    def __call__(self, image: Any) -> Image.Image:
-        return to_channels(image, self.in_chans)
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self.processor(image, return_tensors="pt")["pixel_values"][0]
 
     def __repr__(self) -> str:
-        return f"ToChannels(in_chans={self.in_chans})"
+        return f"ProcessorTransform({type(self.processor).__name__})"
 
 
-class FitSize(torch.nn.Module):
-    """Resize (shorter side) + center crop to ``size`` x ``size``, only when the image differs."""
+class ProcessorInput:
+    """Any image -> ``(C, H, W)`` float in 0..255, converted as the processor converts it."""
 
-    def __init__(self, size: int):
+    def __init__(self, processor: UniQImageProcessor) -> None:
+        self.num_channels = int(processor.num_channels)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return to_float_image(image, self.num_channels)
+
+
+class ProcessorResizeCrop(torch.nn.Module):
+    """The processor's geometry: shortest edge to ``size``, centre crop ``crop_size``."""
+
+    def __init__(self, processor: UniQImageProcessor) -> None:
         super().__init__()
-        self.size = size
+        self.processor = processor
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if tuple(image.shape[-2:]) == (self.size, self.size):
-            return image
-        return TF.center_crop(TF.resize(image, self.size, antialias=True), [self.size, self.size])
+        p = self.processor
+        return p.center_crop(p.resize(image, p.size, p.resample), p.crop_size)
 
 
-def _compose(in_chans: int, geometry: list[Callable], mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    return v2.Compose([ToChannels(in_chans), v2.ToImage(), *geometry, v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(_per_channel(mean, in_chans), _per_channel(std, in_chans))])
+class ProcessorNormalize(torch.nn.Module):
+    """The processor's rescale (1/255) and normalisation, with its own arithmetic."""
+
+    def __init__(self, processor: UniQImageProcessor) -> None:
+        super().__init__()
+        self.processor = processor
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        p = self.processor
+        return p.rescale_and_normalize(image[None], p.do_rescale, p.rescale_factor, p.do_normalize,
+                                       p.image_mean, p.image_std)[0]
 
 
-def imagenet_transform(train: bool, *, in_chans: int = 3, image_size: int = 224, resize_size: int | None = None,
-                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> v2.Compose:
-    """The paper's ImageNet pipeline: RandomResizedCrop + flip (train); Resize(256) + CenterCrop(224) (eval)."""
-    default_mean, default_std = NORMALIZATION["imagenet"]
-    resize_size = resize_size or math.floor(image_size * 256 / 224)
-    geometry = ([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()] if train
-                else [v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)])
-    return _compose(in_chans, geometry, mean or default_mean, std or default_std)
+def _imagenet_augment(processor: UniQImageProcessor) -> list[Callable]:
+    """The paper's ImageNet training crop: RandomResizedCrop + flip."""
+    side = (processor.crop_size.height, processor.crop_size.width)
+    return [v2.RandomResizedCrop(side, antialias=True), v2.RandomHorizontalFlip()]
 
 
-def small_image_transform(train: bool, *, image_size: int, mean: Sequence[float], std: Sequence[float],
-                          in_chans: int = 3, padding: int = 4) -> v2.Compose:
-    """CIFAR style: RandomCrop(size, padding) + flip (train), no augmentation (eval). Images of another
-    size are first resized + center-cropped to ``image_size``."""
-    geometry: list[Callable] = [FitSize(image_size)]
-    if train:
-        geometry += [v2.RandomCrop(image_size, padding=padding), v2.RandomHorizontalFlip()]
-    return _compose(in_chans, geometry, mean, std)
+def _small_augment(processor: UniQImageProcessor, padding: int = 4) -> list[Callable]:
+    """CIFAR style: the evaluation geometry, then RandomCrop(size, padding) + flip."""
+    side = (processor.crop_size.height, processor.crop_size.width)
+    return [ProcessorResizeCrop(processor), v2.RandomCrop(side, padding=padding), v2.RandomHorizontalFlip()]
 
 
-TRANSFORM_STYLES: dict[str, Callable[..., v2.Compose]] = {
-    "imagenet": imagenet_transform,
-    "small": small_image_transform,
-    "cifar": small_image_transform,
+# training augmentation style -> geometry steps (between the processor's input conversion and normalisation)
+TRANSFORM_STYLES: dict[str, Callable[[UniQImageProcessor], list[Callable]]] = {
+    "imagenet": _imagenet_augment,
+    "small": _small_augment,
+    "cifar": _small_augment,
 }
-# known dataset (normalisation key) -> transform style
-_DATASET_STYLES = {"imagenet": "imagenet", "cifar100": "small", "fashion_mnist": "small"}
 
 
-def make_transform(style: str, train: bool, **kwargs: Any) -> v2.Compose:
-    """Transform of a style in :data:`TRANSFORM_STYLES` (``imagenet``, ``small``/``cifar``)."""
+def train_transform(processor: UniQImageProcessor, style: str) -> v2.Compose:
+    """The training transform of ``processor``: its input conversion, the ``style``'s random
+    geometry (:data:`TRANSFORM_STYLES`), its normalisation."""
     if style not in TRANSFORM_STYLES:
         raise ValueError(f"unknown transform style {style!r}; expected one of {sorted(TRANSFORM_STYLES)}")
-    return TRANSFORM_STYLES[style](train, **kwargs)
+    return v2.Compose([ProcessorInput(processor), *TRANSFORM_STYLES[style](processor), ProcessorNormalize(processor)])
 
 
-def transform_for(dataset: str, train: bool, *, in_chans: int, image_size: int) -> v2.Compose:
-    """Style and statistics of a known dataset; unknown ones get ImageNet statistics and the ImageNet
-    style from 128 px up, the small-image style below."""
-    key = _stats_key(dataset)
-    mean, std = NORMALIZATION.get(key, NORMALIZATION["imagenet"])
-    style = _DATASET_STYLES.get(key, "imagenet" if image_size >= 128 else "small")
-    return make_transform(style, train, in_chans=in_chans, image_size=image_size, mean=mean, std=std)
+def eval_transform(processor: Any) -> ProcessorTransform:
+    """The evaluation transform: the image processor itself."""
+    return ProcessorTransform(processor)
+
+
+def make_transform(style: str, train: bool, **kwargs: Any) -> Callable[[Any], torch.Tensor]:
+    """Training (``style``) or evaluation transform of :func:`processor_for` ``(**kwargs)``."""
+    if style not in TRANSFORM_STYLES:
+        raise ValueError(f"unknown transform style {style!r}; expected one of {sorted(TRANSFORM_STYLES)}")
+    processor = processor_for(**kwargs)
+    return train_transform(processor, style) if train else eval_transform(processor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels
+
+
+def _name_key(name: str) -> str:
+    return re.sub(r"[\s_]+", "", str(name).lower())
+
+
+def label_mapping(names: Sequence[str] | None, id2label: dict[Any, str], source: str = "dataset") -> list[int]:
+    """Dataset label id -> model label id, matched by class name (then ignoring case, spaces and ``_``).
+
+    Integer labels without names (``"0"``, ``"1"`` ...) are taken as model ids. A class the model
+    does not know is an error naming it."""
+    model = {str(name): int(i) for i, name in id2label.items()}
+    loose = {_name_key(name): i for name, i in model.items()}
+    if names is None:
+        raise ValueError(f"dataset {source!r}: the label column has no class names to match the model's labels")
+    names = [str(n) for n in names]
+    ids = [model.get(n, loose.get(_name_key(n))) for n in names]
+    if all(i is not None for i in ids):
+        return [int(i) for i in ids]
+    if names == [str(i) for i in range(len(names))]:  # unnamed integer labels
+        if len(names) > len(model):
+            raise ValueError(f"dataset {source!r} has labels 0..{len(names) - 1} but the model has {len(model)} classes")
+        return list(range(len(names)))
+    unknown = [n for n, i in zip(names, ids) if i is None]
+    raise ValueError(f"dataset {source!r} has classes the model does not know: {unknown[:10]}"
+                     f"{' ...' if len(unknown) > 10 else ''}; the model's classes: {list(model)[:20]}")
+
+
+def check_training_split(ds: AnyDataset, names: Sequence[str] | None, source: str, split: str,
+                         num_examples: int, batch_size: int) -> None:
+    """Refuse a split a classifier cannot be trained on: no examples, fewer than one batch, one class."""
+    where = f"dataset {source!r} split {split!r}"
+    if num_examples == 0:
+        raise ValueError(f"{where} has no examples")
+    if num_examples < batch_size:
+        raise ValueError(f"{where} has {num_examples} examples, fewer than one batch of {batch_size}: "
+                         "lower --batch-size or add data")
+    if names is not None and len(names) < 2:
+        raise ValueError(f"{where} has a single class {list(names)}: a classifier needs at least two")
+    if isinstance(ds, Dataset):
+        present = sorted(set(ds.unique("label")))
+        if len(present) < 2:
+            shown = [names[i] for i in present] if names else present
+            raise ValueError(f"{where}: every example has the same class {shown}: a classifier needs at least two")
 
 
 # ---------------------------------------------------------------------------------------------
 # DataLoader
 
 
+def decode_image(value: Any, feature: ImageFeature | None = None, source: str = "dataset") -> Any:
+    """An undecoded ``Image`` value (``{"bytes", "path"}``) decoded by ``datasets``; errors name the
+    file (or the dataset when the image has no path). Anything else is returned as is."""
+    if not isinstance(value, dict):
+        return value
+    try:
+        return (feature or ImageFeature()).decode_example(value)
+    except Exception as err:  # noqa: BLE001  (PIL / fsspec raise many types)
+        where = value.get("path") or f"an image of {len(value.get('bytes') or b'')} bytes"
+        raise ValueError(f"{where} (dataset {source!r}): not a readable image ({type(err).__name__}: {err})") from err
+
+
 class _Collate:
     """Rows -> ``(pixel_values NCHW float, labels long)``. In the main process random transforms draw
-    from a private seeded generator (global RNG untouched); in workers the DataLoader seeds them."""
+    from a private seeded generator (global RNG untouched); in workers the DataLoader seeds them.
+    Images are decoded here, so a corrupt one is named; labels go through ``label_map`` when given."""
 
-    def __init__(self, transform: Callable, image_column: str | int, label_column: str | int, seed: int):
+    def __init__(self, transform: Callable, image_column: str | int, label_column: str | int, seed: int,
+                 label_map: Sequence[int] | None = None, source: str = "dataset"):
         self.transform, self.image_column, self.label_column = transform, image_column, label_column
+        self.label_map, self.source = None if label_map is None else list(label_map), source
         self.generator = torch.Generator().manual_seed(seed)
 
+    def _label(self, value: Any) -> int:
+        label = int(value)
+        return label if self.label_map is None else self.label_map[label]
+
     def _apply(self, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = torch.stack([torch.as_tensor(self.transform(row[self.image_column])) for row in rows])
-        labels = torch.tensor([int(row[self.label_column]) for row in rows], dtype=torch.long)
+        images = [decode_image(row[self.image_column], source=self.source) for row in rows]
+        pixels = torch.stack([torch.as_tensor(self.transform(image)) for image in images])
+        labels = torch.tensor([self._label(row[self.label_column]) for row in rows], dtype=torch.long)
         return pixels.float(), labels
 
     def __call__(self, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -582,22 +647,27 @@ class _Collate:
 def make_dataloader(dataset: AnyDataset | torch.utils.data.Dataset, transform: Callable, batch_size: int,
                     shuffle: bool, num_workers: int = 0, seed: int = 0, drop_last: bool = False, *,
                     image_column: str | None = None, label_column: str | None = None,
-                    shuffle_buffer: int = 10_000) -> DataLoader:
+                    shuffle_buffer: int = 10_000, label_map: Sequence[int] | None = None,
+                    source: str = "dataset") -> DataLoader:
     """DataLoader of ``(pixel_values, labels)`` batches, deterministic given ``seed``.
 
     ``dataset``: a map-style or streaming ``datasets`` dataset (columns detected as in
     :func:`load_image_dataset`), or any torch dataset of ``(image, label)`` pairs. Streaming
-    datasets are shuffled with a ``shuffle_buffer``-sized buffer.
+    datasets are shuffled with a ``shuffle_buffer``-sized buffer. ``label_map``: dataset label id ->
+    model label id (:func:`label_mapping`). ``source`` names the dataset in errors.
     """
     if isinstance(dataset, (Dataset, IterableDataset)):
         image, label = detect_columns(dataset, image_column, label_column)
         dataset = dataset.select_columns([image, label])  # do not decode unused image columns
+        feature = (dataset.features or {}).get(image)
+        if isinstance(feature, ImageFeature) and feature.decode and feature.mode is None:
+            dataset = dataset.cast_column(image, ImageFeature(decode=False))  # decoded (and named) in _Collate
     else:
         image, label = 0, 1
     generator = torch.Generator().manual_seed(seed)
+    collate = _Collate(transform, image, label, seed, label_map=label_map, source=source)
     kwargs: dict[str, Any] = dict(batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
-                                  collate_fn=_Collate(transform, image, label, seed), generator=generator,
-                                  persistent_workers=False)
+                                  collate_fn=collate, generator=generator, persistent_workers=False)
     if isinstance(dataset, torch.utils.data.IterableDataset):
         if shuffle and isinstance(dataset, IterableDataset):
             dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)

@@ -20,6 +20,8 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from .data import ProcessorTransform
+
 __all__ = ["split_batch", "topk_correct", "evaluate_model", "ProcessorTransform", "evaluate", "write_results",
            "add_arguments", "run"]
 
@@ -94,16 +96,6 @@ def write_results(path: str | os.PathLike, record: dict[str, Any]) -> Path:
     return path
 
 
-class ProcessorTransform:
-    """One image -> ``pixel_values`` (C, H, W) through a model's image processor (picklable)."""
-
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
-
-    def __call__(self, image: Any) -> Tensor:
-        return self.processor(image, return_tensors="pt")["pixel_values"][0]
-
-
 def evaluate(
     model_id: str,
     dataset: str,
@@ -119,7 +111,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``model_id`` (a folder or Hub id) on ``dataset``/``split`` with its own image
     processor, exactly the preprocessing ``pipeline("image-classification")`` applies; returns
-    the results record."""
+    the results record. Dataset labels are matched to the model's ``id2label`` by class name (a
+    class the model does not know is an error)."""
     from accelerate import Accelerator
 
     from . import data
@@ -131,8 +124,9 @@ def evaluate(
     processor = UniQImageProcessor.from_pretrained(model_id)
     ds = data.load_image_dataset(dataset, split, streaming=streaming, image_column=image_column,
                                  label_column=label_column, limit=max_samples)
-    loader = data.make_dataloader(ds, ProcessorTransform(processor), batch_size=batch_size, shuffle=False,
-                                  num_workers=num_workers)
+    label_map = data.label_mapping(data.class_names(ds), model.config.id2label, source=dataset)
+    loader = data.make_dataloader(ds, data.eval_transform(processor), batch_size=batch_size, shuffle=False,
+                                  num_workers=num_workers, label_map=label_map, source=dataset)
     model, loader = accelerator.prepare(model, loader)
     metrics = evaluate_model(model, loader, accelerator, progress=progress and accelerator.is_local_main_process)
     return {

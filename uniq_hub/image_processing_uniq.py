@@ -4,9 +4,17 @@ Resize the shortest edge to ``size["shortest_edge"]``, centre-crop ``crop_size``
 normalise with ``image_mean`` / ``image_std``: the torchvision backend of transformers does that.
 What this class adds is the input side: every PIL mode (1, L, LA, P, PA, RGB, RGBA, CMYK,
 YCbCr, I;16*, I, F ...), arrays and tensors of uint8 / uint16 / float, and file paths become a
-float image with the model's ``num_channels`` (1 or 3) channels. Alpha is composited over white,
-colour becomes grayscale with ITU-R 601 luma, grayscale is repeated to RGB, and 16-bit images
-are scaled by 255 / 65535 (not clipped).
+float image with the model's ``num_channels`` (1 or 3) channels. 8-bit PIL modes are converted the
+way transformers' ``load_image`` (and so ``pipeline``) converts them, with PIL's ``convert("RGB")``:
+alpha is dropped, not composited (a transparent pixel keeps its colour), palettes and CMYK follow
+PIL. Colour becomes grayscale with ITU-R 601 luma (PIL's integer weights 299/587/114, so an RGB
+copy of a gray image gives back exactly its gray), grayscale is repeated to RGB, and 16-bit
+images are scaled by 255 / 65535 (not clipped). Images with NaN / infinite pixels or no pixels
+are refused; URLs are fetched with a timeout (``fetch_timeout`` seconds).
+
+This is the one preprocessing contract: the training and evaluation transforms of
+:mod:`uniq_hub.data` are built from it, so ``uniq-hub evaluate``, ``pipeline`` and training see
+the same tensor for the same image.
 
 Value ranges (what maps to white): uint8 255; uint16 / int16 and PIL "I;16*" 65535; PIL "I"
 and int32 / int64 arrays 65535, or 255 when no value exceeds 255 (``convert("I")`` of an 8-bit
@@ -19,7 +27,10 @@ range through the pipeline, pass it as an array: ``pipe(np.asarray(image))``.
 
 from __future__ import annotations
 
+import io
 import os
+import urllib.error
+import urllib.request
 from typing import Any
 
 import numpy as np
@@ -32,12 +43,12 @@ from transformers.processing_utils import ImagesKwargs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_LUMA = (0.299, 0.587, 0.114)
-# PIL mode -> the mode it is converted to before reading its pixels (8-bit modes).
-_PIL_MODES = {
-    "1": "L", "L": "L", "LA": "LA", "La": "LA", "PA": "RGBA", "RGB": "RGB", "RGBA": "RGBA", "RGBa": "RGBA",
-    "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "HSV": "RGB",
-}
+_LUMA = (299.0, 587.0, 114.0)  # ITU-R 601 in PIL's integer form, divided by 1000 after the sum
+# 8-bit PIL modes that are gray: read as "L" (alpha dropped); every other 8-bit mode is read as
+# PIL's convert("RGB") gives it, as transformers' load_image does before any image processor runs.
+_GRAY_PIL_MODES = frozenset({"1", "L", "LA"})
+_RGB_PIL_MODES = frozenset({"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV", "LAB"})
+FETCH_TIMEOUT = 10.0  # seconds: default timeout of URL fetches
 # PIL modes read as they are, with the value that maps to white.
 # None: 32-bit integers, white is 65535 unless no value exceeds 255.
 _PIL_DEEP_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": None, "F": 1.0}
@@ -74,10 +85,7 @@ def _pil_to_array(image: Image.Image) -> tuple[np.ndarray, float]:
     if image.mode in _PIL_DEEP_MODES:
         array, white = np.asarray(image), _PIL_DEEP_MODES[image.mode]
         return array.astype(np.float32), _white_of_wide_ints(array) if white is None else white
-    if image.mode == "P":
-        target = "RGBA" if "transparency" in image.info else "RGB"
-    else:
-        target = _PIL_MODES.get(image.mode)
+    target = "L" if image.mode in _GRAY_PIL_MODES else "RGB" if image.mode in _RGB_PIL_MODES else None
     if target is None:
         raise ValueError(f"unsupported PIL image mode {image.mode!r} (size {image.size})")
     try:
@@ -95,19 +103,45 @@ def _array_white(array: np.ndarray) -> float:
     return _white_of_wide_ints(array) if white is None else white
 
 
+def fetch_url(url: str, timeout: float = FETCH_TIMEOUT) -> Image.Image:
+    """Download an image with a ``timeout`` (seconds); errors name the URL."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            payload = response.read()
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise ValueError(f"{url}: could not fetch the image within {timeout:g} s ({reason})") from err
+    try:
+        with Image.open(io.BytesIO(payload)) as image:
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{url}: not a readable image ({err})") from err
+
+
 def to_float_image(image: Any, num_channels: int, input_data_format: Any = None) -> Tensor:
-    """Any supported image -> ``(num_channels, H, W)`` float32 tensor in 0..255."""
+    """Any supported image -> ``(num_channels, H, W)`` float32 tensor in 0..255.
+
+    Raises ``ValueError`` for an image without pixels or with NaN / infinite pixels."""
     if isinstance(image, Image.Image):
         array, white = _pil_to_array(image)
         layout = ChannelDimension.LAST
     else:
-        array = image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
+        if isinstance(image, Tensor):
+            image = image.detach().cpu()
+            array = (image.float() if image.dtype == torch.bfloat16 else image).numpy()  # numpy has no bfloat16
+        else:
+            array = np.asarray(image)
         white, layout = _array_white(array), input_data_format
         array = array.astype(np.float32)
     if array.ndim == 2:
         array, layout = array[None], ChannelDimension.FIRST
     if array.ndim != 3:
         raise ValueError(f"an image must have 2 or 3 dimensions (H, W[, C] or C, H, W), got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"an image must have pixels, got an empty one of shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"the image holds NaN or infinite pixel values (shape {array.shape})")
     if layout is None:
         layout = infer_channel_dimension_format(array, num_channels=(1, 2, 3, 4))
     x = torch.from_numpy(np.ascontiguousarray(array))
@@ -118,17 +152,18 @@ def to_float_image(image: Any, num_channels: int, input_data_format: Any = None)
 
 
 def match_channels(x: Tensor, num_channels: int) -> Tensor:
-    """``(C, H, W)`` with C in 1 (L), 2 (LA), 3 (RGB), 4 (RGBA), values 0..255 -> ``num_channels``."""
-    if x.shape[0] in (2, 4):  # composite over white
-        alpha = x[-1:] / 255.0
-        x = x[:-1] * alpha + 255.0 * (1.0 - alpha)
+    """``(C, H, W)`` with C in 1 (L), 2 (LA), 3 (RGB), 4 (RGBA), values 0..255 -> ``num_channels``.
+
+    Alpha is dropped, as PIL's ``convert("RGB")`` drops it."""
+    if x.shape[0] in (2, 4):
+        x = x[:-1]
     if x.shape[0] not in (1, 3):
         raise ValueError(f"an image must have 1-4 channels (L, LA, RGB, RGBA), got {x.shape[0]}")
     if x.shape[0] == num_channels:
         return x.contiguous()
     if num_channels == 3:
         return x.expand(3, -1, -1).contiguous()
-    return torch.tensordot(torch.tensor(_LUMA, dtype=x.dtype), x, dims=1)[None]
+    return (torch.tensordot(torch.tensor(_LUMA, dtype=x.dtype), x, dims=1) / 1000.0)[None]
 
 
 class UniQImageProcessor(TorchvisionBackend):
@@ -147,6 +182,7 @@ class UniQImageProcessor(TorchvisionBackend):
     do_normalize = True
     do_convert_rgb = False  # channel conversion is ``num_channels``'s job
     num_channels = 3
+    fetch_timeout = FETCH_TIMEOUT
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -186,9 +222,11 @@ class UniQImageProcessor(TorchvisionBackend):
         return out
 
     def fetch_images(self, images: Any) -> Any:
-        """Open paths with PIL (keeping their mode); pass images through."""
+        """Open paths with PIL (keeping their mode), fetch URLs (with ``fetch_timeout``); pass images through."""
         if isinstance(images, (list, tuple)):
             return [self.fetch_images(x) for x in images]
+        if isinstance(images, str) and images.startswith(("http://", "https://")):
+            return fetch_url(images, self.fetch_timeout)
         if isinstance(images, (str, os.PathLike)):
             return load_image_file(images)
         return images
@@ -214,7 +252,10 @@ class UniQImageProcessor(TorchvisionBackend):
                 f"got {type(item).__name__}"
             )
 
-        return flatten(self.fetch_images(images), 0)
+        flat = flatten(self.fetch_images(images), 0)
+        if not flat:
+            raise ValueError("no images given: expected an image or a non-empty list of images")
+        return flat
 
     def process_image(
         self, image: Any, num_channels: int | None = None, input_data_format: Any = None,
@@ -226,4 +267,4 @@ class UniQImageProcessor(TorchvisionBackend):
 
 UniQImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-__all__ = ["UniQImageProcessor", "load_image_file", "match_channels", "to_float_image"]
+__all__ = ["FETCH_TIMEOUT", "UniQImageProcessor", "fetch_url", "load_image_file", "match_channels", "to_float_image"]

@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,6 @@ __all__ = ["DataBundle", "Trainer", "load_data", "build_model", "load_init_weigh
            "main"]
 
 _ONE_CHANNEL_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
-_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 SMALL_IMAGE = 128  # from this size up: ImageNet-style transforms (random-resized crop / resize + crop)
 
 
@@ -66,6 +65,8 @@ class DataBundle:
     mean: list[float]
     std: list[float]
     num_train: int
+    processor: Any = None  # the UniQImageProcessor both transforms are built from
+
 
     @property
     def num_labels(self) -> int:
@@ -91,16 +92,10 @@ def _num_examples(ds: Any, cfg: TrainConfig) -> int:
         return split.num_examples
 
 
-def _channels(values: Iterable[float], in_chans: int) -> list[float]:
-    values = list(values)
-    if len(values) == in_chans:
-        return values
-    return [sum(values) / len(values)] if in_chans == 1 else values[:1] * in_chans
-
-
 def load_data(cfg: TrainConfig) -> DataBundle:
-    """Both splits through :mod:`uniq_hub.data`, with the transform style and normalisation of the
-    data (ImageNet-style from 128 px up, CIFAR-style below; known datasets' own statistics)."""
+    """Both splits through :mod:`uniq_hub.data`; the image processor the model will ship (ImageNet-style
+    from 128 px up, CIFAR-style below; known datasets' own statistics) and the transforms built from it.
+    Splits a classifier cannot be trained on (empty, smaller than a batch, one class) are refused."""
     from . import data
 
     common = dict(image_column=cfg.image_column, label_column=cfg.label_column)
@@ -110,22 +105,26 @@ def load_data(cfg: TrainConfig) -> DataBundle:
     names = data.class_names(train) or data.class_names(evaluation)
     if not names:
         raise ValueError(f"dataset {cfg.dataset!r}: the label column has no class names (a ClassLabel feature)")
-    image = data.to_channels(_first_image(train), 3) if cfg.in_chans == 3 else _first_image(train)
+    num_train = _num_examples(train, cfg)
+    data.check_training_split(train, names, cfg.dataset, cfg.train_split, num_train, cfg.batch_size)
+    if len(evaluation) == 0:
+        raise ValueError(f"dataset {cfg.dataset!r} split {cfg.eval_split!r} has no examples to evaluate on")
+    image = _first_image(train)
     in_chans = cfg.in_chans or (1 if getattr(image, "mode", "RGB") in _ONE_CHANNEL_MODES else 3)
     native = max(getattr(image, "size", (224, 224)))
     image_size = cfg.image_size or (224 if native >= SMALL_IMAGE else native)
     try:
         mean, std = data.normalization_stats(cfg.dataset)
     except KeyError:
-        mean, std = _IMAGENET_STATS
-    mean, std = _channels(mean, in_chans), _channels(std, in_chans)
+        mean, std = data.NORMALIZATION["imagenet"]
+    mean, std = data.per_channel(mean, in_chans), data.per_channel(std, in_chans)
+    processor = data.processor_for(in_chans=in_chans, image_size=image_size, mean=mean, std=std)
     style = "imagenet" if image_size >= SMALL_IMAGE else "small"
-    kw = dict(in_chans=in_chans, image_size=image_size, mean=mean, std=std)
     return DataBundle(
         train=train, eval=evaluation,
-        train_transform=data.make_transform(style, True, **kw), eval_transform=data.make_transform(style, False, **kw),
+        train_transform=data.train_transform(processor, style), eval_transform=data.eval_transform(processor),
         id2label=dict(enumerate(names)), in_chans=in_chans, image_size=image_size, mean=mean, std=std,
-        num_train=_num_examples(train, cfg),
+        num_train=num_train, processor=processor,
     )
 
 
