@@ -13,6 +13,7 @@ sys.path.insert(0, str(REPO))  # run from a clone without installing
 
 from uniq_hub.cards import generate_cards  # noqa: E402
 from uniq_hub.zoo import list_entries  # noqa: E402
+from uniq_hub.zoo_release import release_folders  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if any card is stale")
     args = parser.parse_args(argv)
 
-    files = generate_cards(list_entries(args.results))
+    files = generate_cards(list_entries(args.results), release_folders())
     stale = [n for n, text in files.items() if not (args.out / n).is_file() or (args.out / n).read_text() != text]
     extra = sorted(p.name for p in args.out.glob("*.md") if p.name not in files) if args.out.is_dir() else []
     if args.check:

@@ -6,7 +6,6 @@ The metadata's ``model-index`` holds only numbers measured in this project (resu
 
 from __future__ import annotations
 
-import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Mapping
 import torch
 from huggingface_hub import EvalResult, ModelCardData
 
+from .packing import packed_nbytes
 from .quantize import QuantConfig, layer_bits, quantize_
 from .registry import create_model, model_info
 from .zoo import FP_BITS, ORG, DatasetInfo, Result, ZooEntry, parse_result
@@ -66,10 +66,8 @@ def _sizes(arch: str, num_labels: int, in_chans: int, w_bits: int, a_bits: int, 
         quantize_(model, config)
     low_bit = {f"{name}.weight": m.weight_quantizer.bits for name, m in model.named_modules()
                if getattr(m, "weight_quantizer", None) is not None}
-    total = sum(
-        math.ceil(t.numel() * low_bit.get(key, t.element_size() * 8) / 8)
-        for key, t in model.state_dict().items()
-    )
+    total = sum(packed_nbytes(t.numel(), low_bit[key]) if key in low_bit else t.numel() * t.element_size()
+                for key, t in model.state_dict().items())
     return total, fp32, layers
 
 
@@ -376,8 +374,11 @@ def render_index(entries: list[ZooEntry]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def generate_cards(entries: list[ZooEntry]) -> dict[str, str]:
-    """``{file name: text}`` for every entry, plus the ``README.md`` index."""
-    files = {card_filename(e): render_card(e) for e in entries}
+def generate_cards(entries: list[ZooEntry], releases: Mapping[str, str | os.PathLike] | None = None) -> dict[str, str]:
+    """``{file name: text}`` for every entry, plus the ``README.md`` index. An entry with a release
+    folder (``releases``: zoo name -> folder, see :mod:`uniq_hub.zoo_release`) gets that folder's card."""
+    releases = releases or {}
+    files = {card_filename(e): (Path(releases[e.name]) / "README.md").read_text() if e.name in releases
+             else render_card(e) for e in entries}
     files["README.md"] = render_index(entries)
     return files

@@ -85,7 +85,7 @@ class MobileNetV2(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(self.forward_features(x), 1).flatten(1))
 
 
-@register_model
+@register_model(display_name="MobileNetV2 (width 1.0)", input_size=224, weight_granularity="layer")
 def mobilenetv2(**kwargs) -> MobileNetV2:
     """MobileNetV2, width 1.0."""
     return MobileNetV2(**kwargs)

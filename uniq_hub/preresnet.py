@@ -96,25 +96,25 @@ class PreActResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.forward_features(x), 1).flatten(1))
 
 
-@register_model
+@register_model(display_name="pre-activation ResNet-18", input_size=224)
 def resnet18(**kwargs) -> PreActResNet:
     """Pre-activation ResNet-18 (ImageNet stem), as pytorchcv ``preresnet18``."""
     return PreActResNet((2, 2, 2, 2), (64, 128, 256, 512), **kwargs)
 
 
-@register_model
+@register_model(display_name="pre-activation ResNet-34", input_size=224)
 def resnet34(**kwargs) -> PreActResNet:
     """Pre-activation ResNet-34 (ImageNet stem), as pytorchcv ``preresnet34``."""
     return PreActResNet((3, 4, 6, 3), (64, 128, 256, 512), **kwargs)
 
 
-@register_model
+@register_model(display_name="pre-activation ResNet-20", input_size=32)
 def resnet20(**kwargs) -> PreActResNet:
     """Pre-activation ResNet-20 for small images, as pytorchcv ``preresnet20_cifar10``."""
     return PreActResNet((3, 3, 3), (16, 32, 64), stem="cifar", stem_chs=16, **kwargs)
 
 
-@register_model
+@register_model(display_name="pre-activation ResNet-32", input_size=32)
 def resnet32(**kwargs) -> PreActResNet:
     """Pre-activation ResNet-32 for small images (the paper's CIFAR-100 model)."""
     return PreActResNet((5, 5, 5), (16, 32, 64), stem="cifar", stem_chs=16, **kwargs)

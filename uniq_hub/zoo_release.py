@@ -79,8 +79,8 @@ def _copy_release(export: Path, out: Path) -> None:
 
 def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str | os.PathLike = RELEASE_DIR,
                   num_workers: int = 2) -> dict[str, Any]:
-    """Copy the run's export into ``root/<name>``, evaluate it on the entry's whole eval split
-    (PyTorch, and every ONNX runtime when ``onnx/model.onnx`` is there), write
+    """Copy the run's export into ``root/<name>`` (its exact ONNX graph exported when the export has
+    none), evaluate it on the entry's whole eval split (PyTorch and every ONNX runtime), write
     ``eval_results.json`` and the card; returns the record."""
     from .cards import render_card
     from .evaluate import evaluate
@@ -88,6 +88,11 @@ def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str |
     entry = get_entry(entry) if isinstance(entry, str) else entry
     out = Path(root) / entry.short_name
     _copy_release(Path(run_dir) / "export", out)
+    if not (out / "onnx" / "model.onnx").is_file():
+        from .modeling_uniq import UniQForImageClassification
+        from .onnx_export import export_onnx
+
+        export_onnx(UniQForImageClassification.from_pretrained(out), out / "onnx" / "model.onnx")
     ds = entry.dataset
     command = f"uniq-hub evaluate zoo/{entry.short_name} --dataset {ds.hf_name} --split {ds.eval_split}"
     record = evaluate(str(out), ds.hf_name, ds.eval_split, num_workers=num_workers, command=command)

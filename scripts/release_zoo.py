@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Make the release folders ``zoo/<name>/`` from the trained runs ``runs/zoo/<name>/`` (see
+scripts/train_fashion_mnist_zoo.sh): each is evaluated on the 10k test images (PyTorch and the ONNX
+runtimes), its record goes to ``benchmarks/results/<name>.json``, the golden logits of one entry
+to ``tests/golden_logits.json``, and the committed cards are regenerated."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from uniq_hub.zoo import list_entries  # noqa: E402
+from uniq_hub.zoo_release import RELEASE_DIR, release_entry  # noqa: E402
+
+GOLDEN_ENTRY = "uniq/resnet20-fashion-mnist-w2a2"
+GOLDEN_FILE = REPO / "tests" / "golden_logits.json"
+GOLDEN_IMAGES = (0, 1, 2, 3, 4)  # test-split indices
+
+
+def golden_logits(folder: Path) -> dict:
+    """Logits of the first test images through the folder's processor and model."""
+    import torch
+
+    from uniq_hub import UniQForImageClassification, UniQImageProcessor
+    from uniq_hub.data import load_image_dataset
+
+    model = UniQForImageClassification.from_pretrained(folder).eval()
+    processor = UniQImageProcessor.from_pretrained(folder)
+    ds = load_image_dataset("fashion_mnist", "test")
+    images = [ds[i]["image"] for i in GOLDEN_IMAGES]
+    with torch.no_grad():
+        logits = model(**processor(images, return_tensors="pt")).logits
+    return {"entry": GOLDEN_ENTRY, "split": "test", "indices": list(GOLDEN_IMAGES), "logits": logits.tolist()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "zoo")
+    parser.add_argument("--only", action="append", help="only these entries (short names)")
+    args = parser.parse_args(argv)
+    for entry in list_entries():
+        run = args.runs / entry.short_name
+        if entry.dataset.key != "fashion-mnist" or (args.only and entry.short_name not in args.only):
+            continue
+        if not (run / "summary.json").is_file():
+            print(f"{entry.name}: not trained yet ({run})")
+            continue
+        record = release_entry(entry, run)
+        results = REPO / "benchmarks" / "results" / f"{entry.short_name}.json"
+        results.write_text(json.dumps(record, indent=2) + "\n")
+        onnx = {k: v["top1"] for k, v in record.get("onnx", {}).items()}
+        print(f"{entry.name}: top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% onnx {onnx} "
+              f"-> {RELEASE_DIR / entry.short_name}")
+    golden = RELEASE_DIR / GOLDEN_ENTRY.split("/")[1]
+    if golden.is_dir():
+        GOLDEN_FILE.write_text(json.dumps(golden_logits(golden), indent=1) + "\n")
+    from generate_model_cards import main as generate
+
+    return generate([])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The trained zoo kept in git (zoo/<name>/): every card number re-derived from the folder, golden
+logits pinned, sizes bounded, the whole zoo published to the local Hub and loaded back by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import pipeline
+
+from uniq_hub import UniQForImageClassification, UniQImageProcessor
+from uniq_hub.data import load_image_dataset
+from uniq_hub.evaluate import evaluate
+from uniq_hub.zoo import list_entries
+from uniq_hub.zoo_release import RELEASE_DIR, publish_zoo, release_folders, training_record
+
+REPO = Path(__file__).resolve().parent.parent
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_data = pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+ENTRIES = [e for e in list_entries(results_dirs=[]) if e.dataset.key == "fashion-mnist"]
+MAX_FOLDER_BYTES = 2 * 1024 * 1024
+
+
+def _card_metrics(folder: Path) -> dict[str, float]:
+    card = ModelCard.load(folder / "README.md")
+    return {r.metric_type: r.metric_value for r in card.data.eval_results}
+
+
+def test_every_fashion_mnist_entry_is_released():
+    assert sorted(release_folders()) == sorted(e.name for e in ENTRIES)
+
+
+@pytest.mark.parametrize("name", [e.name for e in ENTRIES])
+def test_release_folder_is_small_and_complete(name):
+    folder = RELEASE_DIR / name.split("/")[1]
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < MAX_FOLDER_BYTES
+    names = {p.relative_to(folder).as_posix() for p in files}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "eval_results.json"} <= names
+    assert all(n.endswith((".json", ".py", ".md", ".safetensors", ".onnx")) for n in names), names
+    record = json.loads((folder / "eval_results.json").read_text())
+    assert record["zoo_name"] == name and record["num_examples"] == 10_000
+    card = (folder / "README.md").read_text()
+    assert record["training"]["command"] in card  # the exact training command is on the card
+
+
+@needs_data
+@pytest.mark.parametrize("name", [e.name for e in ENTRIES])
+def test_card_numbers_are_re_derived(name):
+    """PyTorch top-1 / top-5 on the 10k test images equal the card's metadata and eval_results.json."""
+    folder = RELEASE_DIR / name.split("/")[1]
+    record = evaluate(str(folder), "fashion_mnist", "test", batch_size=500, num_workers=0)
+    committed = json.loads((folder / "eval_results.json").read_text())
+    assert (record["top1"], record["top5"], record["num_examples"]) == (
+        committed["top1"], committed["top5"], committed["num_examples"])
+    assert _card_metrics(folder) == {"accuracy": record["top1"], "top-5-accuracy": record["top5"]}
+
+
+@needs_data
+def test_golden_logits():
+    """A change to packing (both directions) or to the model that alters the weights fails here."""
+    golden = json.loads((REPO / "tests" / "golden_logits.json").read_text())
+    folder = RELEASE_DIR / golden["entry"].split("/")[1]
+    model = UniQForImageClassification.from_pretrained(folder).eval()
+    processor = UniQImageProcessor.from_pretrained(folder)
+    ds = load_image_dataset("fashion_mnist", golden["split"])
+    with torch.no_grad():
+        logits = model(**processor([ds[i]["image"] for i in golden["indices"]], return_tensors="pt")).logits
+    torch.testing.assert_close(logits, torch.tensor(golden["logits"]), rtol=0, atol=1e-4)
+
+
+def test_training_record_names_every_non_default_option(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    from uniq_hub.train_config import resolve_config
+
+    cfg = resolve_config({"zoo": "uniq/resnet20-fashion-mnist-w2a2", "teacher": "runs/zoo/fp", "kd_weight": 0.7,
+                          "seed": 3, "output_dir": str(run)})
+    (run / "train_config.json").write_text(json.dumps(cfg.to_dict()))
+    (run / "wall_times.txt").write_text("60\n30\n")
+    record = training_record(run)
+    assert record["command"].startswith("uniq-hub train --zoo uniq/resnet20-fashion-mnist-w2a2 --output-dir ")
+    for flag in ("--seed 3", "--teacher runs/zoo/fp", "--kd-weight 0.7"):
+        assert flag in record["command"]
+    assert "--lr" not in record["command"]  # the recipe's own value
+    assert (record["wall_time_s"], record["teacher"], record["kd_weight"], record["seed"]) == (90, "runs/zoo/fp", 0.7, 3)
+
+
+def test_publish_zoo_then_load_every_entry_by_name(hub_server, hub_token, tmp_path):
+    """publish-zoo uploads each folder to uniq/<name>; from_pretrained and pipeline by name give the
+    folder's logits."""
+    done = publish_zoo(token=hub_token)
+    assert sorted(done) == sorted(release_folders())
+    ds = load_image_dataset("fashion_mnist", "test", limit=2) if FMNIST.is_dir() else None
+    for name, folder in release_folders().items():
+        local = UniQForImageClassification.from_pretrained(folder).eval()
+        remote = UniQForImageClassification.from_pretrained(name).eval()
+        x = torch.randn(2, local.config.num_channels, local.config.image_size, local.config.image_size)
+        with torch.no_grad():
+            assert torch.equal(local(x).logits, remote(x).logits), name
+        if ds is not None:
+            scores = pipeline("image-classification", model=name)(ds[0]["image"], top_k=3)
+            assert scores == pipeline("image-classification", model=str(folder))(ds[0]["image"], top_k=3)
