@@ -239,3 +239,75 @@ def test_jit_trace_is_refused_and_torch_export_works():
     exported = torch.export.export(model, (X,))
     with torch.no_grad():
         assert torch.equal(exported.module()(X).logits, model(pixel_values=X).logits)
+
+
+# ----------------------------------------------------------------------------------------------
+# the transformers Trainer
+
+FMNIST = Path(FASHION_MNIST_DIR)
+
+
+def fashion_mnist(n: int, classes: int) -> tuple[list, list[int]]:
+    """The first ``n`` Fashion-MNIST test images of classes ``0 .. classes - 1`` (PIL, 28x28 "L")."""
+    from PIL import Image
+
+    images, labels = read_idx(FMNIST / "t10k-images-idx3-ubyte.gz"), read_idx(FMNIST / "t10k-labels-idx1-ubyte.gz")
+    keep = np.flatnonzero(labels < classes)[:n]
+    return [Image.fromarray(images[i], "L") for i in keep], [int(labels[i]) for i in keep]
+
+
+@pytest.mark.skipif(not (FMNIST / "t10k-labels-idx1-ubyte.gz").is_file(),
+                    reason="needs the Debian package dataset-fashion-mnist")
+def test_trainer_fine_tunes_a_fashion_mnist_model_on_a_five_class_subset(tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Image
+    from transformers import AutoImageProcessor, Trainer, TrainingArguments
+
+    from uniq_hub.data import FASHION_MNIST_CLASSES
+
+    # A 10-class Fashion-MNIST model, as a zoo folder holds it (packed release).
+    images, labels = fashion_mnist(48, 10)
+    torch.manual_seed(0)
+    source = UniQForImageClassification(UniQConfig(
+        arch="resnet20", in_chans=1, image_size=28, image_mean=[0.286], image_std=[0.353],
+        id2label=dict(enumerate(FASHION_MNIST_CLASSES)),
+    ))
+    processor = UniQImageProcessor.from_model_config(source.config)
+    calibrate(source.model, [processor(images, return_tensors="pt")["pixel_values"]], 1)
+    source.save_pretrained(tmp_path / "zoo")
+    checkpoint = dict(UniQForImageClassification.from_pretrained(tmp_path / "zoo").state_dict())
+
+    # Fine-tune on the first five classes: a new classifier, everything else loads exactly.
+    subset = list(FASHION_MNIST_CLASSES[:5])
+    model = AutoModelForImageClassification.from_pretrained(
+        tmp_path / "zoo", id2label=dict(enumerate(subset)), ignore_mismatched_sizes=True)
+    assert_same(backbone(dict(model.state_dict())), backbone(checkpoint))
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "zoo")
+    images, labels = fashion_mnist(64, 5)
+    features = Features({"image": Image(), "label": ClassLabel(names=subset)})
+    dataset = Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+    def transform(batch: dict) -> dict:
+        return {"pixel_values": processor(batch["image"], return_tensors="pt")["pixel_values"],
+                "labels": torch.tensor(batch["label"])}
+
+    dataset.set_transform(transform)
+    calibrate(model.model, [dataset[:32]["pixel_values"]], 1, uninitialized_only=True)  # the new classifier's input
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=16, learning_rate=1e-3,
+        report_to="none", save_strategy="no", logging_steps=1, use_cpu=True, remove_unused_columns=False,
+        dataloader_num_workers=0, disable_tqdm=True, seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
+    result = trainer.train()
+    assert trainer.state.global_step == 4 and np.isfinite(result.training_loss)
+    trained = dict(model.state_dict())
+    assert not torch.equal(trained["model.layer1.0.conv1.weight"], checkpoint["model.layer1.0.conv1.weight"])
+
+    trainer.save_model(str(tmp_path / "finetuned"))  # the packed release, config, code and processor
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "finetuned")
+    assert reloaded.config.id2label == dict(enumerate(subset))
+    model.eval()
+    pixels = dataset[:16]["pixel_values"]
+    with torch.no_grad():
+        assert torch.equal(reloaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
+    assert AutoImageProcessor.from_pretrained(tmp_path / "finetuned").to_dict() == processor.to_dict()
