@@ -158,13 +158,16 @@ except ImportError:
     pass
 else:
     raise SystemExit("uniq_hub is importable")
-from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 folder, out = sys.argv[1], sys.argv[2]
 model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
 assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
 x = torch.load(out + "/x.pt", weights_only=True)
 with torch.no_grad():
     torch.save(model(pixel_values=x).logits, out + "/logits.pt")
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True)  # the backbone, from the same code
+    assert type(base).__name__ == "UniQModel" and type(base).__module__.startswith("transformers_modules.")
+    assert torch.equal(model.model.fc(base(pixel_values=x).pooler_output), model(pixel_values=x).logits)
 from PIL import Image
 processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
 assert type(processor).__module__.startswith("transformers_modules."), type(processor).__module__
