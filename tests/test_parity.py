@@ -178,6 +178,25 @@ def test_new_labels_reinitialise_only_the_classifier(tmp_path, packed):
         assert_same(dict(again.state_dict()), dict(model.state_dict()))
 
 
+def test_train_init_from_a_model_with_other_classes_keeps_the_new_classifier(tmp_path):
+    from uniq_hub.train import load_init_weights
+
+    source = tiny(num_labels=10)
+    source.save_pretrained(tmp_path / "src", packed=False)
+    torch.manual_seed(5)
+    model = UniQForImageClassification(UniQConfig(arch="resnet20", num_labels=5, image_size=16))
+    new_head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(HEAD)}
+    loaded = load_init_weights(model, str(tmp_path / "src"))
+    state, src = dict(model.state_dict()), dict(source.state_dict())
+    assert set(loaded) == {k for k in state if "_quantizer." not in k and not k.startswith(HEAD)}
+    assert all(torch.equal(state[k], src[k]) for k in loaded)  # the backbone exactly
+    assert_same({k: v for k, v in state.items() if k.startswith(HEAD)}, new_head)  # the new classifier untouched
+    same_classes = UniQForImageClassification(UniQConfig(arch="resnet20", num_labels=10, image_size=16))
+    assert "model.fc.weight" in load_init_weights(same_classes, str(tmp_path / "src"))
+    with pytest.raises(ValueError, match="does not fit resnet32"):  # another network stays an error
+        load_init_weights(UniQForImageClassification(UniQConfig(arch="resnet32", num_labels=5)), str(tmp_path / "src"))
+
+
 def test_missing_backbone_tensor_stays_an_error_with_ignore_mismatched_sizes(tmp_path):
     tiny().save_pretrained(tmp_path, packed=False)
     state = load_file(tmp_path / "model.safetensors")

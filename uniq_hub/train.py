@@ -177,6 +177,7 @@ def load_init_weights(model, source: str) -> list[str]:
 
     ``source``: ``pytorchcv:NAME``, a run directory (its ``best/``), a saved model folder or a Hub id.
     Step sizes are left out (a 2-bit step means nothing at 1 bit); calibration sets them.
+    A classifier for other classes (its shapes differ) is left out too: ``model`` keeps its new one.
     Returns the keys loaded. Any other missing or mismatching tensor is an error.
     """
     scheme, sep, name = source.partition(":")
@@ -184,6 +185,11 @@ def load_init_weights(model, source: str) -> list[str]:
     weights = {k: v for k, v in weights.items() if "_quantizer." not in k}
     own = model.state_dict()
     needed = {k for k in own if "_quantizer." not in k}
+    head = f"model.{model.model.last_layer}."
+    if any(k.startswith(head) and k in own and v.shape != own[k].shape for k, v in weights.items()):
+        logger.info("--init-from %s: other classes; the classifier (%s*) is new, everything else is loaded", source, head)
+        weights = {k: v for k, v in weights.items() if not k.startswith(head)}
+        needed = {k for k in needed if not k.startswith(head)}
     missing, unexpected = sorted(needed - set(weights)), sorted(set(weights) - set(own))
     shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(needed & set(weights))
               if weights[k].shape != own[k].shape]
