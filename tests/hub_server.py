@@ -30,6 +30,10 @@ Usage:
         os.environ["HF_ENDPOINT"] = hub.url   # must happen before importing huggingface_hub
         ...
         hub.request_count                 # requests received so far
+        with hub.failing(401):            # fault injection: every request answers 401 (or 500, ...)
+            ...
+        with hub.failing("hang"):         # every request is accepted and never answered
+            ...
 """
 
 from __future__ import annotations
@@ -45,11 +49,13 @@ import tempfile
 import threading
 import traceback
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_TOKEN = "hf_uniqhub_test_write_token"
@@ -68,6 +74,12 @@ LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 GITATTRIBUTES = "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n" for pattern in LFS_PATTERNS)
 MAX_BODY_BYTES = 4 * 1024**3
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_FAULT_MESSAGES = {  # what the Hub says for the statuses failing() injects most
+    401: "Invalid credentials in Authorization header",
+    403: "You don't have the rights to perform this action",
+    500: "Internal Error - We're working hard to fix this as soon as possible!",
+    503: "Service Unavailable",
+}
 
 
 class HubError(Exception):
@@ -189,6 +201,8 @@ class HubServer:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.fault: int | Literal["hang"] | None = None  # see failing()
+        self._release = threading.Event()  # set: hanging requests give up
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -217,6 +231,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self._release.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -234,13 +249,37 @@ class HubServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # -- fault injection ---------------------------------------------------------------------
+
+    @contextmanager
+    def failing(self, fault: int | Literal["hang"]) -> Iterator[HubServer]:
+        """While active, every request is answered with the HTTP status ``fault`` (401: invalid
+        credentials, 500: server error, ...) or, with ``"hang"``, accepted, read and never answered
+        (the connection is closed when the block ends). Requests are still counted and logged."""
+        if fault != "hang" and not (isinstance(fault, int) and 400 <= fault <= 599):
+            raise ValueError(f"fault must be an HTTP error status (400-599) or 'hang', got {fault!r}")
+        self._release.clear()
+        self.fault = fault
+        try:
+            yield self
+        finally:
+            self.fault = None
+            self._release.set()
+
+    def _log(self, method: str, raw_path: str) -> None:
+        with self._lock:
+            self.request_count += 1
+            self.request_log.append(f"{method} {raw_path}")
+
     # -- request entry point (called by _Handler) --------------------------------------------
 
     def handle(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> Response:
         """Route one request; raises HubError for error answers."""
         with self._lock:
-            self.request_count += 1
-            self.request_log.append(f"{method} {raw_path}")
+            self._log(method, raw_path)
+            if isinstance(self.fault, int):
+                message = _FAULT_MESSAGES.get(self.fault, f"Injected error {self.fault}")
+                raise HubError(self.fault, message, code="InjectedFault")
             split = urlsplit(raw_path)
             parts = split.path.strip("/").split("/")  # still percent-encoded
             query = parse_qs(split.query)
@@ -608,6 +647,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         hub: HubServer = self.server.hub  # type: ignore[attr-defined]
+        if hub.fault == "hang":  # accept, read, never answer (until the fault ends or the server stops)
+            self._read_body()
+            hub._log(self.command, self.path)
+            hub._release.wait()
+            self.close_connection = True
+            return
         try:
             status, headers, body = hub.handle(self.command, self.path, self.headers, self._read_body())
         except HubError as err:

@@ -1,5 +1,6 @@
 """`uniq-hub publish`: folder validation, dry run, and the round trip through the local Hub
-(tests/hub_server.py) with the real huggingface_hub client and transformers."""
+(tests/hub_server.py) with the real huggingface_hub client and transformers. Verification
+before upload and Hub faults: tests/test_publish_verify.py."""
 
 from __future__ import annotations
 
@@ -42,6 +43,29 @@ def _fake_export(folder: Path, config: dict | None = None) -> Path:
     return folder
 
 
+def real_export(folder: Path) -> Path:
+    """A real, tiny export (resnet20 w2a2, 28x28 grayscale, 10 labels): one that publish verifies.
+    Deterministic, so equal folders share one verification per process."""
+    from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
+
+    torch.manual_seed(0)
+    model = UniQForImageClassification(UniQConfig(**{k: v for k, v in CONFIG.items() if k not in ("model_type", "auto_map")}))
+    calibrate(model.model, [torch.randn(4, 1, 28, 28)], 1)
+    model.eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return real_export(tmp_path_factory.mktemp("pristine") / "export")
+
+
+@pytest.fixture()
+def export(tmp_path, pristine):
+    """A fresh copy of a real export, for one test to change."""
+    return Path(shutil.copytree(pristine, tmp_path / "export"))
+
+
 def test_validation_names_the_problem(tmp_path):
     folder = _fake_export(tmp_path / "export")
     plan = plan_upload(folder, "me/fm-w2a2")
@@ -78,8 +102,8 @@ def test_validation_names_the_problem(tmp_path):
         main(["publish", str(folder), "--repo-id", "me/x", "--dry-run"])
 
 
-def test_dry_run_contacts_nothing(tmp_path, hub_server, capsys):
-    folder = _fake_export(tmp_path / "export")
+def test_dry_run_contacts_nothing(export, hub_server, capsys):
+    folder = export
     (folder / "eval_results.json").write_text(json.dumps(dict(
         model_id=str(folder), dataset="fashion_mnist", split="test", top1=90.5, top5=99.6, num_examples=10000,
         command="uniq-hub evaluate export --dataset fashion_mnist")))
@@ -88,7 +112,7 @@ def test_dry_run_contacts_nothing(tmp_path, hub_server, capsys):
                  "--private", "--revision", "v1"]) == 0
     out = capsys.readouterr().out
     assert hub_server.request_count == before
-    assert "uniq/resnet20-fashion-mnist-w2a2@v1 (private)" in out
+    assert "dry run: verified; would upload to uniq/resnet20-fashion-mnist-w2a2@v1 (private)" in out
     assert "README.md (generated from zoo entry uniq/resnet20-fashion-mnist-w2a2)" in out
     size = (folder / "model.safetensors").stat().st_size
     assert any(line.startswith("model.safetensors ") and line.endswith(f"({size} bytes)") for line in out.splitlines())
@@ -98,10 +122,10 @@ def test_dry_run_contacts_nothing(tmp_path, hub_server, capsys):
     assert [(r.metric_value, r.dataset_type) for r in card.data.eval_results][:1] == [(90.5, "zalando-datasets/fashion_mnist")]
 
 
-def test_private_repo_and_revision_branch(tmp_path, hub_server, hub_token, capsys):
+def test_private_repo_and_revision_branch(export, hub_server, hub_token, capsys):
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    folder = _fake_export(tmp_path / "export")
+    folder = export
     repo = f"{hub_server.user}/fm-private"
     assert main(["publish", str(folder), "--repo-id", repo, "--token", hub_token]) == 0
     assert not HfApi().model_info(repo).private  # public: anonymous readers see it
@@ -116,10 +140,14 @@ def test_private_repo_and_revision_branch(tmp_path, hub_server, hub_token, capsy
         "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "modeling_uniq.py", "quantize.py"}
     assert not any("__pycache__" in s.rfilename for s in info.siblings)
 
-    (folder / "notes.txt").write_text("second stage")
+    (folder / "eval_results.json").write_text(json.dumps(dict(
+        model_id=str(folder), dataset="fashion_mnist", split="test", top1=90.5, top5=99.6, num_examples=10000,
+        command="uniq-hub evaluate export --dataset fashion_mnist")))
+    (folder / "notes.txt").write_text("not part of a release")
     assert main(["publish", str(folder), "--repo-id", repo, "--revision", "stage-2", "--token", hub_token]) == 0
-    assert "notes.txt" in api.list_repo_files(repo, revision="stage-2")
-    assert "notes.txt" not in api.list_repo_files(repo)  # main untouched
+    files = api.list_repo_files(repo, revision="stage-2")
+    assert "eval_results.json" in files and "notes.txt" not in files  # undeclared files stay home
+    assert "eval_results.json" not in api.list_repo_files(repo)  # main untouched
     card = api.hf_hub_download(repo, "README.md", revision="stage-2")
     assert ModelCard.load(card).data.pipeline_tag == "image-classification"
 
@@ -212,16 +240,13 @@ def test_round_trip_through_the_hub(tmp_path, hub_server, hub_token):
     private_weights = hf_hub_download(f"{repo}-private", "model.safetensors", token=hub_token)
     assert Path(private_weights).read_bytes() == (export / "model.safetensors").read_bytes()
 
-    # --revision: a second version (relabelled) lands on that branch only
+    # --revision: a second version (another card; the same verified model) lands on that branch only
     export_v2 = tmp_path / "export-v2"
     shutil.copytree(export, export_v2)
-    config_v2 = json.loads((export_v2 / "config.json").read_text())
-    config_v2["id2label"]["0"] = "v2 label"
-    config_v2["label2id"] = {v: int(k) for k, v in config_v2["id2label"].items()}
-    (export_v2 / "config.json").write_text(json.dumps(config_v2))
+    (export_v2 / "README.md").write_text("---\nlicense: apache-2.0\n---\n# v2 card\n")
     assert main(["publish", str(export_v2), "--repo-id", repo, "--revision", "v2", "--token", hub_token]) == 0
-    assert AutoConfig.from_pretrained(repo, revision="v2").id2label[0] == "v2 label"
-    assert AutoConfig.from_pretrained(repo).id2label[0] == original.config.id2label[0] != "v2 label"
+    assert "# v2 card" in Path(hf_hub_download(repo, "README.md", revision="v2")).read_text()
+    assert "# v2 card" not in Path(hf_hub_download(repo, "README.md")).read_text()
 
     # offline: a fresh process with HF_HUB_OFFLINE=1 loads main from the same cache; the server sees nothing
     save_file({"pixel_values": pixel_values}, str(tmp_path / "in.safetensors"))
