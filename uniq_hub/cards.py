@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from huggingface_hub import EvalResult, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .packing import packed_nbytes
 from .quantize import QuantConfig, layer_bits, quantize_
@@ -34,6 +34,7 @@ EDGE_POLICY = {
     "binary+shortcuts": "the first convolution, the last classifier and the downsampling shortcut "
                         "convolutions stay in full precision",
 }
+TEMPLATE = Path(__file__).with_name("model_card_template.md")
 OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 # How each dataset's entries are trained on several GPUs (ImageNet) or one device (small images).
 LAUNCH = {
@@ -201,144 +202,59 @@ def _recipe_lines(entry: ZooEntry) -> list[str]:
     return ["| hyperparameter | value |", "|---|---|", *lines]
 
 
-def _onnx_lines(onnx: Mapping[str, Any] | None) -> list[str]:
-    """The ONNX export's measured accuracy per runtime (``eval_results.json``'s ``onnx``)."""
-    if not onnx:
-        return []
-    rows = [f"| {runtime} | {r['top1']:.2f} | {'-' if r.get('top5') is None else format(r['top5'], '.2f')} |"
-            for runtime, r in onnx.items()]
-    return ["", "The exact integer ONNX graph in `onnx/model.onnx`, same images, same preprocessing:", "",
-            "| runtime | top-1 (%) | top-5 (%) |", "|---|---|---|", *rows]
-
-
-def _trained_lines(training: Mapping[str, Any]) -> list[str]:
-    """How this checkpoint was trained (``eval_results.json``'s ``training``)."""
-    wall = training.get("wall_time_s")
-    kd = (f"knowledge distillation from `{training['teacher']}` (temperature {training['kd_temperature']:g}, "
-          f"weight {training['kd_weight']:g})" if training.get("teacher") else "no knowledge distillation")
-    lines = ["## Training", "", "This checkpoint was trained with:", "", "```bash", training["command"], "```", "",
-             f"Seed {training['seed']}; {kd}"
-             + (f"; wall time {wall / 60:.1f} min on 2 CPU cores (one thread)." if wall else "."), ""]
-    recipe = training.get("recipe") or {}
-    return lines + ["| hyperparameter | value |", "|---|---|",
-                    *(f"| {k.replace('_', ' ')} | {v} |" for k, v in recipe.items() if v is not None)]
-
-
 def render_card(
     entry: ZooEntry,
     result: Result | Mapping[str, Any] | None = None,
     repo_id: str | None = None,
     folder: str | os.PathLike | None = None,
 ) -> str:
-    """``README.md`` text for ``entry``.
+    """``README.md`` text for ``entry``: ``ModelCard.from_template`` with ``model_card_template.md``.
 
-    ``result``: a measured results record (default: ``entry.measured``); ``repo_id``: the Hub id
-    used in the snippets (default: the entry's name); ``folder``: an exported model folder whose
-    ``model.safetensors`` size is reported.
+    ``result``: a measured results record (default: ``entry.measured``); a record mapping may carry
+    ``training`` (:func:`uniq_hub.zoo_release.training_record`) and ``onnx`` (top-1 / top-5 per
+    runtime). ``repo_id``: the Hub id used in the snippets (default: the entry's name); ``folder``:
+    an exported model folder whose ``model.safetensors`` size is reported.
     """
     extra = result if isinstance(result, Mapping) else {}
     result = _as_result(result, entry)
     repo_id = repo_id or entry.name
-    data = card_data(entry, result)
-    arch = model_info(entry.arch).display_name
     ds = entry.dataset
     precision = "full-precision" if entry.full_precision else f"{entry.bits} (weights {entry.w_bits}-bit, activations {entry.a_bits}-bit)"
     low, fp32 = checkpoint_size(entry)
-    size_lines = [f"- FP32 checkpoint of this architecture: {_mb(fp32)}"]
+    size_lines = [f"FP32 checkpoint of this architecture: {_mb(fp32)}"]
     if not entry.full_precision:
-        size_lines.insert(0, f"- Packed checkpoint data ({_bits(entry.w_bits)} per quantized weight, the rest as stored): "
+        size_lines.insert(0, f"Packed checkpoint data ({_bits(entry.w_bits)} per quantized weight, the rest as stored): "
                              f"{_mb(low)} ({fp32 / low:.1f}x smaller than FP32)")
     weights = Path(folder) / "model.safetensors" if folder else None
     if weights is not None and weights.is_file():
-        size_lines.append(f"- `model.safetensors` in this repository: {_mb(weights.stat().st_size)}")
-
-    out = ["---", data.to_yaml(), "---", "", f"# {repo_id}", ""]
-    out += [
-        f"A {precision} {arch} image classifier for {ds.pretty_name} ({ds.num_labels} classes, "
-        f"{ds.image_size}x{ds.image_size} {'grayscale' if ds.in_chans == 1 else 'RGB'} input), "
+        size_lines.append(f"`model.safetensors` in this repository: {_mb(weights.stat().st_size)}")
+    summary = (
+        f"A {precision} {model_info(entry.arch).display_name} image classifier for {ds.pretty_name} "
+        f"({ds.num_labels} classes, {ds.image_size}x{ds.image_size} {'grayscale' if ds.in_chans == 1 else 'RGB'} input), "
         + ("the float baseline that the quantized models of this family start from; they are trained with "
            if entry.full_precision else "trained with ")
-        + f"**UniQ**, the learnable symmetric quantizer of *{PAPER_TITLE}* (Pham, Abraham, Chung).",
-        "",
-        "## Quantization",
-        "",
-        _policy(entry),
-        "",
-        "Sizes:",
-        "",
-        *size_lines,
-        "",
-        "## Results",
-        "",
-    ]
-    if result is not None:
-        top5 = f", top-5 {result.top5:.2f}%" if result.top5 is not None else ""
-        n = f" ({result.num_examples} images)" if result.num_examples else ""
-        out += [f"Measured in this project on `{result.dataset}` split `{result.split}`{n}: "
-                f"**top-1 {result.top1:.2f}%**{top5}."]
-        if result.command:
-            out += ["", "Command:", "", "```bash", result.command, "```"]
-        out += _onnx_lines(extra.get("onnx"))
-    else:
-        out += ["Not measured yet: this checkpoint has not been evaluated in this project, so the metadata "
-                "carries no evaluation results."]
+        + f"**UniQ**, the learnable symmetric quantizer of *{PAPER_TITLE}* (Pham, Abraham, Chung)."
+    )
+    paper_line = None
     if entry.paper_top1 is not None:
         fp = f" (its full-precision baseline: {entry.paper_fp_top1:g}%)" if entry.paper_fp_top1 and not entry.full_precision else ""
-        out += ["", f"Reported by the paper (not measured here): top-1 {entry.paper_top1:g}% on {ds.pretty_name} "
-                    f"({entry.paper_source}){fp}."]
-    out += [
-        "",
-        "## Usage",
-        "",
-        "With `uniq_hub` installed (`import uniq_hub` registers the model with the Auto classes):",
-        "",
-        "```python",
-        "import torch",
-        "import uniq_hub  # noqa: F401",
-        "from transformers import AutoImageProcessor, AutoModelForImageClassification",
-        "from PIL import Image",
-        "",
-        f'processor = AutoImageProcessor.from_pretrained("{repo_id}")',
-        f'model = AutoModelForImageClassification.from_pretrained("{repo_id}").eval()',
-        'inputs = processor(Image.open("image.jpg"), return_tensors="pt")',
-        "with torch.no_grad():",
-        "    logits = model(**inputs).logits",
-        "print(model.config.id2label[logits.argmax(-1).item()])",
-        "```",
-        "",
-        "With the pipeline:",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        "",
-        f'classifier = pipeline("image-classification", model="{repo_id}", trust_remote_code=True)',
-        'print(classifier("image.jpg"))',
-        "```",
-        "",
-        "Without `uniq_hub`, plain `transformers` loads the model from the code files in this repository: "
-        "pass `trust_remote_code=True` (as above) to `from_pretrained` / `pipeline`.",
-    ]
-    if extra.get("training"):
-        out += ["", *_trained_lines(extra["training"])]
-    elif entry.recipe is not None:
-        run_dir = f"runs/{entry.short_name}"
-        out += [
-            "",
-            "## Training",
-            "",
-            "```bash",
-            f"uniq-hub train --zoo {entry.name} --output-dir {run_dir}",
-            f"# or on several GPUs / machines:",
-            f"{LAUNCH[ds.key]} --zoo {entry.name} --output-dir {run_dir}",
-            f"uniq-hub evaluate {run_dir}/export --dataset {ds.hf_name} --split {ds.eval_split}",
-            f"uniq-hub publish {run_dir}/export --repo-id {repo_id}",
-            "```",
-            "",
-            *_recipe_lines(entry),
-        ]
-    out += ["", "## Citation", "", "```bibtex", PAPER_CITATION, "```", ""]
-    return "\n".join(out)
-
+        paper_line = (f"Reported by the paper (not measured here): top-1 {entry.paper_top1:g}% on {ds.pretty_name} "
+                      f"({entry.paper_source}){fp}.")
+    run_dir = f"runs/{entry.short_name}"
+    train_commands = [
+        f"uniq-hub train --zoo {entry.name} --output-dir {run_dir}",
+        "# or on several GPUs / machines:",
+        f"{LAUNCH[ds.key]} --zoo {entry.name} --output-dir {run_dir}",
+        f"uniq-hub evaluate {run_dir}/export --dataset {ds.hf_name} --split {ds.eval_split}",
+        f"uniq-hub publish {run_dir}/export --repo-id {repo_id}",
+    ] if entry.recipe is not None else []
+    card = ModelCard.from_template(
+        card_data(entry, result), template_path=str(TEMPLATE), repo_id=repo_id, summary=summary,
+        policy=_policy(entry), size_lines=size_lines, measured=result, onnx=extra.get("onnx"),
+        paper_line=paper_line, training=extra.get("training"), train_commands=train_commands,
+        recipe_lines=_recipe_lines(entry), citation=PAPER_CITATION,
+    )
+    return str(card).rstrip("\n") + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
