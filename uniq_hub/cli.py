@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("uniq_hub.train", "train a UniQ model with Accelerate"),
     "evaluate": ("uniq_hub.evaluate", "top-1 / top-5 of a model on a dataset split"),
     "publish": ("uniq_hub.publish", "upload an exported model folder to the Hub"),
+    "publish-zoo": ("uniq_hub.zoo_release", "upload every release folder of zoo/ to its uniq/<name> repo"),
     "plot": ("uniq_hub.plot", "plot training dynamics and accuracy against bits"),
 }
 
