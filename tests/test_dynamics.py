@@ -41,7 +41,7 @@ def test_probe_records_all_quantizers_without_side_effects():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     recorder = DynamicsRecorder(model)
     values = recorder.probe(x)
-    assert recorder.num_quantizers == len(quantizers(model)) and len(values) == 5 * recorder.num_quantizers
+    assert len(recorder.quantizers) == len(quantizers(model)) and len(values) == 5 * len(recorder.quantizers)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # BN running stats kept
     assert not model.training and all(not q._forward_hooks for q in quantizers(model).values())
     assert values["layer2.0.conv1.input_quantizer/sqnr_opt"] == pytest.approx(optimal_step(3, "activation")[1])

@@ -94,12 +94,6 @@ def test_measured_results_from_json(tmp_path):
         zoo.list_entries([tmp_path])
 
 
-def test_find_entry():
-    assert zoo.find_entry("resnet18", 2, 2, 1000).name == "uniq/resnet18-w2a2"
-    assert zoo.find_entry("resnet20", 32, 32, 10, in_chans=1).name == "uniq/resnet20-fashion-mnist-fp"
-    assert zoo.find_entry("resnet18", 2, 2, 10) is None
-
-
 def test_cli_table_and_json(tmp_path, capsys):
     _write(tmp_path / "r.json", dict(model_id="uniq/resnet18-w2a2", dataset="ILSVRC/imagenet-1k",
                                      split="validation", top1=66.25, top5=None, num_examples=50000, command="x"))

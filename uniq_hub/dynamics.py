@@ -70,10 +70,6 @@ class DynamicsRecorder:
             if isinstance(m, UniQQuantizer) and (not include or any(s in name for s in include))
         }
 
-    @property
-    def num_quantizers(self) -> int:
-        return len(self.quantizers)
-
     @torch.no_grad()
     def probe(self, inputs: Tensor, autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
         records: dict[str, Tensor] = {}

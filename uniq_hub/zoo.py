@@ -353,16 +353,6 @@ def list_entries(results_dirs: Sequence[str | os.PathLike] | None = None) -> lis
     return [_with_results(e, results) for e in _ENTRIES.values()]
 
 
-def find_entry(arch: str, w_bits: int, a_bits: int, num_labels: int, in_chans: int | None = None) -> ZooEntry | None:
-    """The zoo entry matching a model's configuration, if exactly one does (no results loaded)."""
-    matches = [
-        e for e in _ENTRIES.values()
-        if (e.arch, e.w_bits, e.a_bits, e.dataset.num_labels) == (arch, w_bits, a_bits, num_labels)
-        and (in_chans is None or e.dataset.in_chans == in_chans)
-    ]
-    return matches[0] if len(matches) == 1 else None
-
-
 # ---------------------------------------------------------------------------------------------
 # `uniq-hub zoo`
 
