@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .cards import entry_from_config, render_card
+from .configuration_uniq import UniQConfig
 from .zoo import ZooEntry, get_entry, parse_result
 
 logger = logging.getLogger(__name__)
@@ -258,6 +259,10 @@ def plan_upload(
     config = _read_json(folder / "config.json")
     if config.get("model_type") != "uniq":
         raise PublishError(f"{folder / 'config.json'}: model_type is {config.get('model_type')!r}, expected 'uniq'")
+    try:
+        UniQConfig.from_dict(config)  # every field validated, with a message naming it
+    except (TypeError, ValueError) as err:
+        raise PublishError(f"{folder / 'config.json'}: {err}") from err
     preprocessor = _read_json(folder / "preprocessor_config.json")
     if "image_processor_type" not in preprocessor:
         raise PublishError(f"{folder / 'preprocessor_config.json'}: no 'image_processor_type' (pipeline needs it)")
@@ -536,8 +541,11 @@ def publish(
         logger.warning(warning)
     with tempfile.TemporaryDirectory(prefix="uniq-publish-") as tmp:
         staged = plan.stage(Path(tmp))
-        verify_folder(staged)
-        _verify_onnx(staged)
+        try:
+            verify_folder(staged)
+            _verify_onnx(staged)
+        except PublishError as err:  # name the user's folder, not the staged copy
+            raise PublishError(str(err).replace(str(staged), str(plan.folder))) from None
         if dry_run:
             return plan
         from huggingface_hub import CommitOperationAdd, HfApi

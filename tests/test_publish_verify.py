@@ -1,0 +1,154 @@
+"""`uniq-hub publish` refuses what must not go out (stray files, symlinks, NaN weights, a config
+that disagrees with the weights, tampered remote code, a bad processor config) and reports Hub
+faults (401, 500, no answer) in one line, within its timeout. Real exports, the local test Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from test_publish import export, pristine  # noqa: F401  (fixtures: a real tiny export)
+
+from uniq_hub.cli import main
+from uniq_hub.modeling_uniq import CHECKSUM_KEY, state_dict_checksum
+from uniq_hub.publish import PublishError, plan_upload, publish
+
+
+def _publish_error(folder: Path, match: str, **kwargs) -> str:
+    with pytest.raises(PublishError) as info:
+        publish(folder, "me/model", dry_run=True, **kwargs)
+    message = str(info.value)
+    assert match in message, message
+    return message
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_only_declared_files_go_up(export, capsys):
+    (export / "secrets.env").write_text("HF_TOKEN=hf_secret")
+    torch.save({}, export / "pytorch_model.bin")  # a pickle: never uploaded
+    (export / "train_notes.py").write_text("print('mine')\n")  # code no auto_map needs
+    (export / "onnx").mkdir()
+    (export / "onnx" / "README.txt").write_text("declared: everything under onnx/")
+    (export / "eval_results.json").write_text(json.dumps(dict(
+        model_id="me/model", dataset="fashion_mnist", split="test", top1=90.5, top5=99.6, num_examples=10000,
+        command="uniq-hub evaluate")))
+    os.symlink(export / "config.json", export / "config-link.json")  # inside the folder: allowed, yet not declared
+    plan = plan_upload(export, "me/model")
+    assert set(plan.skipped) == {"secrets.env", "pytorch_model.bin", "train_notes.py", "config-link.json"}
+    assert {"onnx/README.txt", "eval_results.json", "model.safetensors", "modeling_uniq.py"} <= set(plan.files)
+    assert main(["publish", str(export), "--repo-id", "me/model", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped: secrets.env (not part of a release" in out and "skipped: pytorch_model.bin" in out
+    assert not any(line.startswith(("secrets.env", "pytorch_model.bin")) for line in out.splitlines())
+
+
+def test_symlink_leaving_the_folder_is_refused(export, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "id_rsa").write_text("secret")
+    os.symlink(outside / "id_rsa", export / "README.md")
+    with pytest.raises(PublishError, match=r"README\.md: a symlink to .*elsewhere/id_rsa, outside the folder"):
+        plan_upload(export, "me/model")
+    os.remove(export / "README.md")
+    os.symlink(outside, export / "onnx")  # a linked directory counts too
+    with pytest.raises(PublishError, match=r"onnx: a symlink to .*elsewhere, outside the folder"):
+        plan_upload(export, "me/model")
+
+
+def test_non_finite_weights_are_refused(export):
+    weights = export / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata()
+    state = load_file(str(weights))
+    key = next(k for k in state if k.endswith("bn1.weight"))
+    state[key][0] = float("nan")  # what a run with --lr nan leaves behind
+    state.pop(CHECKSUM_KEY)
+    state[CHECKSUM_KEY] = state_dict_checksum(state)
+    save_file(state, str(weights), metadata=metadata)
+    _publish_error(export, f"does not load with uniq_hub: {weights}: {key!r} holds NaN or infinite values")
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"w_bits": 4}, "metadata 'uniq_hub.w_bits' is 2 but config.json gives 4"),
+    ({"a_bits": 3}, "metadata 'uniq_hub.a_bits' is 2 but config.json gives 3"),
+    ({"w_bits": 0}, "UniQConfig.w_bits must be an int in 1..8 or 32 (full precision), got 0"),
+])
+def test_config_that_disagrees_with_the_weights_is_refused(export, changes, match):
+    _edit_json(export / "config.json", **changes)
+    _publish_error(export, match)
+
+
+def test_processor_config_is_checked(export, caplog):
+    _edit_json(export / "preprocessor_config.json", image_std=[0.0])
+    _publish_error(export, "preprocessor_config.json: 'image_std' is [0.0]; expected numbers, each positive and finite")
+    _edit_json(export / "preprocessor_config.json", image_std=[0.5], crop_size={"height": 32, "width": 32})
+    plan = plan_upload(export, "me/model")
+    assert plan.warnings == [f"{export / 'preprocessor_config.json'}: crop_size {{'height': 32, 'width': 32}} disagrees "
+                             "with config.json image_size 28: the model would see inputs of another size than it was "
+                             "trained on"]
+
+
+TAMPER = '''
+
+_original_forward = UniQForImageClassification.forward
+
+
+def _tampered_forward(self, *args, **kwargs):
+    output = _original_forward(self, *args, **kwargs)
+    output.logits = output.logits + 1e-3
+    return output
+
+
+UniQForImageClassification.forward = _tampered_forward
+'''
+
+
+def test_tampered_or_broken_remote_code_is_refused(export):
+    """The code files run only for users without uniq_hub: publish runs them (in a subprocess
+    where uniq_hub cannot be imported) and compares."""
+    code = export / "modeling_uniq.py"
+    original = code.read_text()
+    code.write_text(original + TAMPER)
+    _publish_error(export, "the folder's own code (trust_remote_code) computes other logits than uniq_hub "
+                           "(max |difference| 0.001)")
+    code.write_text(original.replace("def forward(", "def forward(:", 1))
+    message = _publish_error(export, "users without uniq_hub load it through its own code (trust_remote_code=True), "
+                                     "and that fails")
+    assert "SyntaxError" in message
+
+
+@pytest.mark.parametrize("fault, match", [
+    (401, "answered 401 (Invalid credentials in Authorization header): the token is missing, invalid or expired: "
+          "log in with `hf auth login`, set HF_TOKEN, or pass --token"),
+    (500, "answered 500 (Internal Error - We're working hard to fix this as soon as possible!): the Hub failed on "
+          "its side: try again later"),
+    ("hang", "no answer within 1 s; check the network and HF_ENDPOINT (or pass a longer --timeout)"),
+])
+def test_hub_faults_are_one_line(export, hub_server, hub_token, fault, match):
+    before = hub_server.request_count
+    with hub_server.failing(fault):
+        start = time.monotonic()
+        with pytest.raises(SystemExit) as info:
+            main(["publish", str(export), "--repo-id", f"{hub_server.user}/faults", "--token", hub_token,
+                  "--timeout", "1"])
+        elapsed = time.monotonic() - start
+    message = str(info.value.code)
+    assert message.startswith("uniq-hub publish: POST " if fault != "hang" else "uniq-hub publish: ")
+    assert f"{hub_server.url}/api/repos/create" in message and match in message, message
+    assert "\n" not in message and "Traceback" not in message
+    requests = list(hub_server.request_log)[before - hub_server.request_count:]
+    assert requests[0].startswith("POST /api/repos/create") and len(requests) <= 2, requests  # (401: a repo_info check)
+    assert not any("/commit/" in r or "/preupload/" in r or "/lfs/" in r for r in requests)  # nothing uploaded
+    if fault == "hang":
+        assert elapsed < 60, elapsed  # verification (cached) plus the 1 s timeout, not a hang
