@@ -349,6 +349,8 @@ def _load_imagefolder(source: str, split: str, *, streaming: bool, data_dir: str
     split_dirs = subdirs if subdirs and all(d.lower() in _SPLIT_DIR_NAMES for d in subdirs) else []
     folders = [root / d for d in split_dirs] or [root]  # class folders directly under root: one split
     chosen = root / resolve_split(split, split_dirs, source) if split_dirs else root
+    if next((p for p in chosen.rglob("*") if p.is_file()), None) is None:
+        raise ValueError(f"dataset {source!r} split {split!r} has no examples (no files under {chosen})")
     names = sorted({c for f in folders for c in _image_class_dirs(f)})  # union: same ids in every split
     kwargs: dict[str, Any] = {}
     if names:
@@ -624,6 +626,13 @@ class _Collate:
         self.transform, self.image_column, self.label_column = transform, image_column, label_column
         self.label_map, self.source = None if label_map is None else list(label_map), source
         self.generator = torch.Generator().manual_seed(seed)
+
+    def start_epoch(self, seed: int, batches_done: int = 0) -> None:
+        """Augmentation seeds as a function of ``(seed, batch)``: reseed, then skip the batches done
+        (a resumed epoch draws what the uninterrupted one drew; main-process loading)."""
+        self.generator.manual_seed(seed)
+        for _ in range(batches_done):  # one draw per batch, as __call__ draws
+            torch.randint(0, 2**62, (1,), generator=self.generator)
 
     def _label(self, value: Any) -> int:
         label = int(value)

@@ -53,7 +53,7 @@ def run_quickstart(
     start = time.perf_counter()
     common = dict(dataset=dataset, arch="resnet20", batch_size=batch_size, num_workers=num_workers,
                   max_train_samples=train_samples, max_eval_samples=eval_samples, progress=progress,
-                  save_every=0, keep_checkpoints=1, log_with="tensorboard",
+                  save_every=0, keep_checkpoints=1, log_with="tensorboard", overwrite=True,  # a rerun starts over
                   eval_every=max(fp_epochs, q_epochs))  # evaluate after the last epoch of each stage
     common.update(train_options)
     subset = f"{train_samples} training images" if train_samples else "the full training split"

@@ -34,14 +34,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import Checkpointer, TrainerState
+from .checkpoint import (
+    CheckpointError,
+    Checkpointer,
+    CheckpointWriteError,
+    RunDirectoryError,
+    TrainerState,
+    check_run_dir,
+    clear_run_dir,
+)
 from .distill import distillation_loss, load_teacher, teacher_logits
 from .train_config import TrainConfig, add_config_arguments, config_from_args
 
 logger = logging.getLogger("uniq_hub.train")
 
-__all__ = ["DataBundle", "Trainer", "load_data", "build_model", "load_init_weights", "train", "add_arguments", "run",
-           "main"]
+__all__ = ["DataBundle", "NonFiniteLossError", "Trainer", "load_data", "build_model", "load_init_weights", "train",
+           "add_arguments", "run", "main"]
 
 _ONE_CHANNEL_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 SMALL_IMAGE = 128  # from this size up: ImageNet-style transforms (random-resized crop / resize + crop)
@@ -289,17 +297,23 @@ class Trainer:
 
         self.cfg = cfg
         self.accelerator = acc = _make_accelerator(cfg)
+        check_run_dir(cfg.run_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite)  # every process, before any write
+        acc.wait_for_everyone()
         if acc.is_main_process:
+            if cfg.overwrite:
+                clear_run_dir(cfg.run_dir)
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             (cfg.run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         set_seed(cfg.seed)
         bundle = load_data(cfg)
         per_batch = _per_process_batch(cfg, acc.num_processes)
         train_loader = data.make_dataloader(bundle.train, bundle.train_transform, per_batch, shuffle=True,
-                                            num_workers=cfg.num_workers, seed=cfg.seed, drop_last=True)
+                                            num_workers=cfg.num_workers, seed=cfg.seed, drop_last=True,
+                                            source=cfg.dataset)
         eval_loader = data.make_dataloader(bundle.eval, bundle.eval_transform, cfg.eval_batch_size, shuffle=False,
-                                           num_workers=cfg.num_workers)
+                                           num_workers=cfg.num_workers, source=cfg.dataset)
         self.shuffle_generator = train_loader.generator  # reseeded per epoch: order = f(seed, epoch)
+        self.train_collate = train_loader.collate_fn  # its augmentation seeds too (see _train_epoch)
         self.train_dataset = train_loader.dataset  # streaming: its shuffle buffer follows set_epoch
 
         model = build_model(cfg, bundle)
@@ -376,6 +390,7 @@ class Trainer:
         if hasattr(self.train_dataset, "set_epoch"):
             self.train_dataset.set_epoch(epoch)
         skip = state.step_in_epoch * cfg.grad_accum
+        self.train_collate.start_epoch(cfg.seed * 100_003 + epoch, skip)  # a resumed epoch augments as the original
         loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
         batches = itertools.islice(loader, self.batches_per_epoch - skip)
         bar = tqdm(batches, total=self.batches_per_epoch - skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -398,6 +413,7 @@ class Trainer:
                 if self.done:
                     break
         bar.close()
+        self._check_finite()  # before the epoch end's evaluation, export and checkpoint
 
     def _loss(self, logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy, or the distillation loss when the run has a teacher."""
@@ -407,8 +423,20 @@ class Trainer:
         return distillation_loss(logits, teacher_logits(self.teacher, inputs), labels, cfg.kd_temperature,
                                  cfg.kd_weight, cfg.label_smoothing)
 
+    def _check_finite(self) -> None:
+        """Stop on a non-finite loss (all processes agree) before anything is logged, saved or exported."""
+        total = self.accelerator.reduce(self._window_loss.detach().clone(), "sum")
+        if not torch.isfinite(total):
+            state = self.state
+            raise NonFiniteLossError(
+                f"the training loss became {total.item()} by step {state.global_step} (epoch {self.epoch_progress:.2f}) "
+                f"of {self.cfg.run_dir}: training stopped and nothing was exported; the checkpoints hold the last "
+                "steps before it. Lower --lr or check the data for NaN / infinite pixels.")
+
     def _after_step(self, inputs, bar) -> None:
         cfg, state, acc = self.cfg, self.state, self.accelerator
+        if state.global_step % cfg.log_every == 0 or (cfg.save_every and state.global_step % cfg.save_every == 0):
+            self._check_finite()
         if self.dynamics is not None and state.global_step % cfg.dynamics_every == 0 and acc.is_main_process:
             stats = self.dynamics.probe(inputs, acc.autocast())
             self.log.log({"epoch": self.epoch_progress, **stats}, state.global_step, file="dynamics")
@@ -444,6 +472,10 @@ class Trainer:
         return metrics
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the training ``cfg`` describes; returns a summary (best top-1, steps, directories)."""
     return Trainer(cfg).fit()
@@ -460,7 +492,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("uniq_hub").setLevel(logging.INFO)
-    summary = train(config_from_args(args))
+    try:
+        summary = train(config_from_args(args))
+    except (NonFiniteLossError, RunDirectoryError, CheckpointError, CheckpointWriteError) as err:
+        raise SystemExit(f"uniq-hub train: {err}") from err
     from accelerate import PartialState
 
     if PartialState().is_main_process:

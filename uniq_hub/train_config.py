@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -94,6 +95,8 @@ class TrainConfig:
     progress: bool = _f(True, "progress bars (main process only)")
     export: bool = _f(True, "export the best model in the release format to <run>/export")
     resume: str | None = _f(None, "resume: 'latest' (or the flag alone) or a checkpoint directory")
+    overwrite: bool = _f(False, "delete an existing run in the output directory and start over (else refused "
+                               "without --resume)")
 
     @property
     def quantized(self) -> bool:
@@ -285,6 +288,12 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.quantized and cfg.calib_batches < 1:
         raise ValueError("option 'calib_batches' must be >= 1 for a quantized run: the activation step sizes are "
                          "initialised from data")
+    for name in ("lr", "momentum", "weight_decay", "warmup_lr", "min_lr", "label_smoothing"):
+        value = getattr(cfg, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"option {name!r} must be a finite number >= 0, got {value}")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("options 'resume' and 'overwrite' exclude each other: continue the run or replace it")
     if cfg.in_chans not in (None, 1, 3):
         raise ValueError(f"option 'in_chans' must be 1 or 3, got {cfg.in_chans}")
     if not 0.0 <= cfg.kd_weight <= 1.0:
