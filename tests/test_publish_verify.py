@@ -64,6 +64,10 @@ def test_symlink_leaving_the_folder_is_refused(export, tmp_path):
     os.symlink(outside, export / "onnx")  # a linked directory counts too
     with pytest.raises(PublishError, match=r"onnx: a symlink to .*elsewhere, outside the folder"):
         plan_upload(export, "me/model")
+    os.remove(export / "onnx")
+    os.symlink(export, export / "loop")  # inside, but a directory: refused rather than followed
+    with pytest.raises(PublishError, match=r"loop: a symlink to the directory .*export; replace it by the directory"):
+        plan_upload(export, "me/model")
 
 
 def test_non_finite_weights_are_refused(export):

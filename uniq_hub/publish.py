@@ -218,7 +218,7 @@ def _release_file(name: str, code_files: set[str]) -> str | None:
 
 def _folder_files(folder: Path) -> Iterator[tuple[str, Path]]:
     """(path in repo, local path) of every file under ``folder``, caches left out; a symlink whose
-    target lies outside the folder raises :class:`PublishError`."""
+    target lies outside the folder, or that names a directory, raises :class:`PublishError`."""
     root = folder.resolve()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         here = Path(dirpath)
@@ -231,9 +231,9 @@ def _folder_files(folder: Path) -> Iterator[tuple[str, Path]]:
                 if not target.is_relative_to(root):
                     raise PublishError(f"{path}: a symlink to {target}, outside the folder; refusing to upload it "
                                        "(copy the file into the folder, or remove the link)")
-                if target.is_dir():
-                    yield from ((f"{rel}/{sub}", target / sub) for sub, _ in _folder_files(target))
-                    continue
+                if target.is_dir():  # (following it could loop, or list a file twice)
+                    raise PublishError(f"{path}: a symlink to the directory {target}; replace it by the directory "
+                                       "itself (a release folder holds plain files)")
             if name.endswith(IGNORED_SUFFIXES) or name.startswith(".") and rel.count("/") == 0:
                 continue
             yield rel, path
