@@ -240,7 +240,7 @@ def render_card(
         fp = f" (its full-precision baseline: {entry.paper_fp_top1:g}%)" if entry.paper_fp_top1 and not entry.full_precision else ""
         paper_line = (f"Reported by the paper (not measured here): top-1 {entry.paper_top1:g}% on {ds.pretty_name} "
                       f"({entry.paper_source}){fp}.")
-    run_dir = f"runs/{entry.short_name}"
+    run_dir = f"runs/{entry.short_name}" if entry.recipe is not None else ""
     train_commands = [
         f"uniq-hub train --zoo {entry.name} --output-dir {run_dir}",
         "# or on several GPUs / machines:",

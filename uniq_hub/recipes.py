@@ -27,28 +27,12 @@ from torch import nn
 
 from .modules import UniQQuantizer
 from .registry import model_info
-from .zoo import DATASETS, FAMILIES, FP_BITS, RECIPES
+from .zoo import DATASETS, FAMILIES, recipe_kind, recipe_spec
 
 __all__ = [
-    "EXTRA_RECIPES", "OPTIMIZERS", "recipe_kind", "recipe_family", "recipe_defaults",
+    "OPTIMIZERS", "recipe_kind", "recipe_family", "recipe_defaults",
     "param_groups", "build_optimizer", "WarmupCosine", "build_scheduler",
 ]
-
-# Regimes the zoo does not publish but a user may train: the ImageNet FP baseline (the paper took
-# it from pytorchcv). torchvision's reference ResNet recipe with a cosine schedule.
-EXTRA_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "imagenet": {
-        "fp": dict(optimizer="sgd", lr=0.1, momentum=0.9, epochs=90, batch_size=256, weight_decay=1e-4,
-                   source="here", notes="torchvision's ResNet recipe with cosine; the paper used pytorchcv weights"),
-    },
-}
-
-
-def recipe_kind(w_bits: int, a_bits: int) -> str:
-    """"fp" when both sides are 32 bits, "binary" when either is 1, else "multi"."""
-    if w_bits == FP_BITS and a_bits == FP_BITS:
-        return "fp"
-    return "binary" if 1 in (w_bits, a_bits) else "multi"
 
 
 def _norm(name: str) -> str:
@@ -66,32 +50,15 @@ def recipe_family(dataset: str | None, arch: str) -> str:
     return "imagenet" if model_info(arch).imagenet else "cifar100"
 
 
-def _calibration_batches(family: str) -> int:
-    """The paper's calibration batches for the family's dataset (1000 ImageNet, 100 otherwise)."""
-    return next((DATASETS[f.dataset].calibration_batches for f in FAMILIES if f.recipes == family), 100)
-
-
 def recipe_defaults(family: str, w_bits: int, a_bits: int) -> dict[str, Any]:
-    """The recipe's fields for these bits: optimizer, lr, momentum, epochs, batch_size,
-    weight_decay (the per-bit entry, the lower side's bits when w and a differ), warmup_epochs,
-    warmup_lr, calib_batches."""
-    kind = recipe_kind(w_bits, a_bits)
-    table = {**EXTRA_RECIPES.get(family, {}), **RECIPES.get(family, {})}
-    if kind not in table:
-        known = sorted(set(RECIPES) | set(EXTRA_RECIPES))
-        raise ValueError(f"no {kind!r} recipe for family {family!r}; families: {known}")
-    spec = dict(table[kind])
-    wd = spec.get("weight_decay", 0.0)
-    if isinstance(wd, dict):
-        bits = min(w_bits, a_bits)
-        if bits not in wd:
-            raise ValueError(f"recipe {family}/{kind} has no weight decay for {bits} bits (it has {sorted(wd)})")
-        wd = wd[bits]
-    calib = 0 if kind == "fp" else _calibration_batches(family)
+    """The training options of the recipe (:func:`uniq_hub.zoo.recipe_spec`) for these bits:
+    optimizer, lr, momentum, epochs, batch_size, weight_decay, warmup_epochs, warmup_lr, calib_batches."""
+    spec = recipe_spec(family, w_bits, a_bits)
     return dict(
         optimizer=spec["optimizer"], lr=spec["lr"], momentum=spec.get("momentum") or 0.9,
-        epochs=spec["epochs"], batch_size=spec["batch_size"], weight_decay=float(wd),
-        warmup_epochs=spec.get("warmup_epochs", 0), warmup_lr=spec.get("warmup_lr"), calib_batches=calib,
+        epochs=spec["epochs"], batch_size=spec["batch_size"], weight_decay=float(spec["weight_decay"]),
+        warmup_epochs=spec.get("warmup_epochs", 0), warmup_lr=spec.get("warmup_lr"),
+        calib_batches=spec["calibration_batches"],
     )
 
 

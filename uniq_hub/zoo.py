@@ -198,6 +198,10 @@ FAMILIES: tuple[_Family, ...] = (
 _ADAM_WARMUP = dict(optimizer="adam", lr=0.004, warmup_epochs=5, warmup_lr=0.001)
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "imagenet": {
+        # The FP baseline is not published (the paper took pytorchcv's weights): torchvision's ResNet recipe
+        # with a cosine schedule, for users who train their own.
+        "fp": dict(optimizer="sgd", lr=0.1, momentum=0.9, epochs=90, batch_size=256, weight_decay=1e-4,
+                   source="here", notes="torchvision's ResNet recipe with cosine; the paper used pytorchcv weights"),
         "multi": dict(optimizer="sgd", lr=0.01, momentum=0.9, epochs=90, batch_size=256,
                       weight_decay={4: 1e-4, 3: 0.5e-4, 2: 0.25e-4}),
         "binary": dict(**_ADAM_WARMUP, epochs=90, batch_size=256, weight_decay=0.0),
@@ -229,21 +233,39 @@ def _zoo_name(family: _Family, bits: int) -> str:
     return f"{ORG}/{family.arch}{family.name_suffix}-{tag}"
 
 
-def _recipe(family: _Family, bits: int) -> Recipe:
-    kind = "fp" if bits == FP_BITS else "binary" if bits == 1 else "multi"
-    try:
-        spec = dict(RECIPES[family.recipes][kind])
-    except KeyError:
-        raise ValueError(f"no {kind!r} recipe for family {family.recipes!r}") from None
+def recipe_kind(w_bits: int, a_bits: int) -> str:
+    """"fp" when both sides are full precision, "binary" when either is 1 bit, else "multi"."""
+    if w_bits == FP_BITS and a_bits == FP_BITS:
+        return "fp"
+    return "binary" if 1 in (w_bits, a_bits) else "multi"
+
+
+def recipe_spec(family: str, w_bits: int, a_bits: int) -> dict[str, Any]:
+    """The one resolver of :data:`RECIPES`: the hyperparameters of ``family`` (a key of RECIPES) at
+    these bits, the weight decay of the lower side's bits, the dataset's calibration batches for
+    quantized runs (none at full precision)."""
+    kind = recipe_kind(w_bits, a_bits)
+    if kind not in RECIPES.get(family, {}):
+        raise ValueError(f"no {kind!r} recipe for family {family!r}; families: {sorted(RECIPES)}")
+    spec = dict(RECIPES[family][kind])
     if isinstance(spec["weight_decay"], dict):
+        bits = min(w_bits, a_bits)
+        if bits not in spec["weight_decay"]:
+            raise ValueError(f"recipe {family}/{kind} has no weight decay for {bits} bits "
+                             f"(it has {sorted(spec['weight_decay'])})")
         spec["weight_decay"] = spec["weight_decay"][bits]
+    calibration = next((DATASETS[f.dataset].calibration_batches for f in FAMILIES if f.recipes == family), 100)
+    spec["calibration_batches"] = 0 if kind == "fp" else calibration
+    return spec
+
+
+def _recipe(family: _Family, bits: int) -> Recipe:
     init_from = {
         "fp": None,
         "multi": family.fp_init or _zoo_name(family, FP_BITS),
         "binary": _zoo_name(family, 2),
-    }[kind]
-    calibration = 0 if kind == "fp" else DATASETS[family.dataset].calibration_batches
-    return Recipe(init_from=init_from, calibration_batches=calibration, **spec)
+    }[recipe_kind(bits, bits)]
+    return Recipe(init_from=init_from, **recipe_spec(family.recipes, bits, bits))
 
 
 def _build_entries() -> dict[str, ZooEntry]:
