@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "publish": ("uniq_hub.publish", "upload an exported model folder to the Hub"),
     "publish-zoo": ("uniq_hub.zoo_release", "upload every release folder of zoo/ to its uniq/<name> repo"),
     "plot": ("uniq_hub.plot", "plot training dynamics and accuracy against bits"),
+    "export-onnx": ("uniq_hub.onnx_export", "write the exact integer ONNX graph (onnx/model.onnx)"),
+    "predict": ("uniq_hub.predict", "top classes of images with torch, ONNX Runtime or OpenVINO"),
 }
 
 

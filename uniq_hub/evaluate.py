@@ -108,11 +108,13 @@ def evaluate(
     streaming: bool = False,
     command: str | None = None,
     progress: bool = False,
+    runtime: str = "torch",
 ) -> dict[str, Any]:
     """Evaluate ``model_id`` (a folder or Hub id) on ``dataset``/``split`` with its own image
     processor, exactly the preprocessing ``pipeline("image-classification")`` applies; returns
     the results record. Dataset labels are matched to the model's ``id2label`` by class name (a
-    class the model does not know is an error)."""
+    class the model does not know is an error). ``runtime``: "torch", or an ONNX backend
+    ("onnxruntime", "openvino") running the model's ``onnx/model.onnx`` on the same inputs."""
     from accelerate import Accelerator
 
     from . import data
@@ -125,6 +127,10 @@ def evaluate(
     ds = data.load_image_dataset(dataset, split, streaming=streaming, image_column=image_column,
                                  label_column=label_column, limit=max_samples)
     label_map = data.label_mapping(data.class_names(ds), model.config.id2label, source=dataset)
+    if runtime != "torch":
+        from .onnx_export import OnnxModule
+
+        model = OnnxModule(model_id, runtime)
     loader = data.make_dataloader(ds, data.eval_transform(processor), batch_size=batch_size, shuffle=False,
                                   num_workers=num_workers, label_map=label_map, source=dataset)
     model, loader = accelerator.prepare(model, loader)
@@ -132,6 +138,7 @@ def evaluate(
     return {
         "model_id": model_id, "dataset": dataset, "split": split, **metrics,
         "command": command or "uniq-hub evaluate " + shlex.join([model_id, "--dataset", dataset, "--split", split]),
+        **({} if runtime == "torch" else {"runtime": runtime}),
     }
 
 
@@ -145,6 +152,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", help="image column (default: detected)")
     parser.add_argument("--label-column", help="label column (default: detected)")
     parser.add_argument("--streaming", action="store_true", help="stream the split")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                        help="run the PyTorch model (default) or its onnx/model.onnx on an ONNX backend")
     parser.add_argument("--output", "-o", help="results JSON to write (default: <model folder>/eval_results.json "
                         "for a local folder, else print only)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
@@ -161,6 +170,8 @@ def _command(args: argparse.Namespace) -> str:
             parts += [flag, value]
     if args.zoo_name:
         parts += ["--zoo-name", args.zoo_name]
+    if args.runtime != "torch":
+        parts += ["--runtime", args.runtime]
     return "uniq-hub evaluate " + shlex.join(parts)
 
 
@@ -176,10 +187,12 @@ def run(args: argparse.Namespace) -> int:
     record = evaluate(
         args.model, args.dataset, args.split, args.batch_size, args.max_samples, args.num_workers,
         args.image_column, args.label_column, args.streaming, command=command, progress=args.progress,
+        runtime=args.runtime,
     )
     if args.zoo_name:
         record["zoo_name"] = args.zoo_name
-    output = args.output or (Path(args.model) / "eval_results.json" if Path(args.model).is_dir() else None)
+    results_file = "eval_results.json" if args.runtime == "torch" else f"eval_results_{args.runtime}.json"
+    output = args.output or (Path(args.model) / results_file if Path(args.model).is_dir() else None)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

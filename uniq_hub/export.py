@@ -42,11 +42,14 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export_model(model: Any, folder: str | os.PathLike, record: dict[str, Any], entry: Any = None) -> Path:
+def export_model(
+    model: Any, folder: str | os.PathLike, record: dict[str, Any], entry: Any = None, onnx: bool = True
+) -> Path:
     """Write ``model`` (a ``UniQForImageClassification``) in the release format into ``folder``.
 
     ``record``: the results record (zoo schema) stored as ``eval_results.json`` and shown in the
-    card; ``entry``: the zoo entry for the card (None: no card).
+    card; ``entry``: the zoo entry for the card (None: no card); ``onnx``: also write the exact
+    integer graph ``onnx/model.onnx`` (needs the ``onnx`` extra; skipped with a note without it).
     """
     from .cards import render_card
 
@@ -55,11 +58,25 @@ def export_model(model: Any, folder: str | os.PathLike, record: dict[str, Any], 
     tmp = folder.with_name(f".tmp-{folder.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, packed=True)
+    if onnx:
+        _export_onnx(model, tmp)
     (tmp / RESULTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     if entry is not None:
         (tmp / "README.md").write_text(render_card(entry, record, repo_id=record.get("model_id"), folder=tmp))
     _replace_dir(tmp, folder)
     return folder
+
+
+def _export_onnx(model: Any, folder: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        print("onnx is not installed: no onnx/model.onnx (pip install 'uniq_hub[onnx]')")
+        return
+    from .onnx_export import export_onnx
+    from .onnx_runtime import ONNX_FILE
+
+    export_onnx(model, folder / ONNX_FILE)
 
 
 def save_latent(model: Any, folder: str | os.PathLike) -> Path:

@@ -44,7 +44,7 @@ from .onnx_runtime import (
 )
 from .packing import PACKED_SUFFIX, pack_state_dict, unpack_bits
 
-__all__ = ["FORMAT", "OPSET", "OnnxExportError", "export_onnx", "verify_onnx", "verify_backends", "source_checksum",
+__all__ = ["FORMAT", "OPSET", "OnnxExportError", "OnnxModule", "export_onnx", "verify_onnx", "verify_backends", "source_checksum",
            "flip_diagnostic", "add_arguments", "run"]
 
 OPSET = 21
@@ -389,7 +389,8 @@ def torch_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
     was_training = arch.training
     arch.eval()
     try:
-        return arch(torch.from_numpy(np.ascontiguousarray(x, np.float32))).float().numpy()
+        device = next(arch.parameters()).device
+        return arch(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)).float().cpu().numpy()
     finally:
         arch.train(was_training)
 
@@ -491,6 +492,21 @@ def verify_onnx(folder: str | os.PathLike, model: nn.Module | None = None, num_i
     if not within_bounds(stats):
         raise OnnxExportError(f"{path}: its logits do not match the PyTorch model in {folder}: {stats}")
     return stats
+
+
+class OnnxModule(nn.Module):
+    """A model's ``onnx/model.onnx`` on an ONNX backend as an eval-only module: ``forward(pixel_values)
+    -> logits``; what ``uniq-hub evaluate --runtime`` runs in place of the PyTorch model."""
+
+    def __init__(self, model_id: str | os.PathLike, backend: str, threads: int = 2) -> None:
+        from .onnx_runtime import _resolve
+
+        super().__init__()
+        self.run_onnx = load_backend(_resolve(model_id, None, None) / ONNX_FILE, backend, threads)
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # gives callers a device (CPU)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return torch.from_numpy(self.run_onnx(pixel_values.detach().float().cpu().numpy()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 FASTEST_FIRST = ("openvino", "onnxruntime", "reference")
 # The issue's bounds for "exact": argmax agreement, median over images of max |difference| / max |logit|.
 EXACT_BOUNDS = {"argmax_agreement": 0.999, "median_rel_max_diff": 1e-3}
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_LUMA = np.array([299.0, 587.0, 114.0], dtype=np.float32)  # PIL's integer ITU-R 601 weights, / 1000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,12 +156,11 @@ def within_bounds(stats: dict[str, float]) -> bool:
 # Preprocessing: UniQImageProcessor's contract in numpy / PIL
 # ---------------------------------------------------------------------------------------------
 
-# Same input conventions as uniq_hub.image_processing_uniq (which needs torch): PIL mode -> the
-# 8-bit mode it is read in; the value that maps to white for deep PIL modes and array dtypes.
-_PIL_MODES = {
-    "1": "L", "L": "L", "LA": "LA", "La": "LA", "PA": "RGBA", "RGB": "RGB", "RGBA": "RGBA", "RGBa": "RGBA",
-    "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "HSV": "RGB",
-}
+# Same input conventions as uniq_hub.image_processing_uniq (which needs torch; keep the two in step):
+# 8-bit PIL modes are read as PIL's convert("L") / convert("RGB") give them (alpha dropped), deep
+# modes and arrays with the value that maps to white, colour -> gray with PIL's integer luma weights.
+_GRAY_PIL_MODES = frozenset({"1", "L", "LA"})
+_RGB_PIL_MODES = frozenset({"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV", "LAB"})
 _PIL_DEEP_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": None, "F": 1.0}
 _ARRAY_WHITE = {("u", 1): 255.0, ("b", 1): 1.0, ("u", 2): 65535.0, ("i", 2): 65535.0, ("i", 4): None,
                 ("i", 8): None, ("u", 4): None, ("f", 2): 1.0, ("f", 4): 1.0, ("f", 8): 1.0}
@@ -173,24 +172,28 @@ def _white(array: np.ndarray, white: float | None) -> float:
     return 255.0 if array.size == 0 or float(array.max()) <= 255 else 65535.0
 
 
+def _open(path: str | os.PathLike) -> Image.Image:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return ImageOps.exif_transpose(opened)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path}: not a readable image file ({err})") from err
+
+
 def _to_hwc(image: Any) -> np.ndarray:
     """Any supported image -> ``(H, W, C)`` float32 in 0..255, C in 1..4."""
     if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such image file")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                image = ImageOps.exif_transpose(opened)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise ValueError(f"{path}: not a readable image file ({err})") from err
+        image = _open(image)
     if isinstance(image, Image.Image):
         if image.mode in _PIL_DEEP_MODES:
             array = np.asarray(image).astype(np.float32)
-            white = _white(array, _PIL_DEEP_MODES[image.mode])
+            white = _white(np.asarray(image), _PIL_DEEP_MODES[image.mode])
         else:
-            target = ("RGBA" if "transparency" in image.info else "RGB") if image.mode == "P" else _PIL_MODES.get(image.mode)
+            target = "L" if image.mode in _GRAY_PIL_MODES else "RGB" if image.mode in _RGB_PIL_MODES else None
             if target is None:
                 raise ValueError(f"unsupported PIL image mode {image.mode!r} (size {image.size})")
             array, white = np.asarray(image.convert(target), dtype=np.float32), 255.0
@@ -208,21 +211,24 @@ def _to_hwc(image: Any) -> np.ndarray:
             array = array.transpose(1, 2, 0)  # channels first
         if array.ndim != 3:
             raise ValueError(f"an image must have 2 or 3 dimensions (H, W[, C] or C, H, W), got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"an image must have pixels, got an empty one of shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"the image holds NaN or infinite pixel values (shape {array.shape})")
     return np.clip(array, 0, white) * np.float32(255.0 / white)
 
 
 def _match_channels(x: np.ndarray, num_channels: int) -> np.ndarray:
-    """``(H, W, C)`` with C in 1 (L), 2 (LA), 3 (RGB), 4 (RGBA) -> ``num_channels`` channels."""
-    if x.shape[-1] in (2, 4):  # composite over white
-        alpha = x[..., -1:] / np.float32(255.0)
-        x = x[..., :-1] * alpha + np.float32(255.0) * (np.float32(1.0) - alpha)
+    """``(H, W, C)`` with C in 1 (L), 2 (LA), 3 (RGB), 4 (RGBA) -> ``num_channels`` (alpha dropped)."""
+    if x.shape[-1] in (2, 4):
+        x = x[..., :-1]
     if x.shape[-1] not in (1, 3):
         raise ValueError(f"an image must have 1-4 channels (L, LA, RGB, RGBA), got {x.shape[-1]}")
     if x.shape[-1] == num_channels:
         return x
     if num_channels == 3:
         return np.repeat(x, 3, axis=-1)
-    return (x @ _LUMA)[..., None].astype(np.float32)
+    return ((x @ _LUMA) / np.float32(1000.0))[..., None].astype(np.float32)
 
 
 def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
