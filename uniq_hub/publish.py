@@ -384,6 +384,12 @@ def verify_folder(folder: str | os.PathLike, timeout: float = REMOTE_CODE_TIMEOU
     if key in _VERIFIED:
         return _VERIFIED[key]
     config = _read_json(folder / "config.json")
+    for path in sorted(folder.glob("*.py")):  # a broken file is named at once, without a subprocess
+        try:
+            compile(path.read_text(encoding="utf-8"), str(path), "exec")
+        except (SyntaxError, UnicodeDecodeError, ValueError) as err:
+            raise PublishError(f"{path}: not valid Python ({type(err).__name__}: {err}); users without uniq_hub run "
+                               "this file (trust_remote_code): re-export the folder with save_pretrained") from None
     with tempfile.TemporaryDirectory(prefix="uniq-publish-verify-") as tmp:
         work = Path(tmp)
         image = probe_image(config, work / "probe.png")
