@@ -206,3 +206,41 @@ def test_bad_inputs_are_clear_value_errors():
         assert out.dtype == torch.float32 and out.shape == (1, 3, 8, 8)
     half = processor(torch.full((3, 8, 8), 0.25, dtype=torch.bfloat16), return_tensors="pt")["pixel_values"]
     assert torch.allclose(half, out)
+
+
+def test_the_model_casts_float_inputs_and_refuses_bad_ones(model_dir):
+    model = UniQForImageClassification.from_pretrained(model_dir).eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(pixels).logits
+        for dtype in (torch.float64, torch.float16, torch.bfloat16):  # cast to the weights' dtype
+            out = model(pixels.to(dtype)).logits
+            assert out.dtype == torch.float32 and torch.equal(out, model(pixels.to(dtype).float()).logits)
+        assert torch.equal(model(pixels.double()).logits, expected)  # float64 -> float32 is exact here
+        with pytest.raises(ValueError, match="must be a floating-point tensor .* got torch.uint8"):
+            model(pixels.to(torch.uint8))
+        bad = pixels.clone()
+        bad[1, 2, 3, 4] = float("nan")
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            model(bad)
+        with pytest.raises(ValueError, match=r"pixel_values is empty \(shape \(0, 3, 16, 16\)\)"):
+            model(torch.zeros(0, 3, 16, 16))
+
+
+def test_url_fetches_time_out():
+    """A server that accepts the connection and never answers: a clear error after the timeout."""
+    import socket
+    import time
+
+    from uniq_hub import UniQImageProcessor
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/cat.png"
+        processor = UniQImageProcessor(fetch_timeout=0.5)
+        assert processor.fetch_timeout == 0.5
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=f"{url}: could not fetch the image within 0.5 s"):
+            processor(url)
+        assert time.perf_counter() - start < 5

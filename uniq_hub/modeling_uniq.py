@@ -128,7 +128,8 @@ class UniQPreTrainedModel(PreTrainedModel):
     # Forward helpers
     # ------------------------------------------------------------------------------------------
 
-    def _check_inputs(self, pixel_values: Tensor) -> None:
+    def _check_inputs(self, pixel_values: Tensor) -> Tensor:
+        """``pixel_values`` checked (shape, not empty, float, finite at inference) and cast to the weights' dtype."""
         if torch.jit.is_tracing():
             raise RuntimeError(
                 "torch.jit.trace is not supported for UniQ models (TorchScript is deprecated, and the quantizers' "
@@ -140,6 +141,14 @@ class UniQPreTrainedModel(PreTrainedModel):
                 f"pixel_values must have shape (batch, {self.config.in_chans}, height, width), "
                 f"got {tuple(pixel_values.shape)}"
             )
+        if pixel_values.numel() == 0:
+            raise ValueError(f"pixel_values is empty (shape {tuple(pixel_values.shape)}): no images to classify")
+        if not pixel_values.is_floating_point():
+            raise ValueError(f"pixel_values must be a floating-point tensor (the image processor's output), "
+                             f"got {pixel_values.dtype}")
+        if not (self.training or torch.compiler.is_compiling()) and not torch.isfinite(pixel_values).all():
+            raise ValueError("pixel_values holds NaN or infinite values")
+        return pixel_values.to(self.dtype)
 
     def _flags(self, output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool]:
         config = self.config
@@ -285,7 +294,7 @@ class UniQModel(UniQPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
-        self._check_inputs(pixel_values)
+        pixel_values = self._check_inputs(pixel_values)
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
         with collect_hidden_states(self.model, output_hidden_states) as hidden:
             features = self.model.forward_features(pixel_values)
@@ -319,7 +328,7 @@ class UniQForImageClassification(UniQPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> ImageClassifierOutputWithNoAttention | tuple:
-        self._check_inputs(pixel_values)
+        pixel_values = self._check_inputs(pixel_values)
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
         with collect_hidden_states(self.model, output_hidden_states) as hidden:
             logits = self.model(pixel_values)
