@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import os
@@ -46,7 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from baseline_quant import to_baseline  # noqa: E402
-
 from uniq_hub import QuantConfig, calibrate, create_model, quantize_  # noqa: E402
 from uniq_hub.quant_kernels import set_compile, set_recompute  # noqa: E402
 

@@ -20,7 +20,8 @@ def test_weight_init_is_optimal_unit_step_times_channel_std():
     torch.testing.assert_close(q.step.flatten(), expected)
     layer = UniQQuantizer(QuantSpec(3, "weight"))
     layer.init_from(w)
-    assert layer.step.shape == () and float(layer.step) == pytest.approx(optimal_step(3, "weight")[0] * float(w.std()), rel=1e-5)
+    assert layer.step.shape == ()
+    assert float(layer.step) == pytest.approx(optimal_step(3, "weight")[0] * float(w.std()), rel=1e-5)
 
 
 def test_activation_init_takes_max_over_batches():
@@ -75,7 +76,8 @@ def test_qconv2d_reuses_parameters_and_quantizes_both_sides():
     assert q.weight is conv.weight and q.bias is conv.bias
     x = torch.rand(2, 3, 6, 6)
     q.input_quantizer.init_from(x)
-    expected = F.conv2d(fake_quant_activation(x, 0.25, 3), fake_quant_weight(conv.weight, q.weight_quantizer.step, 2), conv.bias, padding=1)
+    qx, qw = fake_quant_activation(x, 0.25, 3), fake_quant_weight(conv.weight, q.weight_quantizer.step, 2)
+    expected = F.conv2d(qx, qw, conv.bias, padding=1)
     torch.testing.assert_close(q(x), expected)
 
 

@@ -22,7 +22,8 @@ from uniq_hub.quant import (
 )
 
 # Table 1 of the paper: N -> (D_w^u, SQNR_w dB, D_a^u, SQNR_a dB).
-TABLE1 = {2: (1.596, 4.4, 1.224, 5.5), 4: (0.996, 9.3, 0.651, 11.6), 8: (0.586, 14.3, 0.353, 17.2), 16: (0.335, 19.4, 0.193, 22.7)}
+TABLE1 = {2: (1.596, 4.4, 1.224, 5.5), 4: (0.996, 9.3, 0.651, 11.6), 8: (0.586, 14.3, 0.353, 17.2),
+          16: (0.335, 19.4, 0.193, 22.7)}
 
 
 @pytest.mark.parametrize("n", sorted(TABLE1))
@@ -145,7 +146,8 @@ def test_input_gradient_mask_at_clip_edges(bits):
     n, d = 2**bits, 0.5
     alpha, top = d * (n - 1) / 2, d * (n - 1)
     eps = 1e-6
-    x = torch.tensor([-alpha - eps, -alpha, -alpha + eps, 0.1, alpha - eps, alpha, alpha + eps], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([-alpha - eps, -alpha, -alpha + eps, 0.1, alpha - eps, alpha, alpha + eps], dtype=torch.float64,
+                     requires_grad=True)
     fake_quant_weight(x, d, bits).sum().backward()
     assert x.grad.tolist() == [0, 1, 1, 1, 1, 1, 0]
     y = torch.tensor([-eps, 0.0, eps, top - eps, top, top + eps], dtype=torch.float64, requires_grad=True)

@@ -84,7 +84,8 @@ def test_config_validation():
         U.create_model("resnet50")
 
 
-ARCH_INPUT = {"resnet18": (3, 32), "resnet34": (3, 32), "resnet20": (1, 28), "resnet32": (3, 16), "mobilenetv2": (3, 32)}
+ARCH_INPUT = {"resnet18": (3, 32), "resnet34": (3, 32), "resnet20": (1, 28), "resnet32": (3, 16),
+              "mobilenetv2": (3, 32)}
 
 
 @pytest.mark.parametrize("granularity", ["channel", "layer"])

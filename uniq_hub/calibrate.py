@@ -3,12 +3,38 @@ activations as the maximum per-batch estimate over the first N batches."""
 
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from .modules import UniQQuantizer, _QuantizedMixin
+
+
+@contextlib.contextmanager
+def train_mode_keeping_norm_stats(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in train mode (normalisation on batch statistics); on exit the running statistics
+    of every BatchNorm-like layer and the previous train / eval mode are restored."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    saved = [[b.detach().clone() for b in m.buffers()] for m in norms]
+    was_training = model.training
+    model.train()
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved):
+                for b, old in zip(m.buffers(), buffers):
+                    b.copy_(old)
+        model.train(was_training)
+
+
+def _inputs(batch: Tensor | tuple | list | dict) -> Tensor:
+    """The images of a batch: a tensor, an ``(inputs, labels)`` pair or a dict with ``pixel_values``."""
+    if isinstance(batch, dict):
+        return batch["pixel_values"]
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 @torch.no_grad()
@@ -23,36 +49,30 @@ def calibrate(
 
     Runs in train mode, so each quantizer sees the distribution it will see in training
     (BatchNorm on batch statistics); BatchNorm running statistics are restored afterwards.
-    A batch is a tensor, a ``(inputs, labels)`` pair or a dict with ``pixel_values``.
     """
     def chosen(quantizer: UniQQuantizer) -> bool:
         return not (uninitialized_only and bool(quantizer.initialized))
 
     for module in model.modules():
-        if isinstance(module, _QuantizedMixin) and module.weight_quantizer is not None and chosen(module.weight_quantizer):
-            module.weight_quantizer.init_from(module.weight)
+        wq = module.weight_quantizer if isinstance(module, _QuantizedMixin) else None
+        if wq is not None and chosen(wq):
+            wq.init_from(module.weight)
     act = [m for n, m in model.named_modules()
            if isinstance(m, UniQQuantizer) and not n.endswith("weight_quantizer") and chosen(m)]
     for q in act:
         q.initialized.fill_(False)
         q.calibrating = True
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
-    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
-    was_training, used = model.training, 0
-    model.train()
+    used = 0
     try:
-        for batch in batches:
-            if num_batches is not None and used >= num_batches:
-                break
-            x = batch["pixel_values"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x.to(next(model.parameters()).device))
-            used += 1
+        with train_mode_keeping_norm_stats(model):
+            for batch in batches:
+                if num_batches is not None and used >= num_batches:
+                    break
+                model(_inputs(batch).to(next(model.parameters()).device))
+                used += 1
     finally:
         for q in act:
             q.calibrating = False
-        for m, state in zip(norms, saved):
-            m.load_state_dict(state)
-        model.train(was_training)
     if act and used == 0:
         raise ValueError("calibrate() got no batch: the step sizes of the activation quantizers are not set")
     return used

@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .calibrate import train_mode_keeping_norm_stats
 from .modules import UniQQuantizer
 from .quant import optimal_step
 
@@ -80,21 +81,13 @@ class DynamicsRecorder:
 
             return hook
 
-        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
-        saved = [[b.clone() for b in m.buffers()] for m in norms]
         handles = [q.register_forward_hook(hook_for(name)) for name, q in self.quantizers.items()]
-        was_training = self.model.training
-        self.model.train()
         try:
-            with autocast or contextlib.nullcontext():
+            with train_mode_keeping_norm_stats(self.model), autocast or contextlib.nullcontext():
                 self.model(inputs)
         finally:
             for handle in handles:
                 handle.remove()
-            for m, buffers in zip(norms, saved):
-                for b, old in zip(m.buffers(), buffers):
-                    b.copy_(old)
-            self.model.train(was_training)
         names = [n for n in self.quantizers if n in records]
         if not names:
             return {}

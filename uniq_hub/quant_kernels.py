@@ -210,7 +210,8 @@ def _quantize(x: Tensor, step: Tensor, spec: tuple) -> Tensor:
         return quantize(x, step, lo, hi, offset)
     kind, layout = mode
     rows = x.shape[0] if kind == "channel" else None
-    q = _run_kernel("forward_" + kind, _flat(x, layout, rows), _kernel_step(step, rows), _bounds(lo, hi, offset, x.device))
+    q = _run_kernel("forward_" + kind, _flat(x, layout, rows), _kernel_step(step, rows),
+                    _bounds(lo, hi, offset, x.device))
     return _unflat(q, x, layout)
 
 
