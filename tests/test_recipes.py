@@ -115,3 +115,25 @@ def test_config_merge_order(tmp_path):
     with pytest.raises(ValueError, match="mixed_precision"):
         resolve_config({"mixed_precision": "fp8"})
     assert math.isclose(resolve_config({"bits": 2, "step_init": "0.1"}).lr, 0.01)
+
+
+def test_per_layer_overrides_from_cli_and_config_file(tmp_path):
+    """Mixed precision is trainable: overrides from the command line (PATTERN=W,A;...) or a config file
+    reach the model's quantization plan."""
+    from uniq_hub.train import DataBundle, build_model
+
+    cli = resolve_config({"arch": "resnet20", "bits": 2, "overrides": "layer1.*=4,4; fc=32,32"})
+    assert cli.overrides == {"layer1.*": [4, 4], "fc": [32, 32]}
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"arch": "resnet20", "bits": 2, "overrides": {"layer1.*": [4, 4]}}))
+    assert resolve_config(config_file=path).overrides == {"layer1.*": [4, 4]}
+    with pytest.raises(ValueError, match="'overrides' expects 'PATTERN=W,A"):
+        resolve_config({"arch": "resnet20", "bits": 2, "overrides": "layer1.*=4"})
+    bundle = DataBundle(train=None, eval=None, train_transform=None, eval_transform=None, id2label={0: "a", 1: "b"},
+                        in_chans=1, image_size=28, mean=[0.5], std=[0.5], num_train=0)
+    model = build_model(cli, bundle).model
+    bits = {name: m.weight_quantizer.bits if m.weight_quantizer is not None else None
+            for name, m in model.named_modules() if hasattr(m, "weight_quantizer")}
+    assert {b for name, b in bits.items() if name.startswith("layer1.")} == {4}
+    assert {b for name, b in bits.items() if name.startswith("layer2.")} == {2}
+    assert "fc" not in bits or bits["fc"] is None  # full precision

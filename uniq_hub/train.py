@@ -153,6 +153,7 @@ def build_model(cfg: TrainConfig, bundle: DataBundle):
         arch=cfg.arch, w_bits=cfg.w_bits, a_bits=cfg.a_bits, first_bits=cfg.first_bits, last_bits=cfg.last_bits,
         method=cfg.method, weight_granularity=cfg.weight_granularity, init=_step_init(cfg.step_init),
         grad_scale=cfg.grad_scale, binary_fp_layers=cfg.binary_fp_layers, signed_inputs=cfg.signed_inputs,
+        overrides=cfg.overrides,
         num_labels=bundle.num_labels, id2label=bundle.id2label, in_chans=bundle.in_chans,
         image_size=bundle.image_size, image_mean=bundle.mean, image_std=bundle.std,
     )

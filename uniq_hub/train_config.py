@@ -47,6 +47,8 @@ class TrainConfig:
     grad_scale: bool = _f(True, "LSQ-style gradient scale on the step sizes")
     binary_fp_layers: bool = _f(True, "at 1 bit keep first / last / shortcut layers in full precision")
     signed_inputs: bool = _f(False, "symmetric quantizer on signed inputs (MobileNetV2 bottlenecks)")
+    overrides: dict | None = _f(None, "per-layer bits, 'PATTERN=W,A;PATTERN=W,A' (fnmatch on layer names, 32: "
+                                "full precision, the last match wins), or a mapping in the config file")
     init_from: str | None = _f(None, "run dir or model folder / Hub id to start from, or pytorchcv:NAME")
     # --- data
     dataset: str = _f("fashion_mnist", "HF dataset name, imagefolder dir, save_to_disk dir, or fashion_mnist")
@@ -130,6 +132,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     if name not in _FIELDS:
         raise ValueError(f"{where}: unknown training option {name!r}; known options: {sorted(_FIELDS)}")
     kind = _base_type(name)
+    if kind is dict and isinstance(value, str):
+        return _parse_overrides(value, where)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and kind is not str):
         if type(None) not in typing.get_args(_HINTS[name]):
             raise ValueError(f"{where}: option {name!r} may not be null")
@@ -146,6 +150,22 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: option {name!r} expects {kind.__name__}, got {value!r}") from None
+
+
+def _parse_overrides(text: str, where: str) -> dict[str, list[int]]:
+    """``"layer1.*=4,4;model.fc=8,8"`` -> ``{"layer1.*": [4, 4], "model.fc": [8, 8]}``."""
+    out: dict[str, list[int]] = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        pattern, sep, bits = item.partition("=")
+        try:
+            pair = [int(b) for b in bits.split(",")]
+        except ValueError:
+            pair = []
+        if not sep or not pattern or len(pair) != 2:
+            raise ValueError(f"{where}: option 'overrides' expects 'PATTERN=W,A;...' (e.g. 'stem.*=8,8'), "
+                             f"got {item!r}")
+        out[pattern.strip()] = pair
+    return out
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
