@@ -141,3 +141,21 @@ def test_bad_onnx_files_are_refused(folder, tmp_path):
     assert verify_onnx(bad) is None
     with pytest.raises(FileNotFoundError, match="export-onnx"):
         OnnxImageClassifier.from_pretrained(bad)
+
+
+def test_save_and_push_carry_the_onnx_model(hub_server, hub_token, tmp_path):
+    """``save_pretrained(onnx=True)`` and ``push_to_hub(onnx=True)`` write a verified ``onnx/model.onnx``;
+    the classifier loads it from the (local) Hub by repo id."""
+    from huggingface_hub import HfApi
+
+    model = _model(seed=2)
+    model.save_pretrained(tmp_path / "saved", onnx=True)
+    assert verify_onnx(tmp_path / "saved") is not None
+    model.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain" / ONNX_FILE).exists()
+    model.push_to_hub("uniq/onnx-push", token=hub_token, onnx=True)
+    assert ONNX_FILE in HfApi(token=hub_token).list_repo_files("uniq/onnx-push")
+    clf = OnnxImageClassifier.from_pretrained("uniq/onnx-push", backend="onnxruntime", token=hub_token)
+    image = np.random.default_rng(3).integers(0, 256, (28, 28)).astype(np.uint8)
+    local = OnnxImageClassifier.from_pretrained(tmp_path / "saved", backend="onnxruntime")
+    np.testing.assert_array_equal(clf.logits(image), local.logits(image))

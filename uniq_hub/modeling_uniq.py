@@ -196,6 +196,7 @@ class UniQPreTrainedModel(PreTrainedModel):
         *,
         packed: bool | None = None,
         save_image_processor: bool = True,
+        onnx: bool | None = None,
         **kwargs: Any,
     ) -> Any:
         """Save config, code, weights and preprocessor config.
@@ -203,20 +204,23 @@ class UniQPreTrainedModel(PreTrainedModel):
         ``packed`` (default ``True``, or what ``push_to_hub(packed=...)`` asked): write the release
         format (packed low-bit codes); ``False`` keeps the latent float weights (training
         checkpoints). ``save_image_processor`` also writes ``preprocessor_config.json`` derived
-        from the config. Other arguments are ``PreTrainedModel.save_pretrained``'s.
+        from the config. ``onnx`` (default ``False``, or what ``push_to_hub(onnx=...)`` asked): also write
+        the exact integer graph ``onnx/model.onnx`` (``uniq_hub.onnx_export``). Other arguments are
+        ``PreTrainedModel.save_pretrained``'s.
         """
         packed = getattr(self, "_uniq_push_packed", True) if packed is None else packed
+        onnx = getattr(self, "_uniq_push_onnx", False) if onnx is None else onnx
         if push_to_hub:  # save here, then upload through push_to_hub so every file goes up
             hub_keys = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr")
             hub = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
             self.save_pretrained(
                 save_directory, is_main_process, state_dict, packed=packed,
-                save_image_processor=save_image_processor, **kwargs,
+                save_image_processor=save_image_processor, onnx=onnx, **kwargs,
             )
             if not is_main_process:
                 return None
             repo_id = hub.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
-            return self.push_to_hub(repo_id, packed=packed, max_shard_size=kwargs.get("max_shard_size", "50GB"), **hub)
+            return self.push_to_hub(repo_id, packed=packed, onnx=onnx, max_shard_size=kwargs.get("max_shard_size", "50GB"), **hub)
         if state_dict is None:
             state_dict = self.packed_state_dict() if packed else dict(self.state_dict())
             state_dict[CHECKSUM_KEY] = state_dict_checksum(state_dict)
@@ -227,15 +231,21 @@ class UniQPreTrainedModel(PreTrainedModel):
         out = super().save_pretrained(save_directory, is_main_process, state_dict, False, **kwargs)
         if is_main_process:  # bits, method, granularity, policy into the safetensors metadata (packing.py)
             record_computation(save_directory, self.config, self.model)
+        if is_main_process and onnx:  # by name: remote code copies relative imports, and this one needs onnx
+            import importlib
+
+            exporter = importlib.import_module("uniq_hub.onnx_export")
+            exporter.export_onnx(self, os.path.join(save_directory, "onnx", "model.onnx"))
         return out
 
-    def push_to_hub(self, *args: Any, packed: bool = True, **kwargs: Any) -> Any:
-        """``PreTrainedModel.push_to_hub``, uploading the release format unless ``packed=False``."""
-        self._uniq_push_packed = packed
+    def push_to_hub(self, *args: Any, packed: bool = True, onnx: bool = False, **kwargs: Any) -> Any:
+        """``PreTrainedModel.push_to_hub``, uploading the release format unless ``packed=False``,
+        with ``onnx/model.onnx`` when ``onnx=True``."""
+        self._uniq_push_packed, self._uniq_push_onnx = packed, onnx
         try:
             return super().push_to_hub(*args, **kwargs)
         finally:
-            del self._uniq_push_packed
+            del self._uniq_push_packed, self._uniq_push_onnx
 
     # ------------------------------------------------------------------------------------------
     # Loading
