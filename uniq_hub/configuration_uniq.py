@@ -16,14 +16,11 @@ from transformers import PreTrainedConfig
 # the copy of this file saved next to a checkpoint, loaded as remote code, sees every arch).
 from .mobilenetv2 import mobilenetv2  # noqa: F401
 from .preresnet import resnet18  # noqa: F401
+from .constants import FP_BITS, IMAGENET_MEAN, IMAGENET_STD, SMALL_IMAGE
 from .quantize import QuantConfig
 from .registry import list_models
 
-FP_BITS = 32
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_MEAN, GRAY_STD = (0.5,), (0.5,)
-SMALL_IMAGE = 128  # below this input size images are resized to it, not cropped (crop_pct 1.0)
 _BIT_FIELDS = ("w_bits", "a_bits", "first_bits", "last_bits")
 _METHODS = ("uniq", "lsq")
 _GRANULARITIES = (None, "channel", "layer")

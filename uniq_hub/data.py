@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from torchvision.transforms import v2
 
 from .configuration_uniq import UniQConfig
+from .constants import IMAGENET_MEAN, IMAGENET_STD
 from .image_processing_uniq import UniQImageProcessor, to_float_image
 
 logger = logging.getLogger(__name__)
@@ -420,7 +421,7 @@ def load_image_dataset(source: str, split: str, *, streaming: bool = False, imag
 # Transforms
 
 NORMALIZATION: dict[str, Stats] = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
 }

@@ -41,8 +41,8 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_utils import ChannelDimension, PILImageResampling, infer_channel_dimension_format
 from transformers.processing_utils import ImagesKwargs
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .constants import IMAGENET_MEAN, IMAGENET_STD
+
 _LUMA = (299.0, 587.0, 114.0)  # ITU-R 601 in PIL's integer form, divided by 1000 after the sum
 # 8-bit PIL modes that are gray: read as "L" (alpha dropped); every other 8-bit mode is read as
 # PIL's convert("RGB") gives it, as transformers' load_image does before any image processor runs.

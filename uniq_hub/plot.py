@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .constants import FP_BITS
+
 __all__ = ["RunResult", "read_dynamics", "pick_quantizers", "plot_dynamics", "run_results", "plot_accuracy",
            "add_arguments", "run"]
 
-FP_BITS = 32
 _STATS = ("step", "std", "sqnr", "sqnr_opt")
 
 

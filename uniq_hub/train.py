@@ -43,6 +43,7 @@ from .checkpoint import (
     check_run_dir,
     clear_run_dir,
 )
+from .constants import SMALL_IMAGE
 from .distill import distillation_loss, load_teacher, teacher_logits
 from .train_config import TrainConfig, add_config_arguments, config_from_args
 
@@ -52,7 +53,6 @@ __all__ = ["DataBundle", "NonFiniteLossError", "Trainer", "load_data", "build_mo
            "add_arguments", "run", "main"]
 
 _ONE_CHANNEL_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
-SMALL_IMAGE = 128  # from this size up: ImageNet-style transforms (random-resized crop / resize + crop)
 
 
 # ---------------------------------------------------------------------------------------------

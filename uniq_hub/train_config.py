@@ -19,11 +19,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .constants import FP_BITS
 from .recipes import recipe_defaults, recipe_family
 
 __all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "resolve_config", "load_config_file"]
-
-FP_BITS = 32
 
 
 def _f(default: Any, help: str, **kw) -> Any:

@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .constants import FP_BITS
+
 ORG = "uniq"
-FP_BITS = 32
 RESULTS_ENV = "UNIQ_HUB_RESULTS"
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 RESULT_KEYS = ("model_id", "dataset", "split", "top1", "top5", "num_examples", "command")
