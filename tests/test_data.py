@@ -337,16 +337,17 @@ def test_label_mapping_by_name():
 
 def test_degenerate_training_splits_are_refused():
     ds = _labelled(6)
-    data.check_training_split(ds, class_names(ds), "six", "train", len(ds), 4)
+    data.check_training_split(ds, class_names(ds), "six", "train", len(ds))
+    data.check_batch_fits(6, 6, "six", "train")
     with pytest.raises(ValueError, match=r"dataset 'six' split 'train' has no examples"):
-        data.check_training_split(ds.select([]), class_names(ds), "six", "train", 0, 4)
+        data.check_training_split(ds.select([]), class_names(ds), "six", "train", 0)
     with pytest.raises(ValueError, match=r"'six' split 'train' has 6 examples, fewer than one batch of 8"):
-        data.check_training_split(ds, class_names(ds), "six", "train", 6, 8)
+        data.check_batch_fits(6, 8, "six", "train")
     with pytest.raises(ValueError, match=r"single class \['only'\]"):
-        data.check_training_split(ds, ["only"], "six", "train", 6, 4)
+        data.check_training_split(ds, ["only"], "six", "train", 6)
     same = ds.map(lambda row: {"label": 3})
     with pytest.raises(ValueError, match=r"every example has the same class \['3'\]"):
-        data.check_training_split(same, class_names(ds), "six", "train", 6, 4)
+        data.check_training_split(same, class_names(ds), "six", "train", 6)
 
 
 def test_a_corrupt_image_is_named(tmp_path):

@@ -227,7 +227,7 @@ def test_degenerate_datasets_are_refused_naming_the_dataset_or_file(tmp_path):
         load_data(config(one))
     few = _imagefolder(tmp_path / "few", {"cat": 2, "dog": 1})
     with pytest.raises(ValueError, match=f"dataset '{few}' split 'train' has 3 examples, fewer than one batch of 4"):
-        load_data(config(few))
+        train(config(few))
     empty = _imagefolder(tmp_path / "empty", {"train/cat": 0, "train/dog": 0, "test/cat": 1, "test/dog": 1})
     with pytest.raises(ValueError, match=f"dataset '{empty}' split 'train' has no examples .no files under"):
         load_data(config(empty))

@@ -12,11 +12,12 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from .constants import FP_BITS, IMAGENET_MEAN, IMAGENET_STD, SMALL_IMAGE
+
 # Imported for their side effect: they fill the architecture registry (kept explicit so that
 # the copy of this file saved next to a checkpoint, loaded as remote code, sees every arch).
 from .mobilenetv2 import mobilenetv2  # noqa: F401
 from .preresnet import resnet18  # noqa: F401
-from .constants import FP_BITS, IMAGENET_MEAN, IMAGENET_STD, SMALL_IMAGE
 from .quantize import QuantConfig
 from .registry import list_models
 

@@ -48,7 +48,7 @@ Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 __all__ = [
     "DatasetUnavailableError", "FASHION_MNIST_CLASSES", "NORMALIZATION", "TRANSFORM_STYLES", "ProcessorTransform",
-    "check_training_split", "class_names", "decode_image", "detect_columns", "eval_transform",
+    "check_batch_fits", "check_training_split", "class_names", "decode_image", "detect_columns", "eval_transform",
     "fashion_mnist_from_idx", "hub_reachable", "label_mapping", "load_image_dataset", "make_dataloader",
     "make_transform", "normalization_stats", "per_channel", "processor_for", "read_idx", "resolve_split",
     "train_transform",
@@ -584,14 +584,11 @@ def label_mapping(names: Sequence[str] | None, id2label: dict[Any, str], source:
 
 
 def check_training_split(ds: AnyDataset, names: Sequence[str] | None, source: str, split: str,
-                         num_examples: int, batch_size: int) -> None:
-    """Refuse a split a classifier cannot be trained on: no examples, fewer than one batch, one class."""
+                         num_examples: int) -> None:
+    """Refuse a split a classifier cannot be trained on: no examples, or a single class."""
     where = f"dataset {source!r} split {split!r}"
     if num_examples == 0:
         raise ValueError(f"{where} has no examples")
-    if num_examples < batch_size:
-        raise ValueError(f"{where} has {num_examples} examples, fewer than one batch of {batch_size}: "
-                         "lower --batch-size or add data")
     if names is not None and len(names) < 2:
         raise ValueError(f"{where} has a single class {list(names)}: a classifier needs at least two")
     if isinstance(ds, Dataset):
@@ -599,6 +596,13 @@ def check_training_split(ds: AnyDataset, names: Sequence[str] | None, source: st
         if len(present) < 2:
             shown = [names[i] for i in present] if names else present
             raise ValueError(f"{where}: every example has the same class {shown}: a classifier needs at least two")
+
+
+def check_batch_fits(num_examples: int, batch_size: int, source: str, split: str) -> None:
+    """Refuse a training split smaller than one batch (full batches only: it would give no step)."""
+    if num_examples < batch_size:
+        raise ValueError(f"dataset {source!r} split {split!r} has {num_examples} examples, fewer than one batch of "
+                         f"{batch_size}: lower --batch-size or add data")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ def _num_examples(ds: Any, cfg: TrainConfig) -> int:
 def load_data(cfg: TrainConfig) -> DataBundle:
     """Both splits through :mod:`uniq_hub.data`; the image processor the model will ship (ImageNet-style
     from 128 px up, CIFAR-style below; known datasets' own statistics) and the transforms built from it.
-    Splits a classifier cannot be trained on (empty, smaller than a batch, one class) are refused."""
+    Splits a classifier cannot be trained on (empty, one class) are refused."""
     from . import data
 
     common = dict(image_column=cfg.image_column, label_column=cfg.label_column)
@@ -114,7 +114,7 @@ def load_data(cfg: TrainConfig) -> DataBundle:
     if not names:
         raise ValueError(f"dataset {cfg.dataset!r}: the label column has no class names (a ClassLabel feature)")
     num_train = _num_examples(train, cfg)
-    data.check_training_split(train, names, cfg.dataset, cfg.train_split, num_train, cfg.batch_size)
+    data.check_training_split(train, names, cfg.dataset, cfg.train_split, num_train)
     if len(evaluation) == 0:
         raise ValueError(f"dataset {cfg.dataset!r} split {cfg.eval_split!r} has no examples to evaluate on")
     image = _first_image(train)
@@ -307,6 +307,7 @@ class Trainer:
             (cfg.run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         set_seed(cfg.seed)
         bundle = load_data(cfg)
+        data.check_batch_fits(bundle.num_train, cfg.batch_size, cfg.dataset, cfg.train_split)
         per_batch = _per_process_batch(cfg, acc.num_processes)
         train_loader = data.make_dataloader(bundle.train, bundle.train_transform, per_batch, shuffle=True,
                                             num_workers=cfg.num_workers, seed=cfg.seed, drop_last=True,
