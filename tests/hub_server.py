@@ -660,7 +660,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Error-Message"] = err.message.encode("ascii", "replace").decode()
             if err.code:
                 headers["X-Error-Code"] = err.code
-        except Exception as err:  # a bug in this server: answer 500 and keep serving
+        except Exception as err:  # noqa: BLE001 - a bug in this server: answer 500 and keep serving
             traceback.print_exc()
             status, headers, body = _json({"error": f"test Hub crashed: {err!r}"}, 500)
         self.send_response(status)

@@ -242,7 +242,8 @@ def test_not_an_image(tmp_path, folder):
     for path, problem in ((text, "cannot identify image file"), (truncated, "")):
         with pytest.raises(ValueError) as info:
             processor(str(path))
-        assert str(path) in str(info.value) and "not a readable image file" in str(info.value) and problem in str(info.value)
+        message = str(info.value)
+        assert str(path) in message and "not a readable image file" in message and problem in message
     with pytest.raises(FileNotFoundError, match="no such image file"):
         processor(str(tmp_path / "missing.png"))
     with pytest.raises(ValueError, match="expected an image .* got dict"):

@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 
 from uniq_hub.cards import checkpoint_size
 from uniq_hub.cli import main
-from uniq_hub.zoo import get_entry
 from uniq_hub.publish import PublishError, plan_upload
+from uniq_hub.zoo import get_entry
 
 CONFIG = {
     "model_type": "uniq", "arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 10, "in_chans": 1,
@@ -49,7 +49,8 @@ def real_export(folder: Path) -> Path:
     from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
 
     torch.manual_seed(0)
-    model = UniQForImageClassification(UniQConfig(**{k: v for k, v in CONFIG.items() if k not in ("model_type", "auto_map")}))
+    fields = {k: v for k, v in CONFIG.items() if k not in ("model_type", "auto_map")}
+    model = UniQForImageClassification(UniQConfig(**fields))
     calibrate(model.model, [torch.randn(4, 1, 28, 28)], 1)
     model.eval().save_pretrained(folder)
     return folder
@@ -76,7 +77,8 @@ def test_validation_names_the_problem(tmp_path):
     cases = [
         (lambda: (folder / "model.safetensors").unlink(), r"model\.safetensors: missing"),
         (lambda: (folder / "preprocessor_config.json").unlink(), r"preprocessor_config\.json: missing"),
-        (lambda: (folder / "quantize.py").unlink(), r"quantize\.py: missing; a relative import in configuration_uniq\.py"),
+        (lambda: (folder / "quantize.py").unlink(),
+         r"quantize\.py: missing; a relative import in configuration_uniq\.py"),
         (lambda: (folder / "modeling_uniq.py").unlink(), r"modeling_uniq\.py: missing; config\.json's auto_map"),
         (lambda: (folder / "image_processing_uniq.py").unlink(),
          r"image_processing_uniq\.py: missing; preprocessor_config\.json's auto_map"),
@@ -119,7 +121,8 @@ def test_dry_run_contacts_nothing(export, hub_server, capsys):
     assert "__pycache__" not in out and not (folder / "README.md").exists()
     plan = plan_upload(folder, "uniq/resnet20-fashion-mnist-w2a2")
     card = ModelCard(plan.generated["README.md"].decode())  # the folder's measured number goes in the card
-    assert [(r.metric_value, r.dataset_type) for r in card.data.eval_results][:1] == [(90.5, "zalando-datasets/fashion_mnist")]
+    results = [(r.metric_value, r.dataset_type) for r in card.data.eval_results]
+    assert results[:1] == [(90.5, "zalando-datasets/fashion_mnist")]
 
 
 def test_private_repo_and_revision_branch(export, hub_server, hub_token, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -13,11 +14,22 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_publish import export, pristine  # noqa: F401  (fixtures: a real tiny export)
+from test_publish import real_export
 
 from uniq_hub.cli import main
 from uniq_hub.modeling_uniq import CHECKSUM_KEY, state_dict_checksum
 from uniq_hub.publish import PublishError, plan_upload, publish
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return real_export(tmp_path_factory.mktemp("pristine") / "export")
+
+
+@pytest.fixture()
+def export(tmp_path, pristine):
+    """A fresh copy of a real export (byte-identical to test_publish's: one verification serves both)."""
+    return Path(shutil.copytree(pristine, tmp_path / "export"))
 
 
 def _publish_error(folder: Path, match: str, **kwargs) -> str:
@@ -93,14 +105,15 @@ def test_config_that_disagrees_with_the_weights_is_refused(export, changes, matc
     _publish_error(export, match)
 
 
-def test_processor_config_is_checked(export, caplog):
+def test_processor_config_is_checked(export):
     _edit_json(export / "preprocessor_config.json", image_std=[0.0])
     _publish_error(export, "preprocessor_config.json: 'image_std' is [0.0]; expected numbers, each positive and finite")
     _edit_json(export / "preprocessor_config.json", image_std=[0.5], crop_size={"height": 32, "width": 32})
     plan = plan_upload(export, "me/model")
-    assert plan.warnings == [f"{export / 'preprocessor_config.json'}: crop_size {{'height': 32, 'width': 32}} disagrees "
-                             "with config.json image_size 28: the model would see inputs of another size than it was "
-                             "trained on"]
+    assert plan.warnings == [
+        f"{export / 'preprocessor_config.json'}: crop_size {{'height': 32, 'width': 32}} disagrees with config.json "
+        "image_size 28: the model would see inputs of another size than it was trained on"
+    ]
 
 
 TAMPER = '''

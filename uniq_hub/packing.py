@@ -72,7 +72,8 @@ def pack_bits(codes: Tensor, bits: int) -> Tensor:
     flat = codes.reshape(-1)
     n = flat.numel()
     if n and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits):
-        raise ValueError(f"codes must lie in 0..{(1 << bits) - 1} for {bits} bits, got {int(flat.min())}..{int(flat.max())}")
+        lo, hi = int(flat.min()), int(flat.max())
+        raise ValueError(f"codes must lie in 0..{(1 << bits) - 1} for {bits} bits, got {lo}..{hi}")
     out = torch.empty(-(-n // 8) * bits, dtype=torch.uint8)
     code_shifts = torch.arange(8, dtype=torch.int64) * bits
     byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
@@ -195,7 +196,9 @@ def unpack_state_dict(
     return out
 
 
-def expected_layout(model: nn.Module, prefix: str = "", packed: bool = False) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+def expected_layout(
+    model: nn.Module, prefix: str = "", packed: bool = False
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """``{key: (shape, dtype)}`` of the state dict a checkpoint of ``model`` holds, packed or not
     (``model`` may live on the meta device)."""
     layout = {prefix + k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
@@ -209,7 +212,9 @@ def expected_layout(model: nn.Module, prefix: str = "", packed: bool = False) ->
 def information_bytes(model: nn.Module) -> int:
     """Information-theoretic size of a release checkpoint: ``numel * bits / 8`` for each quantized
     weight plus the bytes of every other tensor of the state dict."""
-    quantized = {f"{name}.weight": (layer.weight.numel(), wq.bits) for name, (layer, wq) in quantized_layers(model).items()}
+    quantized = {
+        f"{name}.weight": (layer.weight.numel(), wq.bits) for name, (layer, wq) in quantized_layers(model).items()
+    }
     total = 0.0
     for key, tensor in model.state_dict().items():
         numel_bits = quantized.get(key)
@@ -292,8 +297,8 @@ def check_metadata(
     builds; the first difference raises :class:`CheckpointError` naming file, key, value and the
     expected value. A file without the metadata passes (it predates it)."""
     if not any(k.startswith(METADATA_PREFIX) for k in metadata):
-        logger.warning("%s: no %s* metadata (written by an older uniq_hub); the quantization recorded in "
-                       "config.json cannot be checked against the weights beyond their byte counts", path, METADATA_PREFIX)
+        logger.warning("%s: no %s* metadata (written by an older uniq_hub); the quantization recorded in config.json "
+                       "cannot be checked against the weights beyond their byte counts", path, METADATA_PREFIX)
         return
     expected = computation_metadata(config, model)
     hint = ("config.json and the weights disagree: the weights were written for another quantization and would "
@@ -302,7 +307,9 @@ def check_metadata(
         if key not in metadata:
             raise CheckpointError(path, f"metadata key {key!r} is missing (expected {expected[key]})")
         if json.loads(metadata[key]) != json.loads(expected[key]):
-            raise CheckpointError(path, f"metadata {key!r} is {metadata[key]} but config.json gives {expected[key]}; {hint}")
+            raise CheckpointError(
+                path, f"metadata {key!r} is {metadata[key]} but config.json gives {expected[key]}; {hint}"
+            )
     try:
         stored = json.loads(metadata[QUANTIZERS_KEY])
     except (KeyError, json.JSONDecodeError) as err:
@@ -372,9 +379,10 @@ def check_processor_config(
     ):
         values = processor.get(key)
         values = [values] if isinstance(values, (int, float)) else values
-        if values is not None and not (
-            isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v) for v in values)
-        ):
+        numbers = isinstance(values, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v) for v in values
+        )
+        if values is not None and not numbers:
             raise CheckpointError(path, f"{key!r} is {values!r}; expected numbers, each {expected}")
     side = config.get("image_size")
     if processor.get("do_center_crop", True) and isinstance(processor.get("crop_size"), dict):
@@ -397,8 +405,9 @@ def check_values(state: Mapping[str, Tensor], path: str | os.PathLike | None = N
             bad = ~(torch.isfinite(tensor) & (tensor > 0))
             if bool(bad.any()):
                 value = tensor.reshape(-1)[bad.reshape(-1)][0].item()
-                raise CheckpointError(path, f"{key!r} holds step sizes that are not positive and finite (e.g. {value}); "
-                                            "expected every step > 0")
+                raise CheckpointError(
+                    path, f"{key!r} holds step sizes that are not positive and finite (e.g. {value}); expected > 0"
+                )
         elif key.endswith(".running_var") and tensor.is_floating_point() and bool((tensor < 0).any()):
             value = tensor[tensor < 0].reshape(-1)[0].item()
             raise CheckpointError(path, f"{key!r} holds a negative BatchNorm variance ({value}); expected >= 0")
@@ -406,7 +415,7 @@ def check_values(state: Mapping[str, Tensor], path: str | os.PathLike | None = N
 
 __all__ = [
     "CheckpointError", "METADATA_PREFIX", "PACKED_SUFFIX", "POLICY_FIELDS", "QUANTIZERS_KEY", "add_metadata",
-    "check_header", "check_processor_config", "record_computation", "weight_files", "check_metadata", "check_values", "computation_metadata", "describe_quantizer", "expected_layout",
-    "information_bytes", "is_packed", "pack_bits", "pack_state_dict", "packed_nbytes", "quantized_layers",
-    "unpack_bits", "unpack_state_dict",
+    "check_header", "check_processor_config", "record_computation", "weight_files", "check_metadata", "check_values",
+    "computation_metadata", "describe_quantizer", "expected_layout", "information_bytes", "is_packed", "pack_bits",
+    "pack_state_dict", "packed_nbytes", "quantized_layers", "unpack_bits", "unpack_state_dict",
 ]
