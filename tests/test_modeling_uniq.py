@@ -83,7 +83,8 @@ def _assert_same_tensors(a: dict, b: dict, skip=()):
         (dict(w_bits=1, a_bits=1), False),
         (dict(w_bits=4, a_bits=4, method="lsq", weight_granularity="layer"), False),
     ],
-    ids=["w2a2-packed", "w1a1-packed", "w4a4-lsq-layer-packed", "w3a3-gray-packed", "w1a1-latent", "w4a4-lsq-layer-latent"],
+    ids=["w2a2-packed", "w1a1-packed", "w4a4-lsq-layer-packed", "w3a3-gray-packed", "w1a1-latent",
+         "w4a4-lsq-layer-latent"],
 )
 def test_save_and_reload_is_bit_exact(tmp_path, kwargs, packed):
     model = tiny(**kwargs)

@@ -12,11 +12,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForImageClassification
-from train_helpers import eager_kernels  # noqa: F401
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
+from train_helpers import eager_kernels  # noqa: F401
 from uniq_hub import (
-    CheckpointError, UniQConfig, UniQForImageClassification, UniQImageProcessor, UniQModel, calibrate, list_models,
+    CheckpointError,
+    UniQConfig,
+    UniQForImageClassification,
+    UniQImageProcessor,
+    UniQModel,
+    calibrate,
+    list_models,
     quantizers,
 )
 from uniq_hub.data import FASHION_MNIST_DIR, read_idx
@@ -145,7 +151,8 @@ def test_new_labels_reinitialise_only_the_classifier(tmp_path, packed):
     source = tiny()
     source.save_pretrained(tmp_path / "src", packed=packed)
     reference = dict(UniQForImageClassification.from_pretrained(tmp_path / "src").state_dict())
-    with pytest.raises(CheckpointError, match=r"model\.fc\.bias \(4,\) \(config: \(5,\)\).*ignore_mismatched_sizes=True"):
+    misfit = r"model\.fc\.bias \(4,\) \(config: \(5,\)\).*ignore_mismatched_sizes=True"
+    with pytest.raises(CheckpointError, match=misfit):
         UniQForImageClassification.from_pretrained(tmp_path / "src", num_labels=5)
 
     torch.manual_seed(3)

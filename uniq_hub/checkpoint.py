@@ -30,6 +30,8 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from .atomic import write_json_atomic
+
 __all__ = ["CheckpointError", "CheckpointWriteError", "RunDirectoryError", "TrainerState", "Checkpointer",
            "check_run_dir", "clear_run_dir", "latest_checkpoint", "list_checkpoints", "read_trainer_state",
            "verify_checkpoint"]
@@ -192,15 +194,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
     """Size and SHA-256 of every file under ``folder`` (fsynced on the way)."""
     files = {}
@@ -267,7 +260,7 @@ class Checkpointer:
                 if scheduler is not None:
                     state.scheduler = scheduler.state_dict()
                 state.files = _manifest(tmp)
-                _write_json_atomic(tmp / STATE_FILE, state.to_dict())  # last: it marks the copy complete
+                write_json_atomic(tmp / STATE_FILE, state.to_dict(), fsync=True)  # last: it marks the copy complete
                 _fsync(tmp)
         except Exception as err:  # noqa: BLE001  (torch: RuntimeError, safetensors: SafetensorError, OSError ...)
             if acc.is_main_process and tmp.exists():

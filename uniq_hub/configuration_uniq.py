@@ -95,7 +95,8 @@ class UniQConfig(PreTrainedConfig):
             try:
                 ids = sorted(int(k) for k in self.id2label)
             except (TypeError, ValueError) as err:
-                raise ValueError(f"UniQConfig.id2label keys must be class indices, got {list(self.id2label)[:5]}") from err
+                raise ValueError(
+                    f"UniQConfig.id2label keys must be class indices, got {list(self.id2label)[:5]}") from err
             if ids != list(range(len(ids))):
                 raise ValueError(f"UniQConfig.id2label keys must be 0..{len(ids) - 1}, got {ids[:5]}...")
         super().__post_init__(**kwargs)

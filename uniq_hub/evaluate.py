@@ -11,7 +11,6 @@ gathered across processes, padding dropped).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 from pathlib import Path

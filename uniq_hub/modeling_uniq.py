@@ -34,14 +34,21 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttenti
 
 from .configuration_uniq import UniQConfig
 from .image_processing_uniq import UniQImageProcessor
-from .modules import UniQQuantizer
 
 # Imported for their side effect: they fill the architecture registry (this file also runs as
 # remote code, without uniq_hub's __init__).
 from .mobilenetv2 import mobilenetv2  # noqa: F401
+from .modules import UniQQuantizer
 from .packing import (
-    PACKED_SUFFIX, CheckpointError, check_header, check_values, expected_layout, is_packed, pack_state_dict,
-    record_computation, unpack_state_dict,
+    PACKED_SUFFIX,
+    CheckpointError,
+    check_header,
+    check_values,
+    expected_layout,
+    is_packed,
+    pack_state_dict,
+    record_computation,
+    unpack_state_dict,
 )
 from .preresnet import resnet18  # noqa: F401
 from .quantize import quantize_
@@ -220,7 +227,8 @@ class UniQPreTrainedModel(PreTrainedModel):
             if not is_main_process:
                 return None
             repo_id = hub.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
-            return self.push_to_hub(repo_id, packed=packed, onnx=onnx, max_shard_size=kwargs.get("max_shard_size", "50GB"), **hub)
+            shard = kwargs.get("max_shard_size", "50GB")
+            return self.push_to_hub(repo_id, packed=packed, onnx=onnx, max_shard_size=shard, **hub)
         if state_dict is None:
             state_dict = self.packed_state_dict() if packed else dict(self.state_dict())
             state_dict[CHECKSUM_KEY] = state_dict_checksum(state_dict)
@@ -396,7 +404,8 @@ def load_checked_state_dict(
         raise CheckpointError(path, "the checkpoint holds no tensors")
     checksum = state.pop(CHECKSUM_KEY, None)
     if checksum is not None and not torch.equal(checksum, state_dict_checksum(state)):
-        raise CheckpointError(path, "checksum mismatch: the tensor data is corrupted (sha256 differs from the stored one)")
+        raise CheckpointError(
+            path, "checksum mismatch: the tensor data is corrupted (sha256 differs from the stored one)")
     packed = is_packed(state)
     layout = expected_layout(model.model, _PREFIX, packed)
     config = model.config

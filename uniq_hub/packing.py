@@ -35,6 +35,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_path
 from .modules import _MIN_STEP, UniQQuantizer, _QuantizedMixin
 from .quant import dequantize_codes, quantize_codes
 from .quantize import quantizers
@@ -263,9 +264,8 @@ def add_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
     with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
         merged = {**(f.metadata() or {}), **metadata}
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    save_file(tensors, os.fspath(tmp), metadata=merged)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, os.fspath(tmp), metadata=merged)
 
 
 def weight_files(folder: str | os.PathLike) -> list[Path]:
