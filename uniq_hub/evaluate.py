@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from .atomic import write_json_atomic
 from .data import ProcessorTransform
 
 __all__ = ["split_batch", "topk_correct", "evaluate_model", "ProcessorTransform", "evaluate", "write_results",
@@ -87,12 +88,7 @@ def evaluate_model(model: nn.Module, batches: Iterable, accelerator=None, progre
 
 def write_results(path: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Write one results record (atomically) and return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, record)
 
 
 def evaluate(
