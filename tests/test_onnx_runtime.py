@@ -159,3 +159,13 @@ def test_save_and_push_carry_the_onnx_model(hub_server, hub_token, tmp_path):
     image = np.random.default_rng(3).integers(0, 256, (28, 28)).astype(np.uint8)
     local = OnnxImageClassifier.from_pretrained(tmp_path / "saved", backend="onnxruntime")
     np.testing.assert_array_equal(clf.logits(image), local.logits(image))
+
+
+def test_training_export_writes_the_onnx_model(tmp_path):
+    from uniq_hub.export import export_model
+
+    model = _model(seed=3)
+    folder = export_model(model, tmp_path / "export", record={"top1": 50.0})
+    assert (folder / ONNX_FILE).is_file()
+    assert verify_onnx(folder)["argmax_agreement"] == 1.0
+    assert not (export_model(model, tmp_path / "no-onnx", record={}, onnx=False) / ONNX_FILE).exists()
