@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reference-images", type=int, default=500)
     p.add_argument("--output", default=str(ROOT / "benchmarks/results/deploy-fashion-mnist.json"))
     args = p.parse_args(argv)
+    from uniq_hub.quant_kernels import set_compile
+
+    set_compile(False)  # eager quantizer kernels: no compile warm-up inside the measured loop
     results = [check(f, args.dataset, args.split, args.max_samples, args.reference_images) for f in args.folders]
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "python benchmarks/deploy_accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
