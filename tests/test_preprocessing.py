@@ -15,6 +15,7 @@ from transformers.image_utils import load_image
 
 from train_helpers import eager_kernels  # noqa: F401
 from uniq_hub import UniQConfig, UniQForImageClassification, calibrate, data
+from uniq_hub.cli import main
 from uniq_hub.evaluate import evaluate
 
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "F"]
@@ -180,6 +181,8 @@ def test_evaluate_agrees_with_the_pipeline_on_an_imagefolder(model_dir, tmp_path
     images[0].save(tree / "yak" / "y.png")
     with pytest.raises(ValueError, match=r"has classes the model does not know: \['yak'\]"):
         evaluate(model_dir, str(tree), "train", batch_size=8, num_workers=0)
+    with pytest.raises(SystemExit, match=r"^uniq-hub evaluate: dataset .* does not know: \['yak'\]"):
+        main(["evaluate", model_dir, "--dataset", str(tree), "--split", "train", "--num-workers", "0", "--no-progress"])
 
 
 # ---------------------------------------------------------------------------------------------

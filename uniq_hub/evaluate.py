@@ -179,11 +179,14 @@ def run(args: argparse.Namespace) -> int:
         except KeyError as err:
             raise SystemExit(f"uniq-hub evaluate: --zoo-name: {err.args[0]}") from None
     command = _command(args)
-    record = evaluate(
-        args.model, args.dataset, args.split, args.batch_size, args.max_samples, args.num_workers,
-        args.image_column, args.label_column, args.streaming, command=command, progress=args.progress,
-        runtime=args.runtime,
-    )
+    try:
+        record = evaluate(
+            args.model, args.dataset, args.split, args.batch_size, args.max_samples, args.num_workers,
+            args.image_column, args.label_column, args.streaming, command=command, progress=args.progress,
+            runtime=args.runtime,
+        )
+    except (ValueError, OSError) as err:  # unknown classes, unreadable images, missing data: one line
+        raise SystemExit(f"uniq-hub evaluate: {err}") from err
     if args.zoo_name:
         record["zoo_name"] = args.zoo_name
     results_file = "eval_results.json" if args.runtime == "torch" else f"eval_results_{args.runtime}.json"
