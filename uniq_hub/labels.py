@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from timm.data import ImageNetInfo
+
 
 def imagenet_id2label() -> dict[int, str]:
     """The 1000 ImageNet-1k class names (timm's descriptions, e.g. 0 -> "tench, Tinca tinca")."""
-    from timm.data import ImageNetInfo
-
     return dict(enumerate(ImageNetInfo().label_descriptions()))
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .atomic import atomic_path
@@ -258,9 +260,6 @@ def add_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
     transformers' ``save_pretrained`` writes only ``{"format": "pt"}`` (other metadata only
     through an ``hf_quantizer``), hence this second pass over the (small) release file.
     """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
         merged = {**(f.metadata() or {}), **metadata}
@@ -338,8 +337,6 @@ def check_header(
     declares must be one ``model`` expects (packed or latent layout, plus ``extra_keys``, e.g. a
     checksum; a base model without classifier also accepts the classifier's tensors), and its
     metadata must match ``config`` (:func:`check_metadata`). Returns the metadata."""
-    from safetensors import safe_open
-
     try:
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             keys, metadata = list(f.keys()), dict(f.metadata() or {})
