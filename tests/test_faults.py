@@ -24,8 +24,8 @@ from torch import nn
 from train_helpers import eager_kernels, make_tiny_dataset  # noqa: F401
 from uniq_hub import QuantConfig, calibrate, checkpoint, quantize_
 from uniq_hub.checkpoint import (
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     CheckpointWriteError,
     RunDirectoryError,
     TrainerState,

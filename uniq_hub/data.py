@@ -576,7 +576,8 @@ def label_mapping(names: Sequence[str] | None, id2label: dict[Any, str], source:
         return [int(i) for i in ids]
     if names == [str(i) for i in range(len(names))]:  # unnamed integer labels
         if len(names) > len(model):
-            raise ValueError(f"dataset {source!r} has labels 0..{len(names) - 1} but the model has {len(model)} classes")
+            raise ValueError(f"dataset {source!r} has labels 0..{len(names) - 1} but the model has "
+                             f"{len(model)} classes")
         return list(range(len(names)))
     unknown = [n for n, i in zip(names, ids) if i is None]
     raise ValueError(f"dataset {source!r} has classes the model does not know: {unknown[:10]}"

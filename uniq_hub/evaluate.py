@@ -139,7 +139,8 @@ def evaluate(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model folder (an export) or Hub repo id")
-    parser.add_argument("--dataset", required=True, help="HF dataset name, imagefolder / save_to_disk dir, fashion_mnist")
+    parser.add_argument("--dataset", required=True,
+                        help="HF dataset name, imagefolder / save_to_disk dir, fashion_mnist")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-samples", type=int, help="only the first N examples")

@@ -244,7 +244,8 @@ class UniQImageProcessor(TorchvisionBackend):
                     return [item]
                 if item.ndim == 4:
                     return list(item)
-                raise ValueError(f"an image array must have 2, 3 or 4 (batch) dimensions, got shape {tuple(item.shape)}")
+                raise ValueError(
+                    f"an image array must have 2, 3 or 4 (batch) dimensions, got shape {tuple(item.shape)}")
             if isinstance(item, (list, tuple)) and depth < 2:
                 return [img for x in item for img in flatten(x, depth + 1)]
             raise ValueError(

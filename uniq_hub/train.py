@@ -31,12 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import (
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     CheckpointWriteError,
     RunDirectoryError,
     TrainerState,
@@ -431,9 +430,10 @@ class Trainer:
         if not torch.isfinite(total):
             state = self.state
             raise NonFiniteLossError(
-                f"the training loss became {total.item()} by step {state.global_step} (epoch {self.epoch_progress:.2f}) "
-                f"of {self.cfg.run_dir}: training stopped and nothing was exported; the checkpoints hold the last "
-                "steps before it. Lower --lr or check the data for NaN / infinite pixels.")
+                f"the training loss became {total.item()} by step {state.global_step} "
+                f"(epoch {self.epoch_progress:.2f}) of {self.cfg.run_dir}: training stopped and nothing was "
+                "exported; the checkpoints hold the last steps before it. Lower --lr or check the data for NaN / "
+                "infinite pixels.")
 
     def _after_step(self, inputs, bar) -> None:
         cfg, state, acc = self.cfg, self.state, self.accelerator
