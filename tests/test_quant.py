@@ -200,3 +200,31 @@ def test_gradient_scaling_and_lsq_init():
     (3 * y).backward()
     assert float(s.grad) == pytest.approx(0.75)
     assert lsq_init_step(0.5, 2, "activation") == pytest.approx(2 * 0.5 / math.sqrt(3))
+
+
+# Recorded with the implementation before the math / kernels split (commit 9c452da): sha256 (first
+# 16 hex digits) of Q(x) and dQ/dx bytes, and the summed step gradient, for seeded float64 inputs.
+GOLDEN = {
+    "symmetric": ("7fb7000598ab17c9", -18.831982769455347),
+    "unsigned": ("27813de4e3aaaedd", 4.501001236457318),
+    "twos_complement": ("e768b231810e6dc3", -10.145495607516079),
+}
+
+
+def test_values_and_gradients_unchanged_since_before_the_split():
+    import hashlib
+
+    from uniq_hub.quant_kernels import fake_quant_learnable
+
+    gen = torch.Generator().manual_seed(12)
+    cases = [("symmetric", 2, (8, 3, 5, 5), (8, 1, 1, 1)), ("unsigned", 3, (4, 6, 7, 7), ()),
+             ("twos_complement", 4, (16, 20), (16, 1))]
+    for scheme, bits, shape, step_shape in cases:
+        x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2).requires_grad_(True)
+        s = (torch.rand(step_shape, generator=gen, dtype=torch.float64) * 0.5 + 0.1).requires_grad_(True)
+        g = torch.randn(shape, generator=gen, dtype=torch.float64)
+        q = fake_quant_learnable(x, s, *code_range(bits, scheme), 0.3, 1e-8)
+        q.backward(g)
+        digest = hashlib.sha256(q.detach().numpy().tobytes() + x.grad.numpy().tobytes()).hexdigest()[:16]
+        assert digest == GOLDEN[scheme][0], scheme
+        assert float(s.grad.sum()) == pytest.approx(GOLDEN[scheme][1], rel=1e-12), scheme
