@@ -1,5 +1,6 @@
 """The quantizer math: Table 1, level sets, symmetry, idempotence, STE gradients (Eq. 6)."""
 
+import hashlib
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from uniq_hub.quant import (
     code_range,
     dequantize_codes,
+    fake_quant,
     fake_quant_activation,
     fake_quant_weight,
     fake_quant_weight_lsq,
@@ -20,6 +22,7 @@ from uniq_hub.quant import (
     quantize_codes,
     scale_grad,
 )
+from uniq_hub.quant_kernels import fake_quant_learnable
 
 # Table 1 of the paper: N -> (D_w^u, SQNR_w dB, D_a^u, SQNR_a dB).
 TABLE1 = {2: (1.596, 4.4, 1.224, 5.5), 4: (0.996, 9.3, 0.651, 11.6), 8: (0.586, 14.3, 0.353, 17.2),
@@ -185,8 +188,6 @@ def test_codes_round_trip_to_fake_quantized_values(scheme, bits):
     step = torch.rand(64, 1, generator=torch.Generator().manual_seed(1)) + 0.05
     codes = quantize_codes(x, step, bits, scheme)
     assert codes.dtype == torch.uint8 and int(codes.max()) <= 2**bits - 1
-    from uniq_hub.quant import fake_quant
-
     assert torch.equal(dequantize_codes(codes, step, bits, scheme), fake_quant(x, step, *code_range(bits, scheme)))
 
 
@@ -212,10 +213,6 @@ GOLDEN = {
 
 
 def test_values_and_gradients_unchanged_since_before_the_split():
-    import hashlib
-
-    from uniq_hub.quant_kernels import fake_quant_learnable
-
     gen = torch.Generator().manual_seed(12)
     cases = [("symmetric", 2, (8, 3, 5, 5), (8, 1, 1, 1)), ("unsigned", 3, (4, 6, 7, 7), ()),
              ("twos_complement", 4, (16, 20), (16, 1))]
