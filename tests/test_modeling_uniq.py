@@ -130,6 +130,21 @@ def test_latent_checkpoint_resumes_training(tmp_path):
     assert reloaded.model.layer1[0].conv1.weight.grad is not None
 
 
+def test_step_pushed_negative_by_training_still_saves_and_reloads(tmp_path):
+    """Training can drive a raw step below zero (the forward clamps it): the latent checkpoint keeps
+    the raw value and reloads exactly; the packed release stores the clamped step and gives the same logits."""
+    model = tiny()
+    with torch.no_grad():
+        model.model.fc.weight_quantizer.step.neg_()
+    model.save_pretrained(tmp_path / "latent", packed=False)
+    latent = UniQForImageClassification.from_pretrained(tmp_path / "latent")
+    _assert_same_tensors(model.state_dict(), latent.state_dict())
+    model.save_pretrained(tmp_path / "packed")
+    packed = UniQForImageClassification.from_pretrained(tmp_path / "packed")
+    assert bool((packed.model.fc.weight_quantizer.step > 0).all())
+    torch.testing.assert_close(logits(packed), logits(model), rtol=0, atol=1e-5)
+
+
 def test_saved_folder_carries_code_auto_map_and_preprocessor(tmp_path):
     tiny().save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

@@ -17,10 +17,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+from accelerate import Accelerator, PartialState
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from . import data
 from .atomic import write_json_atomic
 from .data import ProcessorTransform
+from .image_processing_uniq import UniQImageProcessor
+from .modeling_uniq import UniQForImageClassification
+from .zoo import get_entry
 
 __all__ = ["split_batch", "topk_correct", "evaluate_model", "ProcessorTransform", "evaluate", "write_results",
            "add_arguments", "run"]
@@ -60,8 +66,6 @@ def evaluate_model(model: nn.Module, batches: Iterable, accelerator=None, progre
     num_classes = None
     try:
         if progress:
-            from tqdm.auto import tqdm
-
             batches = tqdm(batches, desc="eval", leave=False, dynamic_ncols=True)
         for batch in batches:
             inputs, labels = split_batch(batch)
@@ -110,12 +114,6 @@ def evaluate(
     the results record. Dataset labels are matched to the model's ``id2label`` by class name (a
     class the model does not know is an error). ``runtime``: "torch", or an ONNX backend
     ("onnxruntime", "openvino") running the model's ``onnx/model.onnx`` on the same inputs."""
-    from accelerate import Accelerator
-
-    from . import data
-    from .image_processing_uniq import UniQImageProcessor
-    from .modeling_uniq import UniQForImageClassification
-
     accelerator = Accelerator()
     model = UniQForImageClassification.from_pretrained(model_id)
     processor = UniQImageProcessor.from_pretrained(model_id)
@@ -173,8 +171,6 @@ def _command(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.zoo_name:
-        from .zoo import get_entry
-
         try:
             args.zoo_name = get_entry(args.zoo_name).name
         except KeyError as err:
@@ -192,8 +188,6 @@ def run(args: argparse.Namespace) -> int:
         record["zoo_name"] = args.zoo_name
     results_file = "eval_results.json" if args.runtime == "torch" else f"eval_results_{args.runtime}.json"
     output = args.output or (Path(args.model) / results_file if Path(args.model).is_dir() else None)
-    from accelerate import PartialState
-
     if PartialState().is_main_process:
         top5 = "n/a" if record["top5"] is None else f"{record['top5']:.2f}%"
         print(f"{args.model} on {args.dataset}/{args.split}: top-1 {record['top1']:.2f}%  top-5 {top5}  "

@@ -429,7 +429,7 @@ def load_checked_state_dict(
             raise CheckpointError(path, f"{key!r} has dtype {got.dtype}, expected {dtype}")
         if got.is_floating_point() and not torch.isfinite(got).all():
             raise CheckpointError(path, f"{key!r} holds NaN or infinite values")
-    check_values(state, path)  # steps > 0, BatchNorm variances >= 0 (packing.py)
+    check_values(state, path, positive_steps=packed)  # steps > 0 (release files), BatchNorm variances >= 0
     return unpack_state_dict(state, model.model, prefix=_PREFIX, path=path) if packed else state
 
 

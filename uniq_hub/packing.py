@@ -135,7 +135,8 @@ def pack_state_dict(model: nn.Module, prefix: str = "") -> dict[str, Tensor]:
     to it exactly.
     ``prefix`` is prepended to the layer names (e.g. "model." for a wrapped architecture).
     """
-    state = {prefix + k: v for k, v in model.state_dict().items()}
+    # Steps as the forward uses them (kept positive): identical bytes for any step training left positive.
+    state = {prefix + k: _effective(v) if k.endswith("_quantizer.step") else v for k, v in model.state_dict().items()}
     for name, (layer, wq) in quantized_layers(model).items():
         # Codes of the weight the layer computes with (its quantizer's own output), so that
         # the file reproduces exactly what the model was evaluated with.
@@ -394,11 +395,12 @@ def check_processor_config(
             "another size than it was trained on"]
 
 
-def check_values(state: Mapping[str, Tensor], path: str | os.PathLike | None = None) -> None:
+def check_values(state: Mapping[str, Tensor], path: str | os.PathLike | None = None, positive_steps: bool = True) -> None:
     """Refuse step sizes that are not positive and finite and negative BatchNorm variances
-    (the model would silently clamp or produce NaN), naming the file and key."""
+    (the model would silently clamp or produce NaN), naming the file and key. ``positive_steps=False``
+    (latent training checkpoints, whose raw steps the forward clamps) checks only finiteness."""
     for key, tensor in state.items():
-        if key.endswith("_quantizer.step"):
+        if key.endswith("_quantizer.step") and positive_steps:
             bad = ~(torch.isfinite(tensor) & (tensor > 0))
             if bool(bad.any()):
                 value = tensor.reshape(-1)[bad.reshape(-1)][0].item()

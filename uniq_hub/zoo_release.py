@@ -20,11 +20,9 @@ from typing import Any
 
 from .zoo import ZooEntry, get_entry
 
-__all__ = ["RELEASE_DIR", "RELEASE_FILES", "release_folders", "training_record", "release_entry", "publish_zoo"]
+__all__ = ["RELEASE_DIR", "release_folders", "training_record", "release_entry", "publish_zoo"]
 
 RELEASE_DIR = Path(__file__).resolve().parent.parent / "zoo"
-# What a release folder holds (besides the remote-code *.py files and onnx/).
-RELEASE_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "eval_results.json")
 _NOT_OPTIONS = {"output_dir", "run_name", "progress", "log_with", "resume", "export"}  # bookkeeping, not results
 
 
@@ -63,15 +61,17 @@ def training_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _copy_release(export: Path, out: Path) -> None:
+def _save_release(export: Path, out: Path) -> None:
+    """The export loaded and saved again by this code: the same packed tensors, with this version's
+    safetensors metadata and remote code, and the exact ONNX graph."""
+    from .modeling_uniq import UniQForImageClassification
+    from .onnx_export import export_onnx
+
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for path in export.iterdir():
-        if path.is_file() and (path.name in RELEASE_FILES or path.suffix == ".py"):
-            shutil.copy2(path, tmp / path.name)
-    if (export / "onnx").is_dir():
-        shutil.copytree(export / "onnx", tmp / "onnx")
+    model = UniQForImageClassification.from_pretrained(export)
+    model.save_pretrained(tmp)
+    export_onnx(model, tmp / "onnx" / "model.onnx")
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
@@ -79,36 +79,27 @@ def _copy_release(export: Path, out: Path) -> None:
 
 def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str | os.PathLike = RELEASE_DIR,
                   num_workers: int = 2) -> dict[str, Any]:
-    """Copy the run's export into ``root/<name>`` (its exact ONNX graph exported when the export has
-    none), evaluate it on the entry's whole eval split (PyTorch and every ONNX runtime), write
-    ``eval_results.json`` and the card; returns the record."""
+    """Save the run's export into ``root/<name>`` (with its exact ONNX graph), evaluate it on the
+    entry's whole eval split (PyTorch and every ONNX runtime), write ``eval_results.json`` and the
+    card; returns the record."""
     from .cards import render_card
     from .evaluate import evaluate
 
     entry = get_entry(entry) if isinstance(entry, str) else entry
     out = Path(root) / entry.short_name
-    _copy_release(Path(run_dir) / "export", out)
-    if not (out / "onnx" / "model.onnx").is_file():
-        from .modeling_uniq import UniQForImageClassification
-        from .onnx_export import export_onnx
-
-        export_onnx(UniQForImageClassification.from_pretrained(out), out / "onnx" / "model.onnx")
+    _save_release(Path(run_dir) / "export", out)
     ds = entry.dataset
     command = f"uniq-hub evaluate zoo/{entry.short_name} --dataset {ds.hf_name} --split {ds.eval_split}"
     record = evaluate(str(out), ds.hf_name, ds.eval_split, num_workers=num_workers, command=command)
     record.update(model_id=entry.name, zoo_name=entry.name, training=training_record(run_dir))
-    onnx_results = _onnx_results(out, entry, num_workers)
-    if onnx_results:
-        record["onnx"] = onnx_results
+    record["onnx"] = _onnx_results(out, entry, num_workers)
     (out / "eval_results.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "README.md").write_text(render_card(entry, record, repo_id=entry.name, folder=out))
     return record
 
 
 def _onnx_results(folder: Path, entry: ZooEntry, num_workers: int) -> dict[str, Any]:
-    """Top-1 / top-5 of ``folder/onnx/model.onnx`` per runtime (none when the file is absent)."""
-    if not (folder / "onnx" / "model.onnx").is_file():
-        return {}
+    """Top-1 / top-5 of ``folder/onnx/model.onnx`` per ONNX runtime."""
     from .evaluate import evaluate
 
     ds = entry.dataset
