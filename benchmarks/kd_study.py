@@ -49,13 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoo-runs", type=Path, default=Path("runs/zoo"))
     parser.add_argument("--runs", type=Path, default=Path("runs/kd"))
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--w1a1-seeds", default="0,1", help="seeds of the w1a1 settings (the protocol: 0,1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/kd-fashion-mnist.json"))
     args = parser.parse_args(argv)
     args.runs.mkdir(parents=True, exist_ok=True)
     plan = {}
+    seeds = {"w2a2": SEEDS, "w1a1": tuple(int(s) for s in args.w1a1_seeds.split(","))}
     for bits in BITS:
         for kd in (False, True):
-            for seed in SEEDS:
+            for seed in seeds[bits]:
                 plan[(bits, kd, seed)] = f"resnet20-{bits}-{'kd' if kd else 'ce'}-seed{seed}"
     zoo_made = {(bits, False, 0): args.zoo_runs / f"resnet20-fashion-mnist-{bits}" for bits in BITS}
     todo = {k: v for k, v in plan.items() if k not in zoo_made}
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             top1 = [r["top1"] for r in records if r["bits"] == bits and r["kd"] == kd]
             settings.append({"bits": bits, "kd": kd, "top1": top1, "mean": statistics.mean(top1),
                              "spread": max(top1) - min(top1)})
-    result = {"command": "python benchmarks/kd_study.py --out " + str(args.out), "dataset": "fashion_mnist",
+    command = f"python benchmarks/kd_study.py --out {args.out} --w1a1-seeds {args.w1a1_seeds}"
+    result = {"command": command, "dataset": "fashion_mnist",
               "split": "test", "runs": records, "settings": settings}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print("| model | bits | KD | top-1 per seed (%) | mean (%) |\n|---|---|---|---|---|")

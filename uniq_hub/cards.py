@@ -176,7 +176,9 @@ def _policy(entry: ZooEntry) -> str:
     counts = ", ".join(f"{n} at {label}" for label, n in layers.items())
     return (
         f"Weights at {_bits(entry.w_bits)} and activations at {_bits(entry.a_bits)} (UniQ's symmetric weight quantizer, "
-        f"unsigned activation quantizer, learnable step sizes); {edges}. Weight step sizes per "
+        + ("unsigned activation quantizer, the symmetric one on layers that read a linear bottleneck (signed "
+           "inputs, not the paper's choice)" if entry.signed_inputs else "unsigned activation quantizer")
+        + f", learnable step sizes); {edges}. Weight step sizes per "
         f"{'output channel' if granularity == 'channel' else 'layer'}, activation step sizes per layer. "
         f"Convolution / linear layers: {counts}."
     )

@@ -233,6 +233,7 @@ def _zoo_options(name: str) -> dict[str, Any]:
     options = dict(
         zoo=entry.name, arch=entry.arch, dataset=entry.dataset.hf_name, eval_split=entry.dataset.eval_split,
         w_bits=entry.w_bits, a_bits=entry.a_bits, weight_granularity=entry.weight_granularity,
+        signed_inputs=entry.signed_inputs,
         optimizer=r.optimizer, lr=r.lr, epochs=r.epochs, batch_size=r.batch_size, weight_decay=r.weight_decay,
         warmup_epochs=r.warmup_epochs, warmup_lr=r.warmup_lr, calib_batches=r.calibration_batches,
         init_from=r.init_from, run_name=entry.short_name,
