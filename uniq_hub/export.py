@@ -6,11 +6,17 @@ The folder is what ``uniq-hub publish PATH --repo-id ...`` uploads.
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from transformers.utils import logging as hf_logging
+
+from .atomic import atomic_dir, write_json_atomic
+from .cards import entry_from_config, render_card
+from .onnx_runtime import ONNX_FILE
+from .zoo import get_entry
 
 __all__ = ["RESULTS_FILE", "card_entry", "export_model", "save_latent"]
 
@@ -19,27 +25,13 @@ RESULTS_FILE = "eval_results.json"
 
 def card_entry(model_config: Any, zoo_name: str | None, name: str, dataset: str):
     """The zoo entry the card describes: the zoo's when training a zoo model, else a card-only one."""
-    from .cards import entry_from_config
-    from .zoo import get_entry
-
     if zoo_name:
         return get_entry(zoo_name)
     return entry_from_config(model_config.to_dict(), name=name, dataset=dataset)
 
 
 def _quiet() -> None:
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    old = final.with_name(f".old-{final.name}")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_model(
@@ -51,30 +43,22 @@ def export_model(
     card; ``entry``: the zoo entry for the card (None: no card); ``onnx``: also write the exact
     integer graph ``onnx/model.onnx`` (needs the ``onnx`` extra; skipped with a note without it).
     """
-    from .cards import render_card
-
     _quiet()
-    folder = Path(folder)
-    tmp = folder.with_name(f".tmp-{folder.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, packed=True)
-    if onnx:
-        _export_onnx(model, tmp)
-    (tmp / RESULTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    if entry is not None:
-        (tmp / "README.md").write_text(render_card(entry, record, repo_id=record.get("model_id"), folder=tmp))
-    _replace_dir(tmp, folder)
-    return folder
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, packed=True)
+        if onnx:
+            _export_onnx(model, tmp)
+        write_json_atomic(tmp / RESULTS_FILE, record)
+        if entry is not None:
+            (tmp / "README.md").write_text(render_card(entry, record, repo_id=record.get("model_id"), folder=tmp))
+    return Path(folder)
 
 
 def _export_onnx(model: Any, folder: Path) -> None:
-    import importlib.util
-
     if importlib.util.find_spec("onnx") is None:
         print("onnx is not installed: no onnx/model.onnx (pip install 'uniq_hub[onnx]')")
         return
-    from .onnx_export import export_onnx
-    from .onnx_runtime import ONNX_FILE
+    from .onnx_export import export_onnx  # needs the optional onnx package
 
     export_onnx(model, folder / ONNX_FILE)
 
@@ -82,9 +66,6 @@ def _export_onnx(model: Any, folder: Path) -> None:
 def save_latent(model: Any, folder: str | os.PathLike) -> Path:
     """``save_pretrained(packed=False)``: latent float weights, for ``--init-from`` of a next stage."""
     _quiet()
-    folder = Path(folder)
-    tmp = folder.with_name(f".tmp-{folder.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, packed=False)
-    _replace_dir(tmp, folder)
-    return folder
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, packed=False)
+    return Path(folder)
