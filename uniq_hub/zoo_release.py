@@ -17,6 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_dir
 from .zoo import ZooEntry, get_entry
 
 __all__ = ["RELEASE_DIR", "release_folders", "training_record", "release_entry", "publish_zoo"]
@@ -66,14 +67,10 @@ def _save_release(export: Path, out: Path) -> None:
     from .modeling_uniq import UniQForImageClassification
     from .onnx_export import export_onnx
 
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
     model = UniQForImageClassification.from_pretrained(export)
-    model.save_pretrained(tmp)
-    export_onnx(model, tmp / "onnx" / "model.onnx")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        export_onnx(model, tmp / "onnx" / "model.onnx")
 
 
 def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str | os.PathLike = RELEASE_DIR,
