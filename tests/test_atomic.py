@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from uniq_hub.atomic import atomic_path, write_json_atomic, write_text_atomic
+from uniq_hub.atomic import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
 
 
 @pytest.mark.parametrize("fsync", [False, True])
@@ -26,3 +26,18 @@ def test_failed_write_keeps_the_old_file(tmp_path):
             raise RuntimeError("disk full")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["record.json"]
+
+
+def test_atomic_dir_swaps_whole_folders(tmp_path):
+    final = tmp_path / "release"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "new.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert [p.name for p in final.iterdir()] == ["old.txt"]
+    with atomic_dir(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in final.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["release"]
