@@ -64,6 +64,9 @@ def test_training_and_evaluation_transforms_are_the_processor(mode, in_chans):
         assert torch.equal(_deterministic_part(train)(image), expected)  # the same tensor, bit for bit
         out = train(image)
         assert out.shape == expected.shape and out.dtype == torch.float32
+    # 8-bit pictures for an RGB model stay uint8 until normalised (torchvision's fast uint8 resize)
+    converted = data.ProcessorInput(processor)(image)
+    assert converted.dtype == (torch.uint8 if in_chans == 3 and mode in EIGHT_BIT else torch.float32)
     big = data.processor_for(in_chans=in_chans, image_size=8)
     imagenet = data.train_transform(big, "imagenet")
     assert [type(t).__name__ for t in imagenet.transforms] == ["ProcessorInput", "RandomResizedCrop",

@@ -39,7 +39,7 @@ from torchvision.transforms import v2
 
 from .configuration_uniq import UniQConfig
 from .constants import IMAGENET_MEAN, IMAGENET_STD
-from .image_processing_uniq import UniQImageProcessor, to_float_image
+from .image_processing_uniq import UniQImageProcessor, to_image_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -478,13 +478,13 @@ class ProcessorTransform:
 
 
 class ProcessorInput:
-    """Any image -> ``(C, H, W)`` float in 0..255, converted as the processor converts it."""
+    """Any image -> ``(C, H, W)`` in 0..255 (uint8 or float), converted as the processor converts it."""
 
     def __init__(self, processor: UniQImageProcessor) -> None:
         self.num_channels = int(processor.num_channels)
 
     def __call__(self, image: Any) -> torch.Tensor:
-        return to_float_image(image, self.num_channels)
+        return to_image_tensor(image, self.num_channels)
 
 
 class ProcessorResizeCrop(torch.nn.Module):

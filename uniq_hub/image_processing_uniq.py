@@ -81,7 +81,7 @@ def load_image_file(path: str | os.PathLike) -> Image.Image:
 
 
 def _pil_to_array(image: Image.Image) -> tuple[np.ndarray, float]:
-    """Pixels of a PIL image as ``(H, W[, C])`` float32 and the value of white."""
+    """Pixels of a PIL image as ``(H, W[, C])`` (uint8 for 8-bit modes, else float32) and the value of white."""
     if image.mode in _PIL_DEEP_MODES:
         array, white = np.asarray(image), _PIL_DEEP_MODES[image.mode]
         return array.astype(np.float32), _white_of_wide_ints(array) if white is None else white
@@ -92,7 +92,7 @@ def _pil_to_array(image: Image.Image) -> tuple[np.ndarray, float]:
         converted = image if image.mode == target else image.convert(target)
     except ValueError as err:
         raise ValueError(f"cannot convert a PIL image of mode {image.mode!r} to {target}: {err}") from err
-    return np.asarray(converted, dtype=np.float32), 255.0
+    return np.asarray(converted), 255.0
 
 
 def _array_white(array: np.ndarray) -> float:
@@ -119,8 +119,10 @@ def fetch_url(url: str, timeout: float = FETCH_TIMEOUT) -> Image.Image:
         raise ValueError(f"{url}: not a readable image ({err})") from err
 
 
-def to_float_image(image: Any, num_channels: int, input_data_format: Any = None) -> Tensor:
-    """Any supported image -> ``(num_channels, H, W)`` float32 tensor in 0..255.
+def to_image_tensor(image: Any, num_channels: int, input_data_format: Any = None) -> Tensor:
+    """Any supported image -> ``(num_channels, H, W)`` tensor in 0..255: ``uint8`` for 8-bit images
+    going to an RGB model (resizing then takes torchvision's fast uint8 path, as in every
+    transformers processor), else ``float32``.
 
     Raises ``ValueError`` for an image without pixels or with NaN / infinite pixels."""
     if isinstance(image, Image.Image):
@@ -133,36 +135,39 @@ def to_float_image(image: Any, num_channels: int, input_data_format: Any = None)
         else:
             array = np.asarray(image)
         white, layout = _array_white(array), input_data_format
-        array = array.astype(np.float32)
     if array.ndim == 2:
         array, layout = array[None], ChannelDimension.FIRST
     if array.ndim != 3:
         raise ValueError(f"an image must have 2 or 3 dimensions (H, W[, C] or C, H, W), got shape {array.shape}")
     if array.size == 0:
         raise ValueError(f"an image must have pixels, got an empty one of shape {array.shape}")
-    if not np.isfinite(array).all():
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"the image holds NaN or infinite pixel values (shape {array.shape})")
     if layout is None:
         layout = infer_channel_dimension_format(array, num_channels=(1, 2, 3, 4))
     x = torch.from_numpy(np.ascontiguousarray(array))
     if ChannelDimension(layout) == ChannelDimension.LAST:
         x = x.permute(2, 0, 1)
-    x = x.clamp(0, white) * (255.0 / white)
+    if x.dtype != torch.uint8:
+        x = x.to(torch.float32).clamp(0, white) * (255.0 / white)
     return match_channels(x, num_channels)
 
 
 def match_channels(x: Tensor, num_channels: int) -> Tensor:
     """``(C, H, W)`` with C in 1 (L), 2 (LA), 3 (RGB), 4 (RGBA), values 0..255 -> ``num_channels``.
 
-    Alpha is dropped, as PIL's ``convert("RGB")`` drops it."""
+    Alpha is dropped, as PIL's ``convert("RGB")`` drops it. RGB output keeps ``uint8``; gray output
+    is float (the luma of an RGB image is, and a gray image must give what its RGB copy gives, which
+    is what ``pipeline`` feeds the processor)."""
     if x.shape[0] in (2, 4):
         x = x[:-1]
     if x.shape[0] not in (1, 3):
         raise ValueError(f"an image must have 1-4 channels (L, LA, RGB, RGBA), got {x.shape[0]}")
-    if x.shape[0] == num_channels:
-        return x.contiguous()
     if num_channels == 3:
-        return x.expand(3, -1, -1).contiguous()
+        return x.contiguous() if x.shape[0] == 3 else x.expand(3, -1, -1).contiguous()
+    x = x.to(torch.float32)
+    if x.shape[0] == 1:
+        return x.contiguous()
     return (torch.tensordot(torch.tensor(_LUMA, dtype=x.dtype), x, dims=1) / 1000.0)[None]
 
 
@@ -258,14 +263,21 @@ class UniQImageProcessor(TorchvisionBackend):
             raise ValueError("no images given: expected an image or a non-empty list of images")
         return flat
 
+    def _prepare_image_like_inputs(self, images: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        """As the base class; a batch mixing uint8 and float images is all float (they are stacked)."""
+        prepared = super()._prepare_image_like_inputs(images, *args, **kwargs)
+        if isinstance(prepared, list) and len({getattr(x, "dtype", None) for x in prepared}) > 1:
+            prepared = [x.to(torch.float32) for x in prepared]
+        return prepared
+
     def process_image(
         self, image: Any, num_channels: int | None = None, input_data_format: Any = None,
         device: Any = None, **kwargs: Any,
     ) -> Tensor:
-        out = to_float_image(image, num_channels or self.num_channels, input_data_format)
+        out = to_image_tensor(image, num_channels or self.num_channels, input_data_format)
         return out if device is None else out.to(device)
 
 
 UniQImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-__all__ = ["FETCH_TIMEOUT", "UniQImageProcessor", "fetch_url", "load_image_file", "match_channels", "to_float_image"]
+__all__ = ["FETCH_TIMEOUT", "UniQImageProcessor", "fetch_url", "load_image_file", "match_channels", "to_image_tensor"]
