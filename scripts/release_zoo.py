@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from uniq_hub.zoo import list_entries  # noqa: E402
-from uniq_hub.zoo_release import RELEASE_DIR, release_entry  # noqa: E402
+from uniq_hub.zoo_release import NOT_RELEASED, RELEASE_DIR, release_entry  # noqa: E402
 
 GOLDEN_ENTRY = "uniq/resnet20-fashion-mnist-w2a2"
 GOLDEN_FILE = REPO / "tests" / "golden_logits.json"
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     for entry in list_entries():
         run = args.runs / entry.short_name
         if entry.dataset.key != "fashion-mnist" or (args.only and entry.short_name not in args.only):
+            continue
+        if entry.name in NOT_RELEASED:
+            print(f"{entry.name}: not released: {NOT_RELEASED[entry.name]}")
             continue
         if not (run / "summary.json").is_file():
             print(f"{entry.name}: not trained yet ({run})")

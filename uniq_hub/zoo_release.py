@@ -20,9 +20,14 @@ from typing import Any
 from .atomic import atomic_dir
 from .zoo import ZooEntry, get_entry
 
-__all__ = ["RELEASE_DIR", "release_folders", "training_record", "release_entry", "publish_zoo"]
+__all__ = ["NOT_RELEASED", "RELEASE_DIR", "release_folders", "training_record", "release_entry", "publish_zoo"]
 
 RELEASE_DIR = Path(__file__).resolve().parent.parent / "zoo"
+# Zoo entries trained here but not released, with what was tried (docs/zoo.md).
+NOT_RELEASED = {
+    "uniq/mobilenetv2-fashion-mnist-w2a2": "the 2-bit MobileNetV2 collapsed to a constant output in every attempt "
+    "(unsigned inputs at lr 0.01: 8.93% top-1; signed inputs at lr 0.01 and at 0.001: loss stuck at ln 10)",
+}
 _NOT_OPTIONS = {"output_dir", "run_name", "progress", "log_with", "resume", "export"}  # bookkeeping, not results
 
 
