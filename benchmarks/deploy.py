@@ -122,7 +122,7 @@ def interleaved(fns: dict, rounds: int, warmup: int = 2) -> dict[str, float]:
 
 
 _MEMORY_PROBE = """
-import resource, sys, numpy as np
+import sys, numpy as np
 sys.path.insert(0, {root!r})
 kind, path, shape, threads = sys.argv[1], sys.argv[2], tuple(map(int, sys.argv[3].split(","))), int(sys.argv[4])
 x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
@@ -139,7 +139,8 @@ else:
     run = load_backend(path, kind, threads)
     for _ in range(3):
         run(x)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM: this process's peak RSS (ru_maxrss would carry the parent's peak over fork / exec)
+print(int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024)
 """
 
 
