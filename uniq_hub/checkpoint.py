@@ -308,7 +308,8 @@ class Checkpointer:
     def _newest_good(self, run_dir: Path, what: str) -> Path:
         found = list_checkpoints(run_dir)
         if not found:
-            raise FileNotFoundError(f"{what}: no complete checkpoint under {run_dir / CHECKPOINTS}")
+            raise FileNotFoundError(f"{what}: no complete checkpoint under {run_dir / CHECKPOINTS} (the run died "
+                                    "before its first one? start it over with --overwrite)")
         for checkpoint in reversed(found):
             try:
                 verify_checkpoint(checkpoint)
