@@ -15,13 +15,12 @@ from uniq_hub import UniQForImageClassification, UniQImageProcessor
 from uniq_hub.data import load_image_dataset
 from uniq_hub.evaluate import evaluate
 from uniq_hub.zoo import list_entries
-from uniq_hub.zoo_release import NOT_RELEASED, RELEASE_DIR, publish_zoo, release_folders, training_record
+from uniq_hub.zoo_release import MAX_FOLDER_BYTES, NOT_RELEASED, RELEASE_DIR, publish_zoo, release_folders, training_record
 
 REPO = Path(__file__).resolve().parent.parent
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_data = pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 ENTRIES = [e for e in list_entries(results_dirs=[]) if e.dataset.key == "fashion-mnist" and e.name not in NOT_RELEASED]
-MAX_FOLDER_BYTES = 2 * 1024 * 1024
 
 
 def _card_metrics(folder: Path) -> dict[str, float]:
