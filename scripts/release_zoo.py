@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from uniq_hub.zoo import list_entries  # noqa: E402
-from uniq_hub.zoo_release import NOT_RELEASED, RELEASE_DIR, release_entry  # noqa: E402
+from uniq_hub.zoo_release import NOT_RELEASED, RELEASE_DIR, refresh_card, release_entry  # noqa: E402
 
 GOLDEN_ENTRY = "uniq/resnet20-fashion-mnist-w2a2"
 GOLDEN_FILE = REPO / "tests" / "golden_logits.json"
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "zoo")
     parser.add_argument("--only", action="append", help="only these entries (short names)")
+    parser.add_argument("--cards-only", action="store_true", help="keep the folders and numbers; rewrite the "
+                        "training records and cards from the runs")
     args = parser.parse_args(argv)
     for entry in list_entries():
         run = args.runs / entry.short_name
@@ -54,14 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         if not (run / "summary.json").is_file():
             print(f"{entry.name}: not trained yet ({run})")
             continue
-        record = release_entry(entry, run)
+        record = refresh_card(entry, run) if args.cards_only else release_entry(entry, run)
         results = REPO / "benchmarks" / "results" / f"{entry.short_name}.json"
         results.write_text(json.dumps(record, indent=2) + "\n")
         onnx = {k: v["top1"] for k, v in record.get("onnx", {}).items()}
         print(f"{entry.name}: top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% onnx {onnx} "
               f"-> {RELEASE_DIR / entry.short_name}")
     golden = RELEASE_DIR / GOLDEN_ENTRY.split("/")[1]
-    if golden.is_dir():
+    if golden.is_dir() and not args.cards_only:
         GOLDEN_FILE.write_text(json.dumps(golden_logits(golden), indent=1) + "\n")
     from generate_model_cards import main as generate
 

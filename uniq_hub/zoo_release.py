@@ -53,7 +53,7 @@ def training_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     args += ["--output-dir", used["output_dir"]]
     for f in fields(TrainConfig):
         value = used.get(f.name)
-        if f.name in _NOT_OPTIONS or f.name == "zoo" or value == getattr(base, f.name):
+        if f.name in _NOT_OPTIONS or f.name == "zoo" or f.name not in used or value == getattr(base, f.name):
             continue
         flag = "--" + f.name.replace("_", "-")
         args += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
@@ -104,6 +104,19 @@ def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str |
     record.update(model_id=entry.name, zoo_name=entry.name, training=training_record(run_dir))
     if (out / "onnx" / "model.onnx").is_file():
         record["onnx"] = _onnx_results(out, entry, num_workers)
+    (out / "eval_results.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "README.md").write_text(render_card(entry, record, repo_id=entry.name, folder=out))
+    return record
+
+
+def refresh_card(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str | os.PathLike = RELEASE_DIR) -> dict[str, Any]:
+    """Rewrite a release folder's training record and card from its run, keeping the measured numbers."""
+    from .cards import render_card
+
+    entry = get_entry(entry) if isinstance(entry, str) else entry
+    out = Path(root) / entry.short_name
+    record = json.loads((out / "eval_results.json").read_text())
+    record["training"] = training_record(run_dir)
     (out / "eval_results.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "README.md").write_text(render_card(entry, record, repo_id=entry.name, folder=out))
     return record
