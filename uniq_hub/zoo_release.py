@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
