@@ -197,6 +197,8 @@ def _recipe_lines(entry: ZooEntry) -> list[str]:
         f"| optimizer | {opt} |", f"| schedule | {sched} |", f"| batch size | {r.batch_size} |",
         f"| weight decay | {r.weight_decay:g} (none on step sizes) |", f"| initialisation | {init} |",
     ]
+    if r.teacher:
+        lines.append(f"| knowledge distillation | from `{r.teacher}` (temperature 4, weight 0.5) |")
     if r.calibration_batches:
         lines.append(f"| step-size calibration | first {r.calibration_batches} training batches (MSE-optimal init) |")
     source = "the paper (Section 5)" if r.source == "paper" else "this project (not from the paper)"

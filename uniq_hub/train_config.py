@@ -240,6 +240,8 @@ def _zoo_options(name: str) -> dict[str, Any]:
     )
     if r.momentum is not None:
         options["momentum"] = r.momentum
+    if r.teacher is not None:
+        options["teacher"] = r.teacher
     if entry.dataset.image_size >= 128:
         options["image_size"] = entry.dataset.image_size
     return options
