@@ -111,11 +111,12 @@ def main(argv: list[str] | None = None) -> dict:
     from uniq_hub.quant_kernels import set_compile
 
     set_compile(False)  # eager quantizer kernels: no compile warm-up inside the measured loop
-    results = [check(f, args.dataset, args.split, args.max_samples, args.reference_images) for f in args.folders]
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": "python benchmarks/deploy_accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "results": results}
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+              "results": []}
+    for folder in args.folders:  # the JSON is rewritten after each model
+        report["results"].append(check(folder, args.dataset, args.split, args.max_samples, args.reference_images))
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return report
 
