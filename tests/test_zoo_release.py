@@ -44,6 +44,11 @@ def test_release_folder_is_small_and_complete(name):
     assert record["zoo_name"] == name and record["num_examples"] == 10_000
     card = (folder / "README.md").read_text()
     assert record["training"]["command"] in card  # the exact training command is on the card
+    if (folder / "onnx" / "model.onnx").is_file():  # the exact graph: ONNX top-1 = PyTorch top-1 +- 0.02 points
+        assert set(record["onnx"]) == {"onnxruntime", "openvino"}
+        assert all(abs(r["top1"] - record["top1"]) <= 0.02 and r["num_examples"] == 10_000 for r in record["onnx"].values())
+    else:  # a folder the ONNX graph would push over the size limit: no ONNX numbers either
+        assert "onnx" not in record
 
 
 @needs_data

@@ -70,13 +70,13 @@ def training_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _save_release(export: Path, out: Path) -> None:
-    """The export loaded and saved again by this code: the same packed tensors, with this version's
-    safetensors metadata and remote code, and the exact ONNX graph."""
+def _save_release(source: Path, out: Path) -> None:
+    """A trained model saved by this code in the release format (packed codes, the steps the forward
+    uses, this version's safetensors metadata and remote code) with its exact ONNX graph."""
     from .modeling_uniq import UniQForImageClassification
     from .onnx_export import export_onnx
 
-    model = UniQForImageClassification.from_pretrained(export)
+    model = UniQForImageClassification.from_pretrained(source)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         export_onnx(model, tmp / "onnx" / "model.onnx")
@@ -84,7 +84,8 @@ def _save_release(export: Path, out: Path) -> None:
 
 def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str | os.PathLike = RELEASE_DIR,
                   num_workers: int = 2) -> dict[str, Any]:
-    """Save the run's export into ``root/<name>`` (with its exact ONNX graph), evaluate it on the
+    """Save the run's best model (``best/``, latent weights; saving packs them) into ``root/<name>``
+    with its exact ONNX graph, evaluate it on the
     entry's whole eval split (PyTorch and every ONNX runtime), write ``eval_results.json`` and the
     card; returns the record."""
     from .cards import render_card
@@ -92,7 +93,7 @@ def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str |
 
     entry = get_entry(entry) if isinstance(entry, str) else entry
     out = Path(root) / entry.short_name
-    _save_release(Path(run_dir) / "export", out)
+    _save_release(Path(run_dir) / "best", out)
     if _folder_bytes(out) > MAX_FOLDER_BYTES:  # e.g. a float model: its ONNX graph doubles the folder
         shutil.rmtree(out / "onnx")
     if _folder_bytes(out) > MAX_FOLDER_BYTES:
