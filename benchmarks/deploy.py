@@ -47,14 +47,21 @@ BITS = (4, 2, 1)
 FLOAT_ROWS = ("torch-fp32", "ort-fp32", "ov-fp32", "ov-default")
 UNIQ_ROWS = ("torch-fakequant", "ort-exact", "ov-exact")
 LABELS = {
-    "torch-fp32": "PyTorch FP32 eager", "ort-fp32": "ONNX Runtime FP32", "ov-fp32": "OpenVINO FP32 (f32 hint)",
-    "ov-default": "OpenVINO default (bf16 here)", "torch-fakequant": "PyTorch fake-quant eval",
-    "ort-exact": "exact graph, ONNX Runtime", "ov-exact": "exact graph, OpenVINO (f32 hint)",
+    "torch-fp32": "PyTorch FP32 eager",
+    "ort-fp32": "ONNX Runtime FP32",
+    "ov-fp32": "OpenVINO FP32 (f32 hint)",
+    "ov-default": "OpenVINO default (bf16 here)",
+    "torch-fakequant": "PyTorch fake-quant eval",
+    "ort-exact": "exact graph, ONNX Runtime",
+    "ov-exact": "exact graph, OpenVINO (f32 hint)",
 }
 # Targets of issue 9 (ResNet-18 w2a2 batch 1 on the fastest exact backend; MobileNetV2; ResNet-20).
 TARGETS = [
-    ("resnet18", 1, 2, "ort-fp32", 3.0), ("resnet18", 1, 2, "fastest-float", 1.3), ("resnet18", 1, 2, "torch-fp32", 4.0),
-    ("mobilenetv2", 1, 2, "ort-fp32", 1.3), ("resnet20", 128, 2, "ort-fp32", 2.0),
+    ("resnet18", 1, 2, "ort-fp32", 3.0),
+    ("resnet18", 1, 2, "fastest-float", 1.3),
+    ("resnet18", 1, 2, "torch-fp32", 4.0),
+    ("mobilenetv2", 1, 2, "ort-fp32", 1.3),
+    ("resnet20", 128, 2, "ort-fp32", 2.0),
 ]
 
 
@@ -66,8 +73,9 @@ def build_model(arch: str, chans: int, size: int, bits: int | None, seed: int = 
 
     torch.manual_seed(seed)
     b = 32 if bits is None else bits
-    config = UniQConfig(arch=arch, w_bits=b, a_bits=b, num_labels=10 if arch == "resnet20" else 1000,
-                        in_chans=chans, image_size=size)
+    config = UniQConfig(
+        arch=arch, w_bits=b, a_bits=b, num_labels=10 if arch == "resnet20" else 1000, in_chans=chans, image_size=size
+    )
     model = UniQForImageClassification(config)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -114,7 +122,7 @@ def interleaved(fns: dict, rounds: int, warmup: int = 2) -> dict[str, float]:
             fns[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             fns[name]()
             times[name].append((time.perf_counter() - start) * 1e3)
@@ -146,13 +154,26 @@ print(int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).sp
 
 def peak_rss_mb(kind: str, path: str, shape: tuple[int, ...], threads: int) -> float:
     """Peak resident memory (MiB) of a fresh process that loads ``path`` and runs 3 inferences."""
-    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE.format(root=str(ROOT)), kind, path,
-                          ",".join(map(str, shape)), str(threads)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _MEMORY_PROBE.format(root=str(ROOT)),
+            kind,
+            path,
+            ",".join(map(str, shape)),
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def measure(arch: str, chans: int, size: int, batch: int, bits_list, rounds: int, threads: int, tmp: Path,
-            memory: bool) -> list[dict]:
+def measure(
+    arch: str, chans: int, size: int, batch: int, bits_list, rounds: int, threads: int, tmp: Path, memory: bool
+) -> list[dict]:
     from uniq_hub.onnx_export import export_onnx
 
     x = np.random.default_rng(1).standard_normal((batch, chans, size, size), dtype=np.float32)
@@ -168,16 +189,27 @@ def measure(arch: str, chans: int, size: int, batch: int, bits_list, rounds: int
             model.save_pretrained(folder)
             export_onnx(model, folder / "onnx" / "model.onnx", verify=False)
         path = str(folder / "onnx" / "model.onnx")
-        files[tag] = {"onnx_bytes": os.path.getsize(path), "safetensors_bytes": os.path.getsize(folder / "model.safetensors"),
-                      "folder": str(folder)}
+        files[tag] = {
+            "onnx_bytes": os.path.getsize(path),
+            "safetensors_bytes": os.path.getsize(folder / "model.safetensors"),
+            "folder": str(folder),
+        }
         models[tag] = model
         names = FLOAT_ROWS if bits is None else UNIQ_ROWS
         for row, fn in runners(model, path, names, threads, x).items():
             fns[(tag, row)] = fn
     medians = interleaved(fns, rounds)
     for (tag, row), ms in medians.items():
-        entry = {"model": arch, "image_size": size, "batch": batch, "bits": tag, "variant": row, "label": LABELS[row],
-                 "ms": round(ms, 3), **{k: v for k, v in files[tag].items() if k != "folder"}}
+        entry = {
+            "model": arch,
+            "image_size": size,
+            "batch": batch,
+            "bits": tag,
+            "variant": row,
+            "label": LABELS[row],
+            "ms": round(ms, 3),
+            **{k: v for k, v in files[tag].items() if k != "folder"},
+        }
         rows.append(entry)
     if memory:
         for tag, info in files.items():
@@ -187,7 +219,9 @@ def measure(arch: str, chans: int, size: int, batch: int, bits_list, rounds: int
                 path = info["folder"] if kind == "torch" else info["folder"] + "/onnx/model.onnx"
                 rss = peak_rss_mb(kind, path, x.shape, threads)
                 for entry in rows:
-                    if entry["bits"] == tag and entry["variant"].startswith({"torch": "torch", "onnxruntime": "ort", "openvino": "ov"}[kind]):
+                    if entry["bits"] == tag and entry["variant"].startswith(
+                        {"torch": "torch", "onnxruntime": "ort", "openvino": "ov"}[kind]
+                    ):
                         entry["peak_rss_mib"] = round(rss, 1)
     return rows
 
@@ -197,36 +231,56 @@ def speedups(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         r["speedup_vs_ort_fp32"] = None
-        floats = {f["variant"]: f["ms"] for f in rows
-                  if (f["model"], f["batch"], f["bits"]) == (r["model"], r["batch"], "fp")}
+        floats = {
+            f["variant"]: f["ms"] for f in rows if (f["model"], f["batch"], f["bits"]) == (r["model"], r["batch"], "fp")
+        }
         if "ort-fp32" in floats:
             r["speedup_vs_ort_fp32"] = round(floats["ort-fp32"] / r["ms"], 2)
     for arch, batch, bits, ref, target in TARGETS:
-        cands = [r for r in rows if (r["model"], r["batch"], r["bits"]) == (arch, batch, f"w{bits}a{bits}")
-                 and r["variant"].endswith("exact")]
+        cands = [
+            r
+            for r in rows
+            if (r["model"], r["batch"], r["bits"]) == (arch, batch, f"w{bits}a{bits}")
+            and r["variant"].endswith("exact")
+        ]
         floats = {r["variant"]: r["ms"] for r in rows if (r["model"], r["batch"], r["bits"]) == (arch, batch, "fp")}
         if not cands or not floats:
             continue
         best = min(cands, key=lambda r: r["ms"])
         ref_ms = min(floats.values()) if ref == "fastest-float" else floats.get(ref)
         ratio = ref_ms / best["ms"]
-        out.append({"model": arch, "batch": batch, "bits": f"w{bits}a{bits}", "backend": best["variant"],
-                    "vs": ref if ref != "fastest-float" else f"fastest float ({min(floats, key=floats.get)})",
-                    "speedup": round(ratio, 2), "target": target, "met": ratio >= target})
+        out.append(
+            {
+                "model": arch,
+                "batch": batch,
+                "bits": f"w{bits}a{bits}",
+                "backend": best["variant"],
+                "vs": ref if ref != "fastest-float" else f"fastest float ({min(floats, key=floats.get)})",
+                "speedup": round(ratio, 2),
+                "target": target,
+                "met": ratio >= target,
+            }
+        )
     return out
 
 
 def markdown(report: dict) -> str:
-    lines = ["| model | batch | bits | variant | ms | vs ONNX Runtime FP32 | ONNX file MB | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | batch | bits | variant | ms | vs ONNX Runtime FP32 | ONNX file MB | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["rows"]:
         rss = r.get("peak_rss_mib", "")
-        lines.append(f"| {r['model']} {r['image_size']}px | {r['batch']} | {r['bits']} | {r['label']} | {r['ms']:.2f} | "
-                     f"{r['speedup_vs_ort_fp32']:.2f}x | {r['onnx_bytes'] / 1e6:.2f} | {rss} |")
+        lines.append(
+            f"| {r['model']} {r['image_size']}px | {r['batch']} | {r['bits']} | {r['label']} | {r['ms']:.2f} | "
+            f"{r['speedup_vs_ort_fp32']:.2f}x | {r['onnx_bytes'] / 1e6:.2f} | {rss} |"
+        )
     lines += ["", "| target | exact backend | speed-up | target | met |", "|---|---|---|---|---|"]
     for t in report["targets"]:
-        lines.append(f"| {t['model']} {t['bits']} batch {t['batch']} vs {t['vs']} | {t['backend']} | "
-                     f"{t['speedup']:.2f}x | >= {t['target']}x | {'yes' if t['met'] else 'no'} |")
+        lines.append(
+            f"| {t['model']} {t['bits']} batch {t['batch']} vs {t['vs']} | {t['backend']} | "
+            f"{t['speedup']:.2f}x | >= {t['target']}x | {'yes' if t['met'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 
@@ -260,8 +314,14 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/deploy.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
-                    "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__, "torch": torch.__version__},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+            "onnxruntime": onnxruntime.__version__,
+            "openvino": openvino.__version__,
+            "torch": torch.__version__,
+        },
         "note": "random weights / BatchNorm / steps: speed only; medians of interleaved rounds",
         "rows": rows,
     }
@@ -269,8 +329,17 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="uniq_deploy_") as tmp:
         for arch, chans, size, batch in settings:  # the JSON is rewritten after each setting
             start = time.time()
-            rows += measure(arch, chans, size, batch, bits, args.rounds, args.threads, Path(tmp),
-                            args.memory and (arch, batch) == ("resnet18", 1))
+            rows += measure(
+                arch,
+                chans,
+                size,
+                batch,
+                bits,
+                args.rounds,
+                args.threads,
+                Path(tmp),
+                args.memory and (arch, batch) == ("resnet18", 1),
+            )
             print(f"{arch} batch {batch}: {time.time() - start:.0f} s", flush=True)
             report["targets"] = speedups(rows)
             Path(args.output).write_text(json.dumps(report, indent=2) + "\n")

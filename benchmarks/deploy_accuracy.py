@@ -35,15 +35,21 @@ def pixel_values(folder: Path, dataset: str, split: str, limit: int | None) -> t
     """All images of the split through the model's image processor, and their labels (model ids)."""
     import torch
 
-    from uniq_hub import UniQConfig, UniQImageProcessor
-    from uniq_hub import data
+    from uniq_hub import UniQConfig, UniQImageProcessor, data
 
     config = UniQConfig.from_pretrained(folder)
     processor = UniQImageProcessor.from_pretrained(folder)
     ds = data.load_image_dataset(dataset, split, limit=limit)
     label_map = data.label_mapping(data.class_names(ds), config.id2label, source=dataset)
-    loader = data.make_dataloader(ds, data.eval_transform(processor), batch_size=500, shuffle=False, num_workers=0,
-                                  label_map=label_map, source=dataset)
+    loader = data.make_dataloader(
+        ds,
+        data.eval_transform(processor),
+        batch_size=500,
+        shuffle=False,
+        num_workers=0,
+        label_map=label_map,
+        source=dataset,
+    )
     xs, ys = [], []
     for batch in loader:
         x, y = (batch["pixel_values"], batch["labels"]) if isinstance(batch, dict) else batch[:2]
@@ -54,8 +60,10 @@ def pixel_values(folder: Path, dataset: str, split: str, limit: int | None) -> t
 
 def topk(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     order = np.argsort(-logits, axis=1)
-    return {"top1": round(100.0 * float((order[:, 0] == labels).mean()), 2),
-            "top5": round(100.0 * float((order[:, :5] == labels[:, None]).any(1).mean()), 2)}
+    return {
+        "top1": round(100.0 * float((order[:, 0] == labels).mean()), 2),
+        "top5": round(100.0 * float((order[:, :5] == labels[:, None]).any(1).mean()), 2),
+    }
 
 
 def in_batches(fn, x: np.ndarray, size: int = 500) -> np.ndarray:
@@ -77,8 +85,12 @@ def check(folder: Path, dataset: str, split: str, limit: int | None, reference_i
         path = export_onnx(model, work / "onnx" / "model.onnx")
         with torch.inference_mode():
             ref_logits = in_batches(lambda b: torch_logits(model, b), x)
-        result = {"model": str(folder), "num_examples": int(len(x)), "onnx_bytes": path.stat().st_size,
-                  "runtimes": {"torch": topk(ref_logits, labels)}}
+        result = {
+            "model": str(folder),
+            "num_examples": int(len(x)),
+            "onnx_bytes": path.stat().st_size,
+            "runtimes": {"torch": topk(ref_logits, labels)},
+        }
         for backend in available_backends():
             n = min(reference_images, len(x)) if backend == "reference" else len(x)
             logits = in_batches(load_backend(path, backend), x[:n])
@@ -111,9 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
     from uniq_hub.quant_kernels import set_compile
 
     set_compile(False)  # eager quantizer kernels: no compile warm-up inside the measured loop
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": "python benchmarks/deploy_accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "results": []}
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/deploy_accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "results": [],
+    }
     for folder in args.folders:  # the JSON is rewritten after each model
         report["results"].append(check(folder, args.dataset, args.split, args.max_samples, args.reference_images))
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")

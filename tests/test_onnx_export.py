@@ -11,14 +11,18 @@ import torch
 from onnx import numpy_helper
 from sklearn.datasets import load_sample_images
 
+from train_helpers import eager_kernels  # noqa: F401  (autouse: no torch.compile for a few batches)
 from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
 from uniq_hub.onnx_export import OnnxExportError, export_onnx, flip_diagnostic, torch_logits
 from uniq_hub.onnx_runtime import (
-    META_EXACT_BACKENDS, available_backends, compare_logits, load_backend, openvino_model, within_bounds,
+    META_EXACT_BACKENDS,
+    available_backends,
+    compare_logits,
+    load_backend,
+    openvino_model,
+    within_bounds,
 )
 from uniq_hub.packing import PACKED_SUFFIX, pack_state_dict, quantized_layers, unpack_bits
-
-from train_helpers import eager_kernels  # noqa: F401  (autouse: no torch.compile for a few batches)
 
 SIZE = 32
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
@@ -42,8 +46,9 @@ def real_images(n: int, size: int = SIZE) -> np.ndarray:
 def make_model(arch: str, w_bits: int, a_bits: int, seed: int = 0, **config) -> UniQForImageClassification:
     """A quantized model with random BatchNorm statistics, calibrated on real images."""
     torch.manual_seed(seed)
-    model = UniQForImageClassification(UniQConfig(arch=arch, w_bits=w_bits, a_bits=a_bits, num_labels=10,
-                                                  image_size=SIZE, **config))
+    model = UniQForImageClassification(
+        UniQConfig(arch=arch, w_bits=w_bits, a_bits=a_bits, num_labels=10, image_size=SIZE, **config)
+    )
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.3, 0.3)
@@ -54,7 +59,9 @@ def make_model(arch: str, w_bits: int, a_bits: int, seed: int = 0, **config) -> 
     return model.eval()
 
 
-CASES = [(arch, b, b, {}) for arch in ("resnet18", "resnet34", "resnet20", "resnet32", "mobilenetv2") for b in (1, 2, 3, 4)]
+CASES = [
+    (arch, b, b, {}) for arch in ("resnet18", "resnet34", "resnet20", "resnet32", "mobilenetv2") for b in (1, 2, 3, 4)
+]
 CASES += [
     ("resnet20", 2, 4, {}),
     ("resnet18", 2, 4, {"overrides": {"layer4.*": [4, 4], "layer1.0.conv1": [3, 8], "fc": [4, 4]}}),
@@ -104,7 +111,9 @@ def test_export_records_verified_backends(tmp_path):
     model = make_model("mobilenetv2", 2, 2)
     graph = onnx.load(export_onnx(model, tmp_path / "model.onnx"))
     meta = {p.key: p.value for p in graph.metadata_props}
-    assert json.loads(meta[META_EXACT_BACKENDS]) == ["reference"] + [b for b in available_backends() if b != "reference"]
+    assert json.loads(meta[META_EXACT_BACKENDS]) == ["reference"] + [
+        b for b in available_backends() if b != "reference"
+    ]
     assert meta["uniq_hub.format"] == "exact-qdq-1"
 
 
@@ -186,8 +195,11 @@ def test_fast_backend_runs_quantized_convolutions_in_int8(tmp_path):
         info = op.get_rt_info()
         if info["layerType"].astype(str) == "Convolution":
             precisions.append(info["runtimePrecision"].astype(str))
-    quantized = [name for name, (layer, wq) in quantized_layers(model.model).items()
-                 if isinstance(layer, torch.nn.Conv2d) and wq.bits <= 4 and layer.input_quantizer.bits <= 4]
+    quantized = [
+        name
+        for name, (layer, wq) in quantized_layers(model.model).items()
+        if isinstance(layer, torch.nn.Conv2d) and wq.bits <= 4 and layer.input_quantizer.bits <= 4
+    ]
     assert len(quantized) == 20  # resnet20: all convs but the 8-bit stem
     assert sorted(precisions) == ["f32"] + ["u8"] * 20, precisions
 

@@ -22,8 +22,17 @@ BACKENDS = [b for b in available_backends() if b != "reference"]
 
 def _model(seed: int = 0) -> UniQForImageClassification:
     torch.manual_seed(seed)
-    config = UniQConfig(arch="resnet20", w_bits=2, a_bits=2, num_labels=4, in_chans=1, image_size=28,
-                        image_mean=[0.3], image_std=[0.3], id2label=dict(enumerate(CLASSES)))
+    config = UniQConfig(
+        arch="resnet20",
+        w_bits=2,
+        a_bits=2,
+        num_labels=4,
+        in_chans=1,
+        image_size=28,
+        image_mean=[0.3],
+        image_std=[0.3],
+        id2label=dict(enumerate(CLASSES)),
+    )
     model = UniQForImageClassification(config)
     calibrate(model.model, [torch.rand(16, 1, 28, 28) * 2 - 0.5], 1)
     return model.eval()
@@ -55,12 +64,14 @@ def test_classifier_runs_without_torch(folder):
     code = f"""
 import json, sys
 from uniq_hub import OnnxImageClassifier
-clf = OnnxImageClassifier.from_pretrained({str(folder / 'model')!r})
+clf = OnnxImageClassifier.from_pretrained({str(folder / "model")!r})
 results, logits = clf({images!r}, top_k=2, return_logits=True)
 assert "torch" not in sys.modules and "transformers" not in sys.modules, sorted(m for m in sys.modules if "torch" in m)
 print(json.dumps({{"backend": clf.backend, "results": results, "logits": logits.tolist()}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["backend"] == BACKENDS[0]  # the fastest backend verified exact at export
@@ -112,8 +123,26 @@ def test_evaluate_runtime_gives_the_same_accuracy(folder, tmp_path):
     records = {}
     for runtime in ["torch", *BACKENDS]:
         out = tmp_path / f"{runtime}.json"
-        assert main(["evaluate", str(folder / "model"), "--dataset", str(tiny), "--batch-size", "16",
-                     "--num-workers", "0", "--no-progress", "--runtime", runtime, "--output", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(folder / "model"),
+                    "--dataset",
+                    str(tiny),
+                    "--batch-size",
+                    "16",
+                    "--num-workers",
+                    "0",
+                    "--no-progress",
+                    "--runtime",
+                    runtime,
+                    "--output",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         records[runtime] = json.loads(out.read_text())
     for runtime in BACKENDS:
         assert records[runtime]["runtime"] == runtime and f"--runtime {runtime}" in records[runtime]["command"]

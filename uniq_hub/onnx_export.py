@@ -39,13 +39,32 @@ from torch import Tensor, nn
 
 from .modules import _MIN_STEP, QConv2d, QLinear, UniQQuantizer
 from .onnx_runtime import (
-    INPUT_NAME, META_EXACT_BACKENDS, META_FORMAT, META_SOURCE, ONNX_FILE, OUTPUT_NAME, available_backends,
-    compare_logits, load_backend, within_bounds,
+    INPUT_NAME,
+    META_EXACT_BACKENDS,
+    META_FORMAT,
+    META_SOURCE,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    available_backends,
+    compare_logits,
+    load_backend,
+    within_bounds,
 )
 from .packing import PACKED_SUFFIX, pack_state_dict, unpack_bits
 
-__all__ = ["FORMAT", "OPSET", "OnnxExportError", "OnnxModule", "export_onnx", "verify_onnx", "verify_backends", "source_checksum",
-           "flip_diagnostic", "add_arguments", "run"]
+__all__ = [
+    "FORMAT",
+    "OPSET",
+    "OnnxExportError",
+    "OnnxModule",
+    "export_onnx",
+    "verify_onnx",
+    "verify_backends",
+    "source_checksum",
+    "flip_diagnostic",
+    "add_arguments",
+    "run",
+]
 
 OPSET = 21
 FORMAT = "exact-qdq-1"
@@ -119,14 +138,18 @@ def _input_quant(g: _Graph, q: UniQQuantizer, x: str, where: str) -> str:
             "batches) or load a trained checkpoint before exporting"
         )
     if q.step.numel() != 1:
-        raise OnnxExportError(f"{where}.input_quantizer: per-channel input steps are not supported (shape {tuple(q.step.shape)})")
+        raise OnnxExportError(
+            f"{where}.input_quantizer: per-channel input steps are not supported (shape {tuple(q.step.shape)})"
+        )
     step = _step(q).reshape(())
     m, lo, hi = _levels(q)
     dtype = _int_type(lo, hi, unsigned_first=True)
     if m == 1 and dtype is not None:
         tmin, tmax = _INT_TYPES[dtype]
-        bounds = [g.const(f"{where}.in_min", _f32(lo) * step) if lo > tmin else "",
-                  g.const(f"{where}.in_max", _f32(hi) * step) if hi < tmax else ""]
+        bounds = [
+            g.const(f"{where}.in_min", _f32(lo) * step) if lo > tmin else "",
+            g.const(f"{where}.in_max", _f32(hi) * step) if hi < tmax else "",
+        ]
         if any(bounds):
             x = g.op("Clip", [x, *bounds], f"{where}.in_clip")
         scale = g.const(f"{where}.in_scale", step)
@@ -134,7 +157,11 @@ def _input_quant(g: _Graph, q: UniQQuantizer, x: str, where: str) -> str:
         s = g.const(f"{where}.in_step", step)
         y = g.op("Div", [x, s], f"{where}.in_div")
         y = g.op("Add", [y, g.const(f"{where}.in_offset", _f32(q.offset))], f"{where}.in_add")
-        y = g.op("Clip", [y, g.const(f"{where}.in_lo", _f32(q.lo)), g.const(f"{where}.in_hi", _f32(q.hi))], f"{where}.in_clip")
+        y = g.op(
+            "Clip",
+            [y, g.const(f"{where}.in_lo", _f32(q.lo)), g.const(f"{where}.in_hi", _f32(q.hi))],
+            f"{where}.in_clip",
+        )
         y = g.op("Round", [y], f"{where}.in_round")
         y = g.op("Sub", [y, g.const(f"{where}.in_offset", _f32(q.offset))], f"{where}.in_sub")
         x = g.op("Mul", [y, s], f"{where}.in_fq")
@@ -171,8 +198,13 @@ def _weight(g: _Graph, layer: nn.Module, codes: dict[str, Tensor], where: str, t
     attrs = {"axis": axis} if per_channel else {}
     return g.op(
         "DequantizeLinear",
-        [g.const(f"{where}.weight_int8", w_int), g.const(f"{where}.weight_scale", scale), g.const(f"{where}.weight_zero", zero)],
-        f"{where}.weight_dq", **attrs,
+        [
+            g.const(f"{where}.weight_int8", w_int),
+            g.const(f"{where}.weight_scale", scale),
+            g.const(f"{where}.weight_zero", zero),
+        ],
+        f"{where}.weight_dq",
+        **attrs,
     )
 
 
@@ -183,14 +215,26 @@ def _layer_input(g: _Graph, layer: nn.Module, x: str, where: str) -> str:
 
 def _conv(g: _Graph, m: nn.Conv2d, x: str, where: str, codes: dict[str, Tensor]) -> str:
     if m.padding_mode != "zeros" or isinstance(m.padding, str):
-        raise OnnxExportError(f"{where}: Conv2d padding {m.padding!r} / padding_mode {m.padding_mode!r} is not supported")
+        raise OnnxExportError(
+            f"{where}: Conv2d padding {m.padding!r} / padding_mode {m.padding_mode!r} is not supported"
+        )
     ph, pw = m.padding
     x = _layer_input(g, m, x, where)
     w = _weight(g, m, codes, where)
-    y = g.op("Conv", [x, w], f"{where}.conv", kernel_shape=list(m.kernel_size), strides=list(m.stride),
-             pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=m.groups)
+    y = g.op(
+        "Conv",
+        [x, w],
+        f"{where}.conv",
+        kernel_shape=list(m.kernel_size),
+        strides=list(m.stride),
+        pads=[ph, pw, ph, pw],
+        dilations=list(m.dilation),
+        group=m.groups,
+    )
     if m.bias is not None:
-        y = g.op("Add", [y, g.const(f"{where}.bias", _f32(m.bias.detach().cpu()).reshape(1, -1, 1, 1))], f"{where}.add_bias")
+        y = g.op(
+            "Add", [y, g.const(f"{where}.bias", _f32(m.bias.detach().cpu()).reshape(1, -1, 1, 1))], f"{where}.add_bias"
+        )
     return y
 
 
@@ -232,14 +276,28 @@ def _relu6(g: _Graph, m: Any, x: str, where: str, codes: Any = None) -> str:
 def _maxpool(g: _Graph, m: nn.MaxPool2d, x: str, where: str, codes: Any = None) -> str:
     pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
     k, s, p, d = pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding), pair(m.dilation)
-    return g.op("MaxPool", [x], f"{where}.maxpool", kernel_shape=k, strides=s, pads=p + p, dilations=d,
-                ceil_mode=int(m.ceil_mode))
+    return g.op(
+        "MaxPool",
+        [x],
+        f"{where}.maxpool",
+        kernel_shape=k,
+        strides=s,
+        pads=p + p,
+        dilations=d,
+        ceil_mode=int(m.ceil_mode),
+    )
 
 
 # Layer type -> converter(graph, module, input, layer name, weight codes) -> output.
 _MODULES: dict[type, Callable[..., str]] = {
-    nn.Conv2d: _conv, QConv2d: _conv, nn.Linear: _linear, QLinear: _linear, nn.BatchNorm2d: _batchnorm,
-    nn.ReLU: _relu, nn.ReLU6: _relu6, nn.MaxPool2d: _maxpool,
+    nn.Conv2d: _conv,
+    QConv2d: _conv,
+    nn.Linear: _linear,
+    QLinear: _linear,
+    nn.BatchNorm2d: _batchnorm,
+    nn.ReLU: _relu,
+    nn.ReLU6: _relu6,
+    nn.MaxPool2d: _maxpool,
 }
 
 
@@ -265,8 +323,12 @@ def _m_flatten(g: _Graph, where: str, x: str, start_dim: int = 0, end_dim: int =
 
 # call_function targets / call_method names -> converter(graph, node name, *args).
 _FUNCTIONS: dict[Any, Callable[..., str]] = {
-    F.relu: _f_relu, torch.relu: _f_relu, operator.add: _f_add, torch.add: _f_add,
-    F.adaptive_avg_pool2d: _f_global_pool, torch.flatten: _m_flatten,
+    F.relu: _f_relu,
+    torch.relu: _f_relu,
+    operator.add: _f_add,
+    torch.add: _f_add,
+    F.adaptive_avg_pool2d: _f_global_pool,
+    torch.flatten: _m_flatten,
 }
 _METHODS: dict[str, Callable[..., str]] = {"flatten": _m_flatten, "add": _f_add, "relu": _f_relu}
 
@@ -346,7 +408,8 @@ def build_graph(
     g.nodes.append(helper.make_node("Identity", [result], [OUTPUT_NAME], name=OUTPUT_NAME))
     num_classes = getattr(arch, "num_classes", None) or "classes"
     graph = helper.make_graph(
-        g.nodes, name,
+        g.nodes,
+        name,
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", *input_shape])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", num_classes])],
         g.initializers,
@@ -398,8 +461,11 @@ def torch_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
 def verify_backends(path: str | os.PathLike, x: np.ndarray, threads: int = 2) -> dict[str, dict[str, float]]:
     """Each installed runtime against the reference evaluator on ``x``: :func:`compare_logits` stats."""
     reference = load_backend(path, "reference")(x)
-    return {b: compare_logits(reference, load_backend(path, b, threads)(x))
-            for b in available_backends() if b != "reference"}
+    return {
+        b: compare_logits(reference, load_backend(path, b, threads)(x))
+        for b in available_backends()
+        if b != "reference"
+    }
 
 
 def export_onnx(
@@ -454,7 +520,9 @@ def _safetensors_checksum(folder: Path) -> str | None:
         return bytes(f.get_tensor(CHECKSUM_KEY).tolist()).hex() if CHECKSUM_KEY in f.keys() else None
 
 
-def verify_onnx(folder: str | os.PathLike, model: nn.Module | None = None, num_images: int = 4) -> dict[str, float] | None:
+def verify_onnx(
+    folder: str | os.PathLike, model: nn.Module | None = None, num_images: int = 4
+) -> dict[str, float] | None:
     """Check ``folder/onnx/model.onnx`` when present: readable, passes the checker, exported from
     this folder's weights, and its logits (reference evaluator) match the PyTorch model's.
 
@@ -472,17 +540,21 @@ def verify_onnx(folder: str | os.PathLike, model: nn.Module | None = None, num_i
         raise OnnxExportError(f"{path}: not a valid ONNX model (corrupted or truncated?): {err}") from err
     meta = {p.key: p.value for p in onnx_model.metadata_props}
     if meta.get(META_FORMAT) != FORMAT:
-        raise OnnxExportError(f"{path}: not a uniq_hub exact export ({META_FORMAT}={meta.get(META_FORMAT)!r}, expected "
-                              f"{FORMAT!r}); re-export it with `uniq-hub export-onnx {folder}`")
+        raise OnnxExportError(
+            f"{path}: not a uniq_hub exact export ({META_FORMAT}={meta.get(META_FORMAT)!r}, expected "
+            f"{FORMAT!r}); re-export it with `uniq-hub export-onnx {folder}`"
+        )
     if model is None:
         from .modeling_uniq import UniQForImageClassification
 
         model = UniQForImageClassification.from_pretrained(folder)
     expected = _safetensors_checksum(folder) or source_checksum(model)
     if meta.get(META_SOURCE) != expected:
-        raise OnnxExportError(f"{path}: stale or foreign file: exported from weights {meta.get(META_SOURCE, 'unknown')[:12]}..., "
-                              f"but this folder's model.safetensors is {expected[:12]}...; re-export with "
-                              f"`uniq-hub export-onnx {folder}`")
+        raise OnnxExportError(
+            f"{path}: stale or foreign file: exported from weights {meta.get(META_SOURCE, 'unknown')[:12]}..., "
+            f"but this folder's model.safetensors is {expected[:12]}...; re-export with "
+            f"`uniq-hub export-onnx {folder}`"
+        )
     shape = tuple(d.dim_value for d in onnx_model.graph.input[0].type.tensor_type.shape.dim[1:])
     x = np.random.default_rng(0).standard_normal((num_images, *shape), dtype=np.float32)
     try:
@@ -531,8 +603,12 @@ def flip_diagnostic(model: nn.Module, path: str | os.PathLike, x: np.ndarray) ->
     quantizers = {n.name[: -len(".in_q")]: n for n in onnx_model.graph.node if n.name.endswith(".in_q")}
     modules = dict(arch.named_modules())
     pre: dict[str, np.ndarray] = {}
-    hooks = [modules[name].input_quantizer.register_forward_pre_hook(lambda m, a, name=name: pre.__setitem__(name, a[0].numpy().copy()))
-             for name in quantizers]
+    hooks = [
+        modules[name].input_quantizer.register_forward_pre_hook(
+            lambda m, a, name=name: pre.__setitem__(name, a[0].numpy().copy())
+        )
+        for name in quantizers
+    ]
     try:
         arch(torch.from_numpy(x))
     finally:
@@ -543,8 +619,14 @@ def flip_diagnostic(model: nn.Module, path: str | os.PathLike, x: np.ndarray) ->
     extra.CopyFrom(onnx_model)
     extra.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
     outputs = ReferenceEvaluator(extra).run(names, {INPUT_NAME: x})
-    result: dict[str, Any] = {"first_layer": None, "flips": 0, "max_boundary_distance": 0.0, "max_value_difference": 0.0,
-                              "all_at_boundary": True, "layers_with_flips": []}
+    result: dict[str, Any] = {
+        "first_layer": None,
+        "flips": 0,
+        "max_boundary_distance": 0.0,
+        "max_value_difference": 0.0,
+        "all_at_boundary": True,
+        "layers_with_flips": [],
+    }
     for i, name in enumerate(quantizers):
         q = modules[name].input_quantizer
         step = _step(q).reshape(())
@@ -564,8 +646,13 @@ def flip_diagnostic(model: nn.Module, path: str | os.PathLike, x: np.ndarray) ->
         a, b = v_t[diff].astype(np.float64), v_o[diff].astype(np.float64)
         tol = 1e-5 * np.maximum(np.abs(boundary), 1.0)
         dist = np.maximum(np.abs(a - boundary), np.abs(b - boundary))
-        result.update(first_layer=name, flips=int(diff.sum()), max_boundary_distance=float(dist.max()),
-                      max_value_difference=float(np.abs(a - b).max()), all_at_boundary=bool((dist <= tol).all()))
+        result.update(
+            first_layer=name,
+            flips=int(diff.sum()),
+            max_boundary_distance=float(dist.max()),
+            max_value_difference=float(np.abs(a - b).max()),
+            all_at_boundary=bool((dist <= tol).all()),
+        )
     return result
 
 
@@ -577,8 +664,9 @@ def flip_diagnostic(model: nn.Module, path: str | os.PathLike, x: np.ndarray) ->
 def add_arguments(parser: Any) -> None:
     parser.add_argument("model", help="model folder or Hub repo id (as from_pretrained takes)")
     parser.add_argument("--output", "-o", help=f"ONNX file to write (default: MODEL/{ONNX_FILE} for a folder)")
-    parser.add_argument("--no-verify", dest="verify", action="store_false",
-                        help="skip the checks against PyTorch and between runtimes")
+    parser.add_argument(
+        "--no-verify", dest="verify", action="store_false", help="skip the checks against PyTorch and between runtimes"
+    )
 
 
 def run(args: Any) -> int:
@@ -591,6 +679,6 @@ def run(args: Any) -> int:
     path = export_onnx(model, output, verify=args.verify)
     meta = {p.key: p.value for p in onnx.load(os.fspath(path), load_external_data=False).metadata_props}
     size = os.path.getsize(path) / 1e6
-    print(f"wrote {path} ({size:.2f} MB); backends verified exact: {', '.join(json.loads(meta[META_EXACT_BACKENDS])) or 'none'}")
+    exact = ", ".join(json.loads(meta[META_EXACT_BACKENDS])) or "none"
+    print(f"wrote {path} ({size:.2f} MB); backends verified exact: {exact}")
     return 0
-

@@ -26,8 +26,18 @@ import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = [
-    "BACKENDS", "EXACT_BOUNDS", "FASTEST_FIRST", "META_EXACT_BACKENDS", "META_FORMAT", "META_SOURCE", "ONNX_FILE",
-    "OnnxImageClassifier", "available_backends", "compare_logits", "load_backend", "within_bounds",
+    "BACKENDS",
+    "EXACT_BOUNDS",
+    "FASTEST_FIRST",
+    "META_EXACT_BACKENDS",
+    "META_FORMAT",
+    "META_SOURCE",
+    "ONNX_FILE",
+    "OnnxImageClassifier",
+    "available_backends",
+    "compare_logits",
+    "load_backend",
+    "within_bounds",
 ]
 
 ONNX_FILE = "onnx/model.onnx"
@@ -114,15 +124,19 @@ def load_backend(path: str | os.PathLike, backend: str, threads: int = 2) -> Cal
     if backend not in BACKENDS:
         raise ValueError(f"unknown ONNX backend {backend!r}; expected one of {sorted(BACKENDS)}")
     if backend not in available_backends():
-        raise ImportError(f"backend {backend!r} needs the {_MODULES[backend]!r} package: pip install 'uniq_hub[onnx]'"
-                          + (" 'uniq_hub[openvino]'" if backend == "openvino" else ""))
+        raise ImportError(
+            f"backend {backend!r} needs the {_MODULES[backend]!r} package: pip install 'uniq_hub[onnx]'"
+            + (" 'uniq_hub[openvino]'" if backend == "openvino" else "")
+        )
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such ONNX file")
     try:
         return BACKENDS[backend](path, threads)
     except Exception as err:  # each runtime raises its own error types for an unreadable graph
-        raise ValueError(f"{path}: {backend} cannot load this ONNX file (corrupted or not an ONNX model?): {err}") from err
+        raise ValueError(
+            f"{path}: {backend} cannot load this ONNX file (corrupted or not an ONNX model?): {err}"
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +148,9 @@ def compare_logits(reference: np.ndarray, other: np.ndarray) -> dict[str, float]
     """Argmax agreement and the median / worst over images of ``max |difference| / max |logit|``."""
     reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
     if reference.shape != other.shape or reference.ndim != 2:
-        raise ValueError(f"logits must be two arrays of the same (batch, classes) shape, got {reference.shape} and {other.shape}")
+        raise ValueError(
+            f"logits must be two arrays of the same (batch, classes) shape, got {reference.shape} and {other.shape}"
+        )
     scale = np.maximum(np.abs(reference).max(axis=1), np.finfo(np.float32).tiny)
     rel = np.abs(reference - other).max(axis=1) / scale
     return {
@@ -148,8 +164,10 @@ def compare_logits(reference: np.ndarray, other: np.ndarray) -> dict[str, float]
 
 def within_bounds(stats: dict[str, float]) -> bool:
     """Whether :func:`compare_logits` statistics meet :data:`EXACT_BOUNDS`."""
-    return (stats["argmax_agreement"] >= EXACT_BOUNDS["argmax_agreement"]
-            and stats["median_rel_max_diff"] <= EXACT_BOUNDS["median_rel_max_diff"])
+    return (
+        stats["argmax_agreement"] >= EXACT_BOUNDS["argmax_agreement"]
+        and stats["median_rel_max_diff"] <= EXACT_BOUNDS["median_rel_max_diff"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,8 +180,18 @@ def within_bounds(stats: dict[str, float]) -> bool:
 _GRAY_PIL_MODES = frozenset({"1", "L", "LA"})
 _RGB_PIL_MODES = frozenset({"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV", "LAB"})
 _PIL_DEEP_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": None, "F": 1.0}
-_ARRAY_WHITE = {("u", 1): 255.0, ("b", 1): 1.0, ("u", 2): 65535.0, ("i", 2): 65535.0, ("i", 4): None,
-                ("i", 8): None, ("u", 4): None, ("f", 2): 1.0, ("f", 4): 1.0, ("f", 8): 1.0}
+_ARRAY_WHITE = {
+    ("u", 1): 255.0,
+    ("b", 1): 1.0,
+    ("u", 2): 65535.0,
+    ("i", 2): 65535.0,
+    ("i", 4): None,
+    ("i", 8): None,
+    ("u", 4): None,
+    ("f", 2): 1.0,
+    ("f", 4): 1.0,
+    ("f", 8): 1.0,
+}
 
 
 def _white(array: np.ndarray, white: float | None) -> float:
@@ -235,8 +263,10 @@ def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear, antialiased (PIL's float mode: the algorithm torchvision's antialias ports)."""
     if x.shape[:2] == (height, width):
         return x
-    channels = [Image.fromarray(np.ascontiguousarray(x[..., c]), mode="F").resize((width, height), Image.BILINEAR)
-                for c in range(x.shape[-1])]
+    channels = [
+        Image.fromarray(np.ascontiguousarray(x[..., c]), mode="F").resize((width, height), Image.BILINEAR)
+        for c in range(x.shape[-1])
+    ]
     return np.stack([np.asarray(c, dtype=np.float32) for c in channels], axis=-1)
 
 
@@ -254,8 +284,10 @@ class _Preprocessor:
             self.mean = np.asarray(config["image_mean"] if normalize else [0.0] * self.num_channels, np.float32)
             self.std = np.asarray(config["image_std"] if normalize else [1.0] * self.num_channels, np.float32)
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{where}: missing or invalid field {err} (expected size.shortest_edge, crop_size, "
-                             "image_mean, image_std, num_channels)") from err
+            raise ValueError(
+                f"{where}: missing or invalid field {err} (expected size.shortest_edge, crop_size, "
+                "image_mean, image_std, num_channels)"
+            ) from err
         if self.mean.shape != (self.num_channels,) or self.std.shape != (self.num_channels,):
             raise ValueError(f"{where}: image_mean / image_std must hold {self.num_channels} values")
 
@@ -284,8 +316,9 @@ class _Preprocessor:
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (a UniQ model folder has config.json, preprocessor_config.json "
-                                f"and {ONNX_FILE})")
+        raise FileNotFoundError(
+            f"{path}: not found (a UniQ model folder has config.json, preprocessor_config.json and {ONNX_FILE})"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -322,7 +355,9 @@ class OnnxImageClassifier:
     def __init__(self, folder: str | os.PathLike, backend: str | None = None, threads: int = 2) -> None:
         folder = Path(folder)
         config = _read_json(folder / "config.json")
-        self.preprocess = _Preprocessor(_read_json(folder / "preprocessor_config.json"), str(folder / "preprocessor_config.json"))
+        self.preprocess = _Preprocessor(
+            _read_json(folder / "preprocessor_config.json"), str(folder / "preprocessor_config.json")
+        )
         id2label = config.get("id2label") or {}
         self.labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]
         self.path = folder / ONNX_FILE
@@ -344,8 +379,14 @@ class OnnxImageClassifier:
         self._run = load_backend(self.path, backend, threads)
 
     @classmethod
-    def from_pretrained(cls, folder_or_repo: str | os.PathLike, backend: str | None = None, threads: int = 2,
-                        revision: str | None = None, token: Any = None) -> "OnnxImageClassifier":
+    def from_pretrained(
+        cls,
+        folder_or_repo: str | os.PathLike,
+        backend: str | None = None,
+        threads: int = 2,
+        revision: str | None = None,
+        token: Any = None,
+    ) -> "OnnxImageClassifier":
         """Load from a local folder or a Hub repo id (downloads only the three files needed)."""
         return cls(_resolve(folder_or_repo, revision, token), backend=backend, threads=threads)
 
@@ -367,7 +408,9 @@ class OnnxImageClassifier:
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs = shifted / shifted.sum(axis=1, keepdims=True)
         k = max(1, min(int(top_k), probs.shape[1]))
-        results = [[{"label": self._label(i), "score": float(p[i])} for i in np.argsort(-p, kind="stable")[:k]] for p in probs]
+        results = [
+            [{"label": self._label(i), "score": float(p[i])} for i in np.argsort(-p, kind="stable")[:k]] for p in probs
+        ]
         out = results if isinstance(images, (list, tuple)) else results[0]
         return (out, logits) if return_logits else out
 
@@ -381,4 +424,3 @@ def _as_list(images: Any) -> Sequence[Any]:
     if isinstance(images, np.ndarray) and images.ndim == 4:
         return list(images)
     return [images]
-

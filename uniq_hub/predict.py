@@ -41,7 +41,11 @@ def _onnx_predictor(runtime: str) -> Any:
 
 
 # runtime -> factory(model) -> (logits(images) -> array, labels)
-RUNTIMES = {"torch": _torch_predictor, "onnxruntime": _onnx_predictor("onnxruntime"), "openvino": _onnx_predictor("openvino")}
+RUNTIMES = {
+    "torch": _torch_predictor,
+    "onnxruntime": _onnx_predictor("onnxruntime"),
+    "openvino": _onnx_predictor("openvino"),
+}
 
 
 def predict(images: list[Any], model: str, runtime: str = "torch", top_k: int = 5) -> list[list[dict[str, Any]]]:
@@ -61,8 +65,12 @@ def predict(images: list[Any], model: str, runtime: str = "torch", top_k: int = 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--model", "-m", required=True, help="model folder or Hub repo id")
-    parser.add_argument("--runtime", choices=sorted(RUNTIMES), default="torch",
-                        help="torch (PyTorch model) or an ONNX backend running onnx/model.onnx (default: torch)")
+    parser.add_argument(
+        "--runtime",
+        choices=sorted(RUNTIMES),
+        default="torch",
+        help="torch (PyTorch model) or an ONNX backend running onnx/model.onnx (default: torch)",
+    )
     parser.add_argument("--top-k", type=int, default=5, help="classes to print per image (default: 5)")
 
 
