@@ -105,7 +105,7 @@ def runners(model, path: str, rows: tuple[str, ...], threads: int, x: np.ndarray
         if row.startswith("torch"):
             out[row] = torch_fn
         elif row.startswith("ort"):
-            session = ort_session(path, threads)
+            session = ort_session(path, threads, spin=False)
             out[row] = lambda s=session: s.run(None, {"pixel_values": x})
         else:
             compiled = openvino_model(path, threads, precision=None if row == "ov-default" else "f32")

@@ -65,7 +65,9 @@ def _reference(path: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: np.asarray(evaluator.run(None, {INPUT_NAME: x})[0])
 
 
-def ort_session(path: str, threads: int = 2, optimized_model_filepath: str | None = None, optimize: bool = True):
+def ort_session(
+    path: str, threads: int = 2, optimized_model_filepath: str | None = None, optimize: bool = True, spin: bool = True
+):
     """An ONNX Runtime CPU session that stays exact (``WeightBiasQuantization`` disabled).
 
     ``optimize=False``: ``ORT_DISABLE_ALL`` (the graph as written, a second reference).
@@ -75,6 +77,8 @@ def ort_session(path: str, threads: int = 2, optimized_model_filepath: str | Non
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.log_severity_level = 3
+    if not spin:  # idle worker threads sleep instead of spinning (fairer beside other runtimes in one process)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if optimized_model_filepath:
