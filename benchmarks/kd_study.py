@@ -40,7 +40,8 @@ def _train(name: str, bits: str, kd: bool, seed: int, zoo_runs: Path, runs: Path
     elif out.exists():
         args.append("--overwrite")
     with open(runs / f"{name}.log", "w") as log:
-        subprocess.run(args, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run(args, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
     return out
 
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         config = json.loads((run / "train_config.json").read_text())
         records.append({"model": "resnet20", "bits": bits, "kd": kd, "seed": seed, "top1": summary["best_top1"],
                         "top1_last": summary["last"].get("top1"), "epochs": config["epochs"],
-                        "teacher": config.get("teacher"), "kd_temperature": config.get("kd_temperature") if kd else None,
+                        "teacher": config.get("teacher"),
+                        "kd_temperature": config.get("kd_temperature") if kd else None,
                         "kd_weight": config.get("kd_weight") if kd else None, "run_dir": str(run)})
     settings = []
     for bits in BITS:

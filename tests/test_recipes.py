@@ -21,9 +21,11 @@ def test_paper_recipes_by_bits():
         "sgd", 0.01, 0.9, 90, 256)
     assert multi["warmup_epochs"] == 0 and multi["calib_batches"] == 1000
     binary = recipe_defaults("imagenet", 1, 1)
-    assert (binary["optimizer"], binary["lr"], binary["warmup_epochs"], binary["warmup_lr"]) == ("adam", 0.004, 5, 0.001)
+    assert (binary["optimizer"], binary["lr"], binary["warmup_epochs"], binary["warmup_lr"]) == (
+        "adam", 0.004, 5, 0.001)
     cifar = recipe_defaults("cifar100", 3, 3)
-    assert (cifar["weight_decay"], cifar["epochs"], cifar["batch_size"], cifar["calib_batches"]) == (5e-4, 350, 128, 100)
+    assert (cifar["weight_decay"], cifar["epochs"], cifar["batch_size"], cifar["calib_batches"]) == (
+        5e-4, 350, 128, 100)
     assert recipe_defaults("imagenet", 32, 32)["calib_batches"] == 0
     assert recipe_family("ILSVRC/imagenet-1k", "resnet20") == "imagenet"
     assert recipe_family("fashion_mnist", "resnet20") == "fashion-mnist"

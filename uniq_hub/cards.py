@@ -175,7 +175,8 @@ def _policy(entry: ZooEntry) -> str:
     ]
     counts = ", ".join(f"{n} at {label}" for label, n in layers.items())
     return (
-        f"Weights at {_bits(entry.w_bits)} and activations at {_bits(entry.a_bits)} (UniQ's symmetric weight quantizer, "
+        f"Weights at {_bits(entry.w_bits)} and activations at {_bits(entry.a_bits)} "
+        "(UniQ's symmetric weight quantizer, "
         + ("unsigned activation quantizer, the symmetric one on layers that read a linear bottleneck (signed "
            "inputs, not the paper's choice)" if entry.signed_inputs else "unsigned activation quantizer")
         + f", learnable step sizes); {edges}. Weight step sizes per "
@@ -191,7 +192,8 @@ def _recipe_lines(entry: ZooEntry) -> list[str]:
     sched = f"cosine (no restarts) over {r.epochs} epochs"
     if r.warmup_epochs:
         sched = f"{r.warmup_epochs:g} warm-up epochs at a constant lr {r.warmup_lr:g}, then lr {r.lr:g} with " + sched
-    opt = OPTIMIZER_NAMES.get(r.optimizer, r.optimizer) + (f" (momentum {r.momentum:g})" if r.momentum else "") + f", lr {r.lr:g}"
+    momentum = f" (momentum {r.momentum:g})" if r.momentum else ""
+    opt = OPTIMIZER_NAMES.get(r.optimizer, r.optimizer) + momentum + f", lr {r.lr:g}"
     init = {None: "from scratch"}.get(r.init_from, f"from `{r.init_from}`")
     lines = [
         f"| optimizer | {opt} |", f"| schedule | {sched} |", f"| batch size | {r.batch_size} |",
@@ -223,25 +225,29 @@ def render_card(
     result = _as_result(result, entry)
     repo_id = repo_id or entry.name
     ds = entry.dataset
-    precision = "full-precision" if entry.full_precision else f"{entry.bits} (weights {entry.w_bits}-bit, activations {entry.a_bits}-bit)"
+    precision = ("full-precision" if entry.full_precision
+                 else f"{entry.bits} (weights {entry.w_bits}-bit, activations {entry.a_bits}-bit)")
     low, fp32 = checkpoint_size(entry)
     size_lines = [f"FP32 checkpoint of this architecture: {_mb(fp32)}"]
     if not entry.full_precision:
-        size_lines.insert(0, f"Packed checkpoint data ({_bits(entry.w_bits)} per quantized weight, the rest as stored): "
+        size_lines.insert(0, f"Packed checkpoint data ({_bits(entry.w_bits)} per quantized weight, "
+                             "the rest as stored): "
                              f"{_mb(low)} ({fp32 / low:.1f}x smaller than FP32)")
     weights = Path(folder) / "model.safetensors" if folder else None
     if weights is not None and weights.is_file():
         size_lines.append(f"`model.safetensors` in this repository: {_mb(weights.stat().st_size)}")
     summary = (
         f"A {precision} {model_info(entry.arch).display_name} image classifier for {ds.pretty_name} "
-        f"({ds.num_labels} classes, {ds.image_size}x{ds.image_size} {'grayscale' if ds.in_chans == 1 else 'RGB'} input), "
+        f"({ds.num_labels} classes, {ds.image_size}x{ds.image_size} "
+        f"{'grayscale' if ds.in_chans == 1 else 'RGB'} input), "
         + ("the float baseline that the quantized models of this family start from; they are trained with "
            if entry.full_precision else "trained with ")
         + f"**UniQ**, the learnable symmetric quantizer of *{PAPER_TITLE}* (Pham, Abraham, Chung)."
     )
     paper_line = None
     if entry.paper_top1 is not None:
-        fp = f" (its full-precision baseline: {entry.paper_fp_top1:g}%)" if entry.paper_fp_top1 and not entry.full_precision else ""
+        has_fp = entry.paper_fp_top1 and not entry.full_precision
+        fp = f" (its full-precision baseline: {entry.paper_fp_top1:g}%)" if has_fp else ""
         paper_line = (f"Reported by the paper (not measured here): top-1 {entry.paper_top1:g}% on {ds.pretty_name} "
                       f"({entry.paper_source}){fp}.")
     run_dir = f"runs/{entry.short_name}" if entry.recipe is not None else ""

@@ -43,7 +43,8 @@ def recipe_family(dataset: str | None, arch: str) -> str:
     """The recipe family of a dataset (a zoo dataset by key or HF name, ``fashion_mnist`` too);
     other datasets by the architecture (:func:`model_info`): ImageNet ones "imagenet", small-image ones "cifar100"."""
     if dataset:
-        matches = [f for f in FAMILIES if _norm(dataset) in (_norm(DATASETS[f.dataset].key), _norm(DATASETS[f.dataset].hf_name))]
+        matches = [f for f in FAMILIES
+                   if _norm(dataset) in (_norm(DATASETS[f.dataset].key), _norm(DATASETS[f.dataset].hf_name))]
         if matches:  # the family of this architecture on the dataset, else the dataset's first
             return next((f.recipes for f in matches if f.arch == arch), matches[0].recipes)
     return "imagenet" if model_info(arch).imagenet else "cifar100"

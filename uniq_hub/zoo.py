@@ -145,7 +145,8 @@ class ZooEntry:
             "eval_split": self.dataset.eval_split, "num_labels": self.dataset.num_labels,
             "image_size": self.dataset.image_size, "in_chans": self.dataset.in_chans,
             "bits": self.bits, "w_bits": self.w_bits, "a_bits": self.a_bits,
-            "weight_granularity": self.weight_granularity, "signed_inputs": self.signed_inputs, "recipe": self.recipe.to_dict() if self.recipe else None,
+            "weight_granularity": self.weight_granularity, "signed_inputs": self.signed_inputs,
+            "recipe": self.recipe.to_dict() if self.recipe else None,
             "paper_top1": self.paper_top1, "paper_source": self.paper_source,
             "paper_fp_top1": self.paper_fp_top1,
             "measured_top1": self.measured.top1 if self.measured else None,
@@ -294,7 +295,8 @@ def _build_entries() -> dict[str, ZooEntry]:
                 w_bits=bits, a_bits=bits, recipe=_recipe(family, bits),
                 weight_granularity=None if bits == FP_BITS else family.weight_granularity,
                 signed_inputs=bits != FP_BITS and family.signed_inputs,
-                paper_top1=family.paper.get(bits), paper_source=(family.binary_source if bits == 1 else None) or family.paper_source
+                paper_top1=family.paper.get(bits),
+                paper_source=(family.binary_source if bits == 1 else None) or family.paper_source
                 if bits in family.paper else None,
                 paper_fp_top1=family.paper.get(FP_BITS),
             )

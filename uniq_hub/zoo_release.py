@@ -111,7 +111,9 @@ def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str |
     return record
 
 
-def refresh_card(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str | os.PathLike = RELEASE_DIR) -> dict[str, Any]:
+def refresh_card(
+    entry: ZooEntry | str, run_dir: str | os.PathLike, root: str | os.PathLike = RELEASE_DIR
+) -> dict[str, Any]:
     """Rewrite a release folder's training record and card from its run, keeping the measured numbers."""
     from .cards import render_card
 
