@@ -1,10 +1,10 @@
 """The trained zoo kept in git: release folders ``zoo/<name>/``, made from training runs, and
 published in one command (``uniq-hub publish-zoo``).
 
-A release folder is the run's export (packed weights, config, processor config, remote code),
-re-evaluated on the whole evaluation split, with ``eval_results.json`` (the record, the training
-record inside) and a card ``README.md`` that shows those numbers. ``tests/test_zoo_release.py``
-re-derives every number of every card from the folder.
+A release folder is the run's best model saved in the release format (packed weights, config,
+processor config, remote code, the exact ONNX graph), evaluated on the whole evaluation split, with
+``eval_results.json`` (the record, the training record inside) and a card ``README.md`` that shows
+those numbers. ``tests/test_zoo_release.py`` re-derives every number of every card from the folder.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ NOT_RELEASED = {
     "uniq/mobilenetv2-fashion-mnist-w2a2": "the 2-bit MobileNetV2 collapsed to a constant output in every attempt "
     "(unsigned inputs at lr 0.01: 8.93% top-1; signed inputs at lr 0.01 and at 0.001: loss stuck at ln 10)",
 }
-_NOT_OPTIONS = {"output_dir", "run_name", "progress", "log_with", "resume", "export"}  # bookkeeping, not results
+# bookkeeping, not results
+_NOT_OPTIONS = {"output_dir", "run_name", "progress", "log_with", "resume", "export", "overwrite"}
 
 
 def release_folders(root: str | os.PathLike = RELEASE_DIR) -> dict[str, Path]:
@@ -57,6 +58,8 @@ def training_record(run_dir: str | os.PathLike) -> dict[str, Any]:
         if f.name in _NOT_OPTIONS or f.name == "zoo" or f.name not in used or value == getattr(base, f.name):
             continue
         flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, dict):  # per-layer overrides, in the command line's syntax
+            value = ";".join(f"{pattern}={w},{a}" for pattern, (w, a) in value.items())
         args += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
     times = run_dir / "wall_times.txt"
     wall = sum(int(line) for line in times.read_text().split()) if times.is_file() else None
