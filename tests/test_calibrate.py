@@ -16,7 +16,8 @@ def test_calibration_sets_steps_to_the_formula_on_known_inputs():
     U.quantize_(model, U.QuantConfig(2, 3, first_bits=4, last_bits=5))
     seen: dict[str, list[torch.Tensor]] = {}
     for name, q in U.quantizers(model).items():
-        q.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, []).append(args[0].detach().clone()))
+        q.register_forward_pre_hook(
+            lambda mod, args, name=name: seen.setdefault(name, []).append(args[0].detach().clone()))
     running_mean = model[1].running_mean.clone()
     model.eval()
     batches = [torch.randn(8, 1, 6, 6) * s for s in (1.0, 3.0, 2.0, 10.0)]
@@ -30,11 +31,13 @@ def test_calibration_sets_steps_to_the_formula_on_known_inputs():
     assert float(first.step) == pytest.approx(expected, rel=1e-5)
 
     last = model[4].input_quantizer  # unsigned: D_a^u(bits) * sqrt(2 E[x^2]), max over batches
-    expected = max(optimal_step(5, "activation")[0] * math.sqrt(2 * float(x.pow(2).mean())) for x in seen["4.input_quantizer"])
+    unit = optimal_step(5, "activation")[0]
+    expected = max(unit * math.sqrt(2 * float(x.pow(2).mean())) for x in seen["4.input_quantizer"])
     assert float(last.step) == pytest.approx(expected, rel=1e-5)
 
     w = model[4].weight  # weights: D_w^u * per-output-channel std
-    torch.testing.assert_close(model[4].weight_quantizer.step.flatten(), optimal_step(5, "weight")[0] * w.detach().std(dim=1))
+    expected_w = optimal_step(5, "weight")[0] * w.detach().std(dim=1)
+    torch.testing.assert_close(model[4].weight_quantizer.step.flatten(), expected_w)
     assert not any(q.calibrating for q in U.quantizers(model).values())
 
 

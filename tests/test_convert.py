@@ -49,7 +49,8 @@ def test_conversion_shape_mismatch_is_named():
     cv = get_model("preresnet20_cifar10", pretrained=False)
     with pytest.raises(ValueError, match="shape mismatch converting pytorchcv 'output.weight' .* 'fc.weight'"):
         convert_state_dict(cv.state_dict(), create_model("resnet20", num_classes=100))
-    with pytest.raises(ValueError, match=r"'features.stage2.unit1.body.conv1.conv.weight' \(32, 16, 3, 3\) to 'layer1.3"):
+    misaligned = r"'features.stage2.unit1.body.conv1.conv.weight' \(32, 16, 3, 3\) to 'layer1.3"
+    with pytest.raises(ValueError, match=misaligned):
         convert_state_dict(cv.state_dict(), create_model("resnet32", num_classes=10))  # deeper: misaligned
     truncated = dict(list(cv.state_dict().items())[:-1])
     with pytest.raises(ValueError, match="ran out of entries at our 'fc.bias'"):

@@ -28,7 +28,8 @@ def test_quantizer_stats_by_hand():
     w = quantizers(model)["layer1.0.conv1.weight_quantizer"]  # kernel-wise: the mean of per-channel optima
     weight = model.layer1[0].conv1.weight
     ws = quantizer_stats(w, weight, w(weight))
-    assert ws["step_opt"] == pytest.approx(optimal_step(2, "weight")[0] * weight.flatten(1).std(1).mean().item(), rel=1e-5)
+    expected = optimal_step(2, "weight")[0] * weight.flatten(1).std(1).mean().item()
+    assert ws["step_opt"] == pytest.approx(expected, rel=1e-5)
     assert ws["step"] == pytest.approx(ws["step_opt"], rel=1e-4)  # initialised from these weights
 
 

@@ -12,8 +12,15 @@ from safetensors import safe_open
 
 from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
 from uniq_hub.packing import (
-    PACKED_SUFFIX, information_bytes, is_packed, pack_bits, pack_state_dict, packed_nbytes, quantized_layers,
-    unpack_bits, unpack_state_dict,
+    PACKED_SUFFIX,
+    information_bytes,
+    is_packed,
+    pack_bits,
+    pack_state_dict,
+    packed_nbytes,
+    quantized_layers,
+    unpack_bits,
+    unpack_state_dict,
 )
 
 
@@ -110,7 +117,8 @@ def test_resnet18_file_sizes_within_2_percent_of_information_theoretic(tmp_path)
     fp32 = sum(p.numel() * 4 for p in model.model.parameters()) / 1e6
     print("\nresnet18 model.safetensors: FP32 params ~%.2f MB" % fp32)
     for bits, size, info in rows:
-        print(f"  w{bits}a{bits}: {size / 1e6:.2f} MB (information-theoretic {info / 1e6:.2f} MB, +{100 * (size / info - 1):.2f}%)")
+        print(f"  w{bits}a{bits}: {size / 1e6:.2f} MB (information-theoretic {info / 1e6:.2f} MB, "
+              f"+{100 * (size / info - 1):.2f}%)")
     sizes = dict((b, s) for b, s, _ in rows)
     assert sizes[4] > sizes[3] > sizes[2]  # 1 bit keeps first / last / shortcut layers in FP32
     assert sizes[2] < fp32 * 1e6 / 12

@@ -187,7 +187,8 @@ def test_pipeline_on_pil_images_of_every_mode_and_size(which, rgb_folder, gray_f
 def test_pipeline_on_files(tmp_path, rgb_folder, gray_folder):
     photo = _photo((60, 40))
     files = {
-        "rgb.jpg": photo, "gray.png": photo.convert("L"), "la.png": photo.convert("LA"), "rgba.png": photo.convert("RGBA"),
+        "rgb.jpg": photo, "gray.png": photo.convert("L"), "la.png": photo.convert("LA"),
+        "rgba.png": photo.convert("RGBA"),
         "palette.gif": photo.convert("P"), "cmyk.jpg": photo.convert("CMYK"), "bits.bmp": photo.convert("1"),
         "deep.png": as_mode(photo, "I;16"), "deep.tiff": as_mode(photo, "I;16"), "tiny.png": photo.resize((1, 1)),
     }

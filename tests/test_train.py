@@ -35,7 +35,8 @@ def quick(tiny, tmp_path_factory, hub_server, hub_token):
     publish to the local Hub."""
     work = tmp_path_factory.mktemp("quick")
     result = run_quickstart(work, dataset=str(tiny), train_samples=None, fp_epochs=1, q_epochs=2, batch_size=16,
-                            num_workers=0, num_examples=3, progress=False, repo_id="quickstart/toy-w2a2", token=hub_token,
+                            num_workers=0, num_examples=3, progress=False, repo_id="quickstart/toy-w2a2",
+                            token=hub_token,
                             log_every=1, dynamics_every=2, save_every=3, eval_every=1)
     return work, result
 
@@ -109,7 +110,8 @@ def test_run_directory(quick):
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(best(x).logits, export(x).logits)
-    assert (run / "export" / "model.safetensors").stat().st_size < (run / "best" / "model.safetensors").stat().st_size / 4
+    packed, latent = ((run / d / "model.safetensors").stat().st_size for d in ("export", "best"))
+    assert packed < latent / 4
 
 
 def test_init_from_loads_network_weights_not_steps(quick, tiny):

@@ -123,7 +123,7 @@ def quantized_layers(model: nn.Module) -> dict[str, tuple[_QuantizedMixin, UniQQ
 
 
 def _effective(step: Tensor) -> Tensor:
-    """The step a quantizer's forward uses: kept positive (``UniQQuantizer.effective_step``)."""
+    """The step a quantizer's forward uses: kept positive (``clamp_min(_MIN_STEP)``, as ``UniQQuantizer.forward``)."""
     return step.detach().clamp_min(_MIN_STEP)
 
 
@@ -395,7 +395,9 @@ def check_processor_config(
             "another size than it was trained on"]
 
 
-def check_values(state: Mapping[str, Tensor], path: str | os.PathLike | None = None, positive_steps: bool = True) -> None:
+def check_values(
+    state: Mapping[str, Tensor], path: str | os.PathLike | None = None, positive_steps: bool = True
+) -> None:
     """Refuse step sizes that are not positive and finite and negative BatchNorm variances
     (the model would silently clamp or produce NaN), naming the file and key. ``positive_steps=False``
     (latent training checkpoints, whose raw steps the forward clamps) checks only finiteness."""

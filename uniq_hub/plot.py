@@ -185,8 +185,8 @@ def plot_accuracy(results: list[RunResult], out: str | Path) -> Path:
                 by_method[r.method].append(r)
         for method, points in by_method.items():
             points.sort(key=lambda r: r.bits)
-            line = ax.plot([r.bits for r in points], [r.top1 for r in points], marker="o",
-                           label=f"{arch} {method.upper() if method == 'lsq' else 'UniQ'} ({dataset.rsplit('/', 1)[-1]})")[0]
+            label = f"{arch} {method.upper() if method == 'lsq' else 'UniQ'} ({dataset.rsplit('/', 1)[-1]})"
+            line = ax.plot([r.bits for r in points], [r.top1 for r in points], marker="o", label=label)[0]
             paper = [(r.bits, r.paper_top1) for r in points if r.paper_top1 is not None]
             if paper:
                 ax.scatter(*zip(*paper), facecolors="none", edgecolors=line.get_color(), s=70,

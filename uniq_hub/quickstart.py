@@ -62,7 +62,8 @@ def run_quickstart(
                               run_name="quickstart-resnet20-fp"))
     _say(f"2/5 UniQ w{bits}a{bits} initialised from it: calibration, then {q_epochs} epoch(s)")
     q = train(resolve_config(common, bits=bits, epochs=q_epochs, init_from=str(workdir / "fp"),
-                             output_dir=str(workdir / f"w{bits}a{bits}"), run_name=f"quickstart-resnet20-w{bits}a{bits}"))
+                             output_dir=str(workdir / f"w{bits}a{bits}"),
+                             run_name=f"quickstart-resnet20-w{bits}a{bits}"))
     export = Path(q["export_dir"])
     _say(f"3/5 evaluating the exported folder {export} as `uniq-hub evaluate` does")
     record = evaluate(str(export), dataset, "test", batch_size=256, max_samples=eval_samples, num_workers=num_workers)

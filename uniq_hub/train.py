@@ -81,7 +81,8 @@ class DataBundle:
 
 
 def _first_image(ds: Any):
-    row = ds[0] if hasattr(ds, "__getitem__") and not isinstance(ds, torch.utils.data.IterableDataset) else next(iter(ds))
+    indexable = hasattr(ds, "__getitem__") and not isinstance(ds, torch.utils.data.IterableDataset)
+    row = ds[0] if indexable else next(iter(ds))
     return row["image"]
 
 
@@ -189,13 +190,17 @@ def load_init_weights(model, source: str) -> list[str]:
     Returns the keys loaded. Any other missing or mismatching tensor is an error.
     """
     scheme, sep, name = source.partition(":")
-    weights = INIT_SOURCES[scheme](name, model) if sep and scheme in INIT_SOURCES else _float_weights_ours(source, model)
+    if sep and scheme in INIT_SOURCES:
+        weights = INIT_SOURCES[scheme](name, model)
+    else:
+        weights = _float_weights_ours(source, model)
     weights = {k: v for k, v in weights.items() if "_quantizer." not in k}
     own = model.state_dict()
     needed = {k for k in own if "_quantizer." not in k}
     head = f"model.{model.model.last_layer}."
     if any(k.startswith(head) and k in own and v.shape != own[k].shape for k, v in weights.items()):
-        logger.info("--init-from %s: other classes; the classifier (%s*) is new, everything else is loaded", source, head)
+        logger.info("--init-from %s: other classes; the classifier (%s*) is new, everything else is loaded",
+                    source, head)
         weights = {k: v for k, v in weights.items() if not k.startswith(head)}
         needed = {k for k in needed if not k.startswith(head)}
     missing, unexpected = sorted(needed - set(weights)), sorted(set(weights) - set(own))
@@ -267,7 +272,8 @@ def _eval_record(cfg: TrainConfig, metrics: dict[str, Any], export_dir: Path) ->
     return {
         "model_id": cfg.zoo or cfg.run_name, "dataset": cfg.dataset, "split": cfg.eval_split,
         "top1": metrics["top1"], "top5": metrics["top5"], "num_examples": metrics["num_examples"],
-        "command": "uniq-hub evaluate " + shlex.join([str(export_dir), "--dataset", cfg.dataset, "--split", cfg.eval_split]),
+        "command": "uniq-hub evaluate "
+                   + shlex.join([str(export_dir), "--dataset", cfg.dataset, "--split", cfg.eval_split]),
     }
 
 
@@ -338,8 +344,8 @@ class Trainer:
             self.batches_per_epoch = bundle.num_train // (per_batch * acc.num_processes)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
-        self.scheduler = build_scheduler(self.optimizer, self.total_steps, round(cfg.warmup_epochs * self.steps_per_epoch),
-                                         cfg.warmup_lr, cfg.min_lr)
+        warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup_steps, cfg.warmup_lr, cfg.min_lr)
         self.state = self.checkpointer.load(resume_from, self.scheduler) if resume_from else TrainerState()
         if resume_from:
             acc.print(f"resumed from {resume_from}: epoch {self.state.epoch}, step {self.state.global_step}")
@@ -503,7 +509,8 @@ def run(args: argparse.Namespace) -> int:
     if PartialState().is_main_process:
         best = summary["best_top1"]
         print(f"done: {summary['steps']} steps, best top-1 {best:.2f}%" if best is not None else "done")
-        print(f"run directory: {summary['run_dir']}" + (f"; export: {summary['export_dir']}" if summary["export_dir"] else ""))
+        exported = f"; export: {summary['export_dir']}" if summary["export_dir"] else ""
+        print(f"run directory: {summary['run_dir']}{exported}")
     return 0
 
 
