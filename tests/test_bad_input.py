@@ -256,3 +256,18 @@ def test_not_an_image(tmp_path, folder):
     with pytest.raises(Exception) as info:  # raised by transformers' own image loading
         pipe(str(text))
     assert str(text) in str(info.value) and "cannot identify image file" in str(info.value)
+
+
+@pytest.mark.parametrize("key, value", [("image_std", [0.0]), ("image_std", [-0.5]), ("image_mean", [float("nan")])])
+def test_processor_config_with_impossible_normalisation_is_refused(folder, key, value):
+    """A zero / negative std (division by it) or a NaN mean in preprocessor_config.json is refused at load."""
+    from uniq_hub import UniQImageProcessor
+
+    path = os.path.join(folder, "preprocessor_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config[key] = value * len(config[key])
+    with open(path, "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match=f"{key} must be"):
+        UniQImageProcessor.from_pretrained(folder)
