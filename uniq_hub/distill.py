@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,12 +26,9 @@ def distillation_loss(
 
 def load_teacher(source: str, num_labels: int) -> nn.Module:
     """The teacher: a model folder, a run directory (its ``best/``) or a Hub id, frozen in eval mode."""
-    from .modeling_uniq import UniQForImageClassification
+    from .export import load_trained
 
-    path = Path(source)
-    if (path / "best" / "config.json").is_file():
-        path = path / "best"
-    teacher = UniQForImageClassification.from_pretrained(str(path) if path.exists() else source)
+    teacher = load_trained(source)
     if teacher.config.num_labels != num_labels:
         raise ValueError(f"--teacher {source}: it has {teacher.config.num_labels} labels, the dataset {num_labels}; "
                          "distillation needs the same classes")

@@ -18,9 +18,10 @@ from .cards import entry_from_config, render_card
 from .onnx_runtime import ONNX_FILE
 from .zoo import get_entry
 
-__all__ = ["RESULTS_FILE", "card_entry", "export_model", "save_latent"]
+__all__ = ["BEST_DIR", "RESULTS_FILE", "card_entry", "export_model", "load_trained", "save_latent"]
 
 RESULTS_FILE = "eval_results.json"
+BEST_DIR = "best"  # in a run directory: the best model's latent weights (save_latent)
 
 
 def card_entry(model_config: Any, zoo_name: str | None, name: str, dataset: str):
@@ -61,6 +62,16 @@ def _export_onnx(model: Any, folder: Path) -> None:
     from .onnx_export import export_onnx  # needs the optional onnx package
 
     export_onnx(model, folder / ONNX_FILE)
+
+
+def load_trained(source: str) -> Any:
+    """A ``UniQForImageClassification`` from a model folder, a run directory (its ``best/``) or a Hub id."""
+    from .modeling_uniq import UniQForImageClassification
+
+    path = Path(source)
+    if (path / BEST_DIR / "config.json").is_file():  # a run directory: its best model, latent weights
+        path = path / BEST_DIR
+    return UniQForImageClassification.from_pretrained(str(path) if path.exists() else source)
 
 
 def save_latent(model: Any, folder: str | os.PathLike) -> Path:

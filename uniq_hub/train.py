@@ -74,7 +74,6 @@ class DataBundle:
     num_train: int
     processor: Any = None  # the UniQImageProcessor both transforms are built from
 
-
     @property
     def num_labels(self) -> int:
         return len(self.id2label)
@@ -168,13 +167,9 @@ def _float_weights_pytorchcv(name: str, model) -> dict[str, torch.Tensor]:
 
 
 def _float_weights_ours(source: str, model) -> dict[str, torch.Tensor]:
-    from .modeling_uniq import UniQForImageClassification
+    from .export import load_trained
 
-    path = Path(source)
-    if (path / "best" / "config.json").is_file():  # a run directory: its best model, latent weights
-        path = path / "best"
-    loaded = UniQForImageClassification.from_pretrained(str(path) if path.exists() else source)
-    return dict(loaded.state_dict())
+    return dict(load_trained(source).state_dict())
 
 
 # ``--init-from`` schemes: "scheme:name" -> float state dict with our keys
@@ -278,12 +273,12 @@ def _eval_record(cfg: TrainConfig, metrics: dict[str, Any], export_dir: Path) ->
 
 
 def _save_best(accelerator, model, cfg: TrainConfig, metrics: dict[str, Any]) -> None:
-    from .export import card_entry, export_model, save_latent
+    from .export import BEST_DIR, card_entry, export_model, save_latent
 
     if not accelerator.is_main_process:
         return
     unwrapped = accelerator.unwrap_model(model)
-    save_latent(unwrapped, cfg.run_dir / "best")
+    save_latent(unwrapped, cfg.run_dir / BEST_DIR)
     if cfg.export:
         export_dir = cfg.run_dir / "export"
         entry = card_entry(unwrapped.config, cfg.zoo, cfg.run_name, cfg.dataset)

@@ -68,7 +68,6 @@ class Recipe:
     init_from: str | None  # zoo name, "pytorchcv:<model>", or None (from scratch)
     calibration_batches: int
     momentum: float | None = None
-    schedule: str = "cosine"  # cosine without restarts, after the warm-up
     warmup_epochs: float = 0
     warmup_lr: float | None = None  # constant lr during the warm-up
     source: str = "paper"  # "paper" or "here" (chosen in this project)

@@ -18,7 +18,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, write_json_atomic, write_text_atomic
+from .export import BEST_DIR, RESULTS_FILE
+from .onnx_runtime import ONNX_FILE
 from .zoo import ZooEntry, get_entry
 
 __all__ = ["NOT_RELEASED", "RELEASE_DIR", "release_folders", "training_record", "release_entry", "publish_zoo"]
@@ -82,23 +84,21 @@ def _save_release(source: Path, out: Path) -> None:
     model = UniQForImageClassification.from_pretrained(source)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
-        export_onnx(model, tmp / "onnx" / "model.onnx")
+        export_onnx(model, tmp / ONNX_FILE)
 
 
 def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str | os.PathLike = RELEASE_DIR,
                   num_workers: int = 2) -> dict[str, Any]:
     """Save the run's best model (``best/``, latent weights; saving packs them) into ``root/<name>``
-    with its exact ONNX graph, evaluate it on the
-    entry's whole eval split (PyTorch and every ONNX runtime), write ``eval_results.json`` and the
-    card; returns the record."""
-    from .cards import render_card
+    with its exact ONNX graph, evaluate it on the entry's whole eval split (PyTorch and every ONNX
+    runtime), write ``eval_results.json`` and the card; returns the record."""
     from .evaluate import evaluate
 
     entry = get_entry(entry) if isinstance(entry, str) else entry
     out = Path(root) / entry.short_name
-    _save_release(Path(run_dir) / "best", out)
+    _save_release(Path(run_dir) / BEST_DIR, out)
     if _folder_bytes(out) > MAX_FOLDER_BYTES:  # e.g. a float model: its ONNX graph doubles the folder
-        shutil.rmtree(out / "onnx")
+        shutil.rmtree((out / ONNX_FILE).parent)
     if _folder_bytes(out) > MAX_FOLDER_BYTES:
         shutil.rmtree(out)
         raise ValueError(f"{entry.name}: the release folder takes more than {MAX_FOLDER_BYTES} bytes without its "
@@ -107,10 +107,9 @@ def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str |
     command = f"uniq-hub evaluate zoo/{entry.short_name} --dataset {ds.hf_name} --split {ds.eval_split}"
     record = evaluate(str(out), ds.hf_name, ds.eval_split, num_workers=num_workers, command=command)
     record.update(model_id=entry.name, zoo_name=entry.name, training=training_record(run_dir))
-    if (out / "onnx" / "model.onnx").is_file():
+    if (out / ONNX_FILE).is_file():
         record["onnx"] = _onnx_results(out, entry, num_workers)
-    (out / "eval_results.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "README.md").write_text(render_card(entry, record, repo_id=entry.name, folder=out))
+    _write_record(out, entry, record)
     return record
 
 
@@ -118,15 +117,20 @@ def refresh_card(
     entry: ZooEntry | str, run_dir: str | os.PathLike, root: str | os.PathLike = RELEASE_DIR
 ) -> dict[str, Any]:
     """Rewrite a release folder's training record and card from its run, keeping the measured numbers."""
-    from .cards import render_card
-
     entry = get_entry(entry) if isinstance(entry, str) else entry
     out = Path(root) / entry.short_name
-    record = json.loads((out / "eval_results.json").read_text())
+    record = json.loads((out / RESULTS_FILE).read_text())
     record["training"] = training_record(run_dir)
-    (out / "eval_results.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "README.md").write_text(render_card(entry, record, repo_id=entry.name, folder=out))
+    _write_record(out, entry, record)
     return record
+
+
+def _write_record(out: Path, entry: ZooEntry, record: dict[str, Any]) -> None:
+    """A release folder's ``eval_results.json`` and the card that shows it."""
+    from .cards import render_card
+
+    write_json_atomic(out / RESULTS_FILE, record)
+    write_text_atomic(out / "README.md", render_card(entry, record, repo_id=entry.name, folder=out))
 
 
 def _folder_bytes(folder: Path) -> int:
