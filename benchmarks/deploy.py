@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-# (arch, in_chans, image size, batch)
+# (arch, num_channels, image size, batch)
 SETTINGS = [("resnet18", 3, 224, 1), ("mobilenetv2", 3, 224, 1), ("resnet20", 1, 28, 128), ("resnet18", 3, 224, 16)]
 BITS = (4, 2, 1)
 FLOAT_ROWS = ("torch-fp32", "ort-fp32", "ov-fp32", "ov-default")
@@ -74,7 +74,8 @@ def build_model(arch: str, chans: int, size: int, bits: int | None, seed: int = 
     torch.manual_seed(seed)
     b = 32 if bits is None else bits
     config = UniQConfig(
-        arch=arch, w_bits=b, a_bits=b, num_labels=10 if arch == "resnet20" else 1000, in_chans=chans, image_size=size
+        arch=arch, w_bits=b, a_bits=b, num_labels=10 if arch == "resnet20" else 1000, num_channels=chans,
+        image_size=size,
     )
     model = UniQForImageClassification(config)
     for m in model.modules():

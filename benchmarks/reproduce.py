@@ -142,7 +142,7 @@ def run_dir(protocol: Protocol, row: str, seed: int, runs_root: Path) -> Path:
 def train_options(protocol: Protocol, row: Row, seed: int, runs_root: Path) -> dict[str, Any]:
     """The ``resolve_config`` overrides of one (row, seed): the protocol's shared fields, then the row's."""
     shared = dict(
-        arch="resnet20", dataset="fashion_mnist", in_chans=1, max_train_samples=protocol.train_samples,
+        arch="resnet20", dataset="fashion_mnist", num_channels=1, max_train_samples=protocol.train_samples,
         max_eval_samples=protocol.eval_samples, epochs=protocol.epochs, batch_size=protocol.batch_size,
         eval_every=protocol.epochs, seed=seed, num_workers=0, log_with="none", progress=False, export=False,
         save_every=0, keep_checkpoints=1, dynamics_every=0, run_name=f"{row.name}-seed{seed}",

@@ -67,7 +67,7 @@ def build(model: str, variant: str, bits: int | None, device: str, channels_last
     x = torch.randn(batch, chans, size, size, generator=gen)
     y = torch.randint(0, classes, (batch,), generator=gen)
     torch.manual_seed(0)
-    net = create_model(model, num_classes=classes, in_chans=chans)
+    net = create_model(model, num_classes=classes, num_channels=chans)
     quantized, baseline = VARIANTS[variant][:2]
     if quantized:
         quantize_(net, QuantConfig(w_bits=bits, a_bits=bits))

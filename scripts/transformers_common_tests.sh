@@ -52,7 +52,7 @@ class UniQModelTester:
 
     def get_config(self):
         return UniQConfig(arch="resnet20", w_bits=2, a_bits=2, num_labels=self.num_labels,
-                          image_size=self.image_size, in_chans=self.num_channels)
+                          image_size=self.image_size, num_channels=self.num_channels)
 
     def prepare_config_and_inputs(self):
         pixel_values = floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])

@@ -64,7 +64,7 @@ def test_card_without_measurement_has_no_eval_results():
 
 def test_card_for_model_outside_the_zoo():
     config = {"model_type": "uniq", "arch": "resnet20", "w_bits": 3, "a_bits": 3, "num_labels": 7,
-              "in_chans": 1, "image_size": 32}
+              "num_channels": 1, "image_size": 32}
     entry = cards.entry_from_config(config, name="me/custom")
     text = cards.render_card(entry, result=dict(model_id="me/custom", dataset="imagefolder:/data/x", split="test",
                                                  top1=80.0))

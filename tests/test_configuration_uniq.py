@@ -13,26 +13,26 @@ from uniq_hub import QuantConfig, UniQConfig, imagenet_id2label
 def test_defaults_and_derived_preprocessing():
     config = UniQConfig(arch="resnet18", w_bits=2, a_bits=2, num_labels=1000)
     assert config.model_type == "uniq"
-    assert (config.first_bits, config.last_bits, config.method, config.in_chans) == (8, 8, "uniq", 3)
+    assert (config.first_bits, config.last_bits, config.method, config.num_channels) == (8, 8, "uniq", 3)
     assert (config.image_size, config.crop_pct, config.resize_size) == (224, 0.875, 256)
     assert config.image_mean == [0.485, 0.456, 0.406] and config.image_std == [0.229, 0.224, 0.225]
     assert config.num_labels == 1000 and len(config.id2label) == 1000 and config.label2id["LABEL_7"] == 7
 
-    small = UniQConfig(arch="resnet20", w_bits=4, a_bits=4, num_labels=10, in_chans=1, image_size=28)
+    small = UniQConfig(arch="resnet20", w_bits=4, a_bits=4, num_labels=10, num_channels=1, image_size=28)
     assert (small.crop_pct, small.resize_size) == (1.0, 28)
     assert small.image_mean == [0.5] and small.image_std == [0.5]
 
 
-def test_quant_config_maps_32_bits_to_full_precision():
+def test_quant_config_is_the_same_schema_with_32_for_full_precision():
     config = UniQConfig(
-        arch="resnet20", w_bits=3, a_bits=32, last_bits=32, weight_granularity="layer", init=0.05,
+        arch="resnet20", w_bits=3, a_bits=32, last_bits=None, weight_granularity="layer", step_init="0.05",
         overrides={"layer1.*": [2, None]},
     )
     qc = config.quant_config()
     assert isinstance(qc, QuantConfig)
-    assert (qc.w_bits, qc.a_bits, qc.first_bits, qc.last_bits) == (3, None, 8, None)
-    assert (qc.weight_granularity, qc.init, qc.overrides) == ("layer", 0.05, {"layer1.*": (2, None)})
-    assert config.overrides == {"layer1.*": [2, 32]}  # stored with 32 for full precision
+    assert (qc.w_bits, qc.a_bits, qc.first_bits, qc.last_bits) == (3, 32, 8, 32)  # None is read as 32
+    assert (qc.weight_granularity, qc.step_init, qc.overrides) == ("layer", 0.05, {"layer1.*": (2, 32)})
+    assert config.overrides == {"layer1.*": [2, 32]} and config.last_bits == 32 and config.step_init == 0.05
     assert UniQConfig(arch="resnet20", w_bits=32, a_bits=32).quant_config() is None
 
 
@@ -65,13 +65,15 @@ def test_json_round_trip(tmp_path):
         (dict(num_labels=3, id2label={0: "a", 1: "b"}), "id2label has 2 labels but num_labels=3"),
         (dict(num_labels=0), "num_labels must be a positive int"),
         (dict(id2label={0: "a", 2: "b"}), "id2label keys must be 0..1"),
-        (dict(in_chans=2), "in_chans must be 1 (grayscale) or 3 (RGB), got 2"),
-        (dict(in_chans=1), "image_mean must hold 1 numbers"),  # ImageNet default of 3 given explicitly below
+        (dict(num_channels=2), "num_channels must be 1 (grayscale) or 3 (RGB), got 2"),
+        (dict(num_channels=1), "image_mean must hold 1 numbers"),  # ImageNet default of 3 given explicitly below
         (dict(method="dorefa"), "method must be one of"),
         (dict(weight_granularity="kernel"), "weight_granularity must be one of"),
-        (dict(init="max"), "init must be 'mse', 'lsq' or a positive float"),
-        (dict(init=-1.0), "init must be 'mse', 'lsq' or a positive float"),
-        (dict(method="lsq", w_bits=1, a_bits=1), "method='lsq' has no 1-bit weight quantizer"),
+        (dict(step_init="max"), "UniQConfig.step_init must be 'mse', 'lsq' or a positive number"),
+        (dict(step_init=-1.0), "UniQConfig.step_init must be 'mse', 'lsq' or a positive number"),
+        (dict(init=-1.0), "UniQConfig.step_init must be 'mse', 'lsq' or a positive number"),  # the older name
+        (dict(method="lsq", w_bits=1, a_bits=1), "method 'lsq' has no 1-bit weight quantizer"),
+        (dict(overrides={"layer1.*": [1, 2]}, method="lsq"), "method 'lsq' has no 1-bit weight quantizer"),
         (dict(overrides={"fc": [4]}), "overrides['fc'] must be [w_bits, a_bits]"),
         (dict(overrides={"fc": [4, 12]}), "overrides['fc']"),
         (dict(image_size=0), "image_size must be a positive int"),
@@ -81,8 +83,8 @@ def test_json_round_trip(tmp_path):
     ],
 )
 def test_invalid_configs_raise_clear_value_errors(kwargs, message):
-    if kwargs == dict(in_chans=1):
-        kwargs = dict(in_chans=1, image_mean=[0.485, 0.456, 0.406])
+    if kwargs == dict(num_channels=1):
+        kwargs = dict(num_channels=1, image_mean=[0.485, 0.456, 0.406])
     with pytest.raises(ValueError) as info:
         UniQConfig(**kwargs)
     assert message in str(info.value)
@@ -94,6 +96,23 @@ def test_invalid_config_json_is_refused(tmp_path):
     path.write_text(path.read_text().replace('"w_bits": 2', '"w_bits": 12'))
     with pytest.raises(ValueError, match="w_bits must be an int in 1..8 or 32"):
         AutoConfig.from_pretrained(tmp_path)
+
+
+def test_config_json_with_older_key_names_loads_under_the_current_ones(tmp_path):
+    """Releases before the shared schema wrote ``init`` and ``in_chans``; they load unchanged."""
+    UniQConfig(arch="resnet20", num_channels=1, step_init=0.25, num_labels=10).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    assert "init" not in saved and "in_chans" not in saved and saved["step_init"] == 0.25
+    saved["init"], saved["in_chans"] = saved.pop("step_init"), saved.pop("num_channels")
+    path.write_text(json.dumps(saved))
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert (loaded.step_init, loaded.num_channels, loaded.image_mean) == (0.25, 1, [0.5])
+    assert not hasattr(loaded, "init") and not hasattr(loaded, "in_chans")
+    assert "init" not in loaded.to_dict() and "in_chans" not in loaded.to_dict()
+    conflict = r"'in_chans' \(an older name of 'num_channels'\) is 3 but 'num_channels' is 1"
+    with pytest.raises(ValueError, match=conflict):
+        UniQConfig(arch="resnet20", in_chans=3, num_channels=1)
 
 
 def test_imagenet_labels_offline():

@@ -256,24 +256,24 @@ def _image(mode: str, size=(37, 23)) -> Image.Image:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("in_chans", [1, 3])
-def test_transforms_every_mode_to_in_chans(mode, in_chans):
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_transforms_every_mode_to_num_channels(mode, num_channels):
     img = _image(mode)
     for train in (True, False):
-        small = make_transform("small", train, image_size=32, mean=(0.5,), std=(0.25,), in_chans=in_chans)(img)
-        assert small.shape == (in_chans, 32, 32) and small.dtype == torch.float32
-        big = make_transform("imagenet", train, in_chans=in_chans)(img)
-        assert big.shape == (in_chans, 224, 224)
+        small = make_transform("small", train, image_size=32, mean=(0.5,), std=(0.25,), num_channels=num_channels)(img)
+        assert small.shape == (num_channels, 32, 32) and small.dtype == torch.float32
+        big = make_transform("imagenet", train, num_channels=num_channels)(img)
+        assert big.shape == (num_channels, 224, 224)
     with pytest.raises(ValueError, match=r"unknown transform style 'fancy'.*\['cifar', 'imagenet', 'small'\]"):
         make_transform("fancy", True)
 
 
-@pytest.mark.parametrize("in_chans", [1, 3])
-def test_sixteen_bit_images_are_scaled_not_clipped(in_chans):
-    plain = make_transform("small", False, image_size=8, mean=(0.0,), std=(1.0,), in_chans=in_chans)
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_sixteen_bit_images_are_scaled_not_clipped(num_channels):
+    plain = make_transform("small", False, image_size=8, mean=(0.0,), std=(1.0,), num_channels=num_channels)
     for value, expected in ((32768, 0.5), (65535, 1.0), (1000, 1000 / 65535), (0, 0.0)):
         out = plain(Image.fromarray(np.full((8, 8), value, np.uint16)))
-        assert out.shape == (in_chans, 8, 8)
+        assert out.shape == (num_channels, 8, 8)
         assert torch.allclose(out, torch.full_like(out, expected), atol=1e-5), (value, out.flatten()[0])
 
 
@@ -286,9 +286,9 @@ def test_normalisation_stats_and_eval_values():
         normalization_stats("mnist-of-the-future")
     grey = Image.new("L", (28, 28), 51)  # 0.2
     mean, std = normalization_stats("fashion_mnist")
-    out = make_transform("small", False, in_chans=1, image_size=28, mean=mean, std=std)(grey)
+    out = make_transform("small", False, num_channels=1, image_size=28, mean=mean, std=std)(grey)
     assert torch.allclose(out, torch.full((1, 28, 28), (0.2 - 0.2860) / 0.3530), atol=1e-5)
-    rgb = make_transform("small", False, in_chans=3, image_size=28, mean=mean, std=std)(grey)  # stats repeated
+    rgb = make_transform("small", False, num_channels=3, image_size=28, mean=mean, std=std)(grey)  # stats repeated
     assert rgb.shape == (3, 28, 28) and torch.allclose(rgb, out.expand(3, -1, -1), atol=1e-5)
     red = make_transform("imagenet", False)(Image.new("RGB", (300, 260), (255, 0, 0)))
     mean, std = data.NORMALIZATION["imagenet"]
@@ -307,7 +307,7 @@ def test_small_training_transform_is_the_processor_plus_a_random_shift_and_flip(
     """Padding 4 and a flip: the training image is the evaluation image shifted by at most 4 pixels."""
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
-    processor = data.processor_for(in_chans=3, image_size=12, mean=(0.5,), std=(0.5,))
+    processor = data.processor_for(num_channels=3, image_size=12, mean=(0.5,), std=(0.5,))
     evaluation = data.eval_transform(processor)(image)
     train = data.train_transform(processor, "small")
     torch.manual_seed(0)
@@ -364,7 +364,7 @@ def test_a_corrupt_image_is_named(tmp_path):
 
 def test_dataloader_maps_labels():
     ds = _labelled(4)
-    plain = make_transform("small", False, image_size=12, mean=(0.0,), std=(1.0,), in_chans=1)
+    plain = make_transform("small", False, image_size=12, mean=(0.0,), std=(1.0,), num_channels=1)
     (_, y), = _batches(make_dataloader(ds, plain, 4, False, label_map=[3, 2, 1, 0]))
     assert y.tolist() == [3, 2, 1, 0]
 
@@ -390,7 +390,7 @@ def _same(a, b) -> bool:
 
 def test_dataloader_shapes_dtypes_and_seed_determinism():
     ds = _labelled(20)
-    train = make_transform("small", True, image_size=12, mean=(0.5,), std=(0.5,), in_chans=1)
+    train = make_transform("small", True, image_size=12, mean=(0.5,), std=(0.5,), num_channels=1)
     rng_state = torch.get_rng_state()
     make = lambda seed, **kw: _batches(make_dataloader(ds, train, 8, True, seed=seed, **kw))  # noqa: E731
     a, b, c = make(0), make(0), make(1)
@@ -407,7 +407,7 @@ def test_dataloader_shapes_dtypes_and_seed_determinism():
 
 def test_dataloader_workers_are_deterministic():
     ds = _labelled(16)
-    train = make_transform("small", True, image_size=12, mean=(0.5,), std=(0.5,), in_chans=1)
+    train = make_transform("small", True, image_size=12, mean=(0.5,), std=(0.5,), num_channels=1)
     a = _batches(make_dataloader(ds, train, 4, True, num_workers=2, seed=3))
     b = _batches(make_dataloader(ds, train, 4, True, num_workers=2, seed=3))
     assert _same(a, b) and len(a) == 4
@@ -415,7 +415,7 @@ def test_dataloader_workers_are_deterministic():
 
 def test_dataloader_streaming_and_plain_pairs():
     ds = _labelled(10)
-    plain = make_transform("small", False, image_size=12, mean=(0.0,), std=(1.0,), in_chans=3)
+    plain = make_transform("small", False, image_size=12, mean=(0.0,), std=(1.0,), num_channels=3)
     stream = ds.to_iterable_dataset()
     a = _batches(make_dataloader(stream, plain, 4, True, seed=5, shuffle_buffer=8))
     b = _batches(make_dataloader(stream, plain, 4, True, seed=5, shuffle_buffer=8))

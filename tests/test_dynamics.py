@@ -14,7 +14,7 @@ from uniq_hub.quant import optimal_step
 
 
 def test_quantizer_stats_by_hand():
-    model = quantize_(create_model("resnet20", num_classes=10, in_chans=1), QuantConfig(2, 2))
+    model = quantize_(create_model("resnet20", num_classes=10, num_channels=1), QuantConfig(2, 2))
     q = quantizers(model)["layer1.0.conv1.input_quantizer"]
     x = torch.relu(torch.randn(4, 16, 8, 8))
     q.init_from(x)
@@ -35,7 +35,7 @@ def test_quantizer_stats_by_hand():
 
 def test_probe_records_all_quantizers_without_side_effects():
     torch.manual_seed(0)
-    model = quantize_(create_model("resnet20", num_classes=10, in_chans=1), QuantConfig(3, 3))
+    model = quantize_(create_model("resnet20", num_classes=10, num_channels=1), QuantConfig(3, 3))
     x = torch.randn(4, 1, 16, 16)
     calibrate(model, [x], 1)
     model.eval()

@@ -55,7 +55,7 @@ def test_evaluate_model_percentages():
 def _tiny_model(tmp_path):
     tiny = make_tiny_dataset(tmp_path / "tiny", train=8, test=40)
     torch.manual_seed(0)
-    config = UniQConfig(arch="resnet20", w_bits=3, a_bits=3, num_labels=4, in_chans=1, image_size=28,
+    config = UniQConfig(arch="resnet20", w_bits=3, a_bits=3, num_labels=4, num_channels=1, image_size=28,
                         image_mean=[0.3], image_std=[0.3], id2label={0: "top", 1: "upper", 2: "lower", 3: "bottom"})
     model = UniQForImageClassification(config)
     calibrate(model.model, [torch.randn(16, 1, 28, 28)], 1)

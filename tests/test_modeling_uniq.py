@@ -26,7 +26,7 @@ def tiny(**kwargs) -> UniQForImageClassification:
     kwargs = {"arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 5, "image_size": 32, **kwargs}
     torch.manual_seed(0)
     model = UniQForImageClassification(UniQConfig(**kwargs))
-    calibrate(model.model, [torch.randn(4, kwargs.get("in_chans", 3), 16, 16)], 1)
+    calibrate(model.model, [torch.randn(4, kwargs.get("num_channels", 3), 16, 16)], 1)
     for module in model.model.modules():  # BatchNorm statistics that are not the identity
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
@@ -79,7 +79,7 @@ def _assert_same_tensors(a: dict, b: dict, skip=()):
         (dict(), True),
         (dict(w_bits=1, a_bits=1), True),
         (dict(w_bits=4, a_bits=4, method="lsq", weight_granularity="layer"), True),
-        (dict(w_bits=3, a_bits=3, in_chans=1, image_mean=[0.3], image_std=[0.4]), True),
+        (dict(w_bits=3, a_bits=3, num_channels=1, image_mean=[0.3], image_std=[0.4]), True),
         (dict(w_bits=1, a_bits=1), False),
         (dict(w_bits=4, a_bits=4, method="lsq", weight_granularity="layer"), False),
     ],
@@ -88,7 +88,7 @@ def _assert_same_tensors(a: dict, b: dict, skip=()):
 )
 def test_save_and_reload_is_bit_exact(tmp_path, kwargs, packed):
     model = tiny(**kwargs)
-    x = torch.randn(2, model.config.in_chans, 20, 12)
+    x = torch.randn(2, model.config.num_channels, 20, 12)
     reference = logits(model, x)
     model.save_pretrained(tmp_path, packed=packed)
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path)

@@ -36,16 +36,16 @@ def test_activation_init_takes_max_over_batches():
 
 @pytest.mark.parametrize("init,expected", [("lsq", 2 * 0.5 / math.sqrt(3)), (0.2, 0.2)])
 def test_lsq_and_constant_inits(init, expected):
-    q = UniQQuantizer(QuantSpec(2, "activation", init=init))
+    q = UniQQuantizer(QuantSpec(2, "activation", step_init=init))
     q.init_from(torch.full((16,), 0.5))
     assert float(q.step) == pytest.approx(expected)
 
 
 def test_bad_specs_are_rejected():
-    with pytest.raises(ValueError, match="step init"):
-        QuantSpec(2, init="max")
+    with pytest.raises(ValueError, match="step_init must be"):
+        QuantSpec(2, step_init="max")
     with pytest.raises(ValueError, match="positive"):
-        QuantSpec(2, init=-0.1)
+        QuantSpec(2, step_init=-0.1)
     with pytest.raises(ValueError, match="bits"):
         QuantSpec(0)
 
@@ -72,7 +72,7 @@ def test_step_is_kept_positive():
 
 def test_qconv2d_reuses_parameters_and_quantizes_both_sides():
     conv = nn.Conv2d(3, 4, 3, padding=1, bias=True)
-    q = QConv2d.from_float(conv, QuantSpec(2, "weight", per_channel=True), QuantSpec(3, "activation", init=0.25))
+    q = QConv2d.from_float(conv, QuantSpec(2, "weight", per_channel=True), QuantSpec(3, "activation", step_init=0.25))
     assert q.weight is conv.weight and q.bias is conv.bias
     x = torch.rand(2, 3, 6, 6)
     q.input_quantizer.init_from(x)
@@ -83,7 +83,7 @@ def test_qconv2d_reuses_parameters_and_quantizes_both_sides():
 
 def test_qlinear_with_only_an_input_quantizer():
     lin = nn.Linear(5, 3)
-    q = QLinear.from_float(lin, None, QuantSpec(4, "signed", init=0.1))
+    q = QLinear.from_float(lin, None, QuantSpec(4, "signed", step_init=0.1))
     assert q.weight_quantizer is None
     x = torch.randn(7, 5)
     torch.testing.assert_close(q(x), F.linear(fake_quant_weight(x, 0.1, 4), lin.weight, lin.bias))

@@ -37,7 +37,7 @@ def tiny(**kwargs) -> UniQForImageClassification:
     kwargs = {"arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 4, "image_size": 16, **kwargs}
     torch.manual_seed(0)
     model = UniQForImageClassification(UniQConfig(**kwargs))
-    calibrate(model.model, [torch.randn(8, kwargs.get("in_chans", 3), 16, 16)], 1)
+    calibrate(model.model, [torch.randn(8, kwargs.get("num_channels", 3), 16, 16)], 1)
     return model.eval()
 
 
@@ -219,7 +219,7 @@ def test_config_labels_and_scalar_stats():
         UniQConfig(num_labels=3, id2label={0: "a", 1: "b"})
     config = UniQConfig(image_mean=0.5, image_std=0.25)  # a scalar for every channel, as image processors take
     assert config.image_mean == [0.5] * 3 and config.image_std == [0.25] * 3
-    assert UniQConfig(in_chans=1, image_std=2).image_std == [2.0]
+    assert UniQConfig(num_channels=1, image_std=2).image_std == [2.0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,7 +294,7 @@ def test_trainer_fine_tunes_a_fashion_mnist_model_on_a_five_class_subset(tmp_pat
     images, labels = fashion_mnist(48, 10)
     torch.manual_seed(0)
     source = UniQForImageClassification(UniQConfig(
-        arch="resnet20", in_chans=1, image_size=28, image_mean=[0.286], image_std=[0.353],
+        arch="resnet20", num_channels=1, image_size=28, image_mean=[0.286], image_std=[0.353],
         id2label=dict(enumerate(FASHION_MNIST_CLASSES)),
     ))
     processor = UniQImageProcessor.from_model_config(source.config)

@@ -41,14 +41,15 @@ def as_mode(image: Image.Image, mode: str) -> Image.Image:
     return image.convert(mode)
 
 
-def _save(folder, in_chans: int) -> str:
+def _save(folder, num_channels: int) -> str:
     torch.manual_seed(0)
     config = UniQConfig(
-        arch="resnet20", w_bits=2, a_bits=2, id2label=LABELS, in_chans=in_chans, image_size=28 if in_chans == 1 else 32,
-        image_mean=[0.3] * in_chans, image_std=[0.35] * in_chans,
+        arch="resnet20", w_bits=2, a_bits=2, id2label=LABELS, num_channels=num_channels,
+        image_size=28 if num_channels == 1 else 32,
+        image_mean=[0.3] * num_channels, image_std=[0.35] * num_channels,
     )
     model = UniQForImageClassification(config)
-    calibrate(model.model, [torch.randn(4, in_chans, 16, 16)], 1)
+    calibrate(model.model, [torch.randn(4, num_channels, 16, 16)], 1)
     model.eval().save_pretrained(folder)
     return str(folder)
 

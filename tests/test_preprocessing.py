@@ -47,15 +47,15 @@ def _deterministic_part(transform: v2.Compose) -> v2.Compose:
     return v2.Compose([t for t in transform.transforms if not type(t).__name__.startswith("Random")])
 
 
-@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("num_channels", [1, 3])
 @pytest.mark.parametrize("mode", MODES)
-def test_training_and_evaluation_transforms_are_the_processor(mode, in_chans):
+def test_training_and_evaluation_transforms_are_the_processor(mode, num_channels):
     image = _picture(mode)
     assert image.mode == mode
     for image_size in (16, 24):  # resized + cropped (16) and padded up (24)
-        processor = data.processor_for(in_chans=in_chans, image_size=image_size, mean=(0.4,), std=(0.3,))
+        processor = data.processor_for(num_channels=num_channels, image_size=image_size, mean=(0.4,), std=(0.3,))
         expected = processor(image, return_tensors="pt")["pixel_values"][0]
-        assert expected.shape == (in_chans, image_size, image_size) and torch.isfinite(expected).all()
+        assert expected.shape == (num_channels, image_size, image_size) and torch.isfinite(expected).all()
         assert torch.equal(data.eval_transform(processor)(image), expected)
         train = data.train_transform(processor, "small")
         steps = [type(t).__name__ for t in train.transforms]
@@ -66,24 +66,24 @@ def test_training_and_evaluation_transforms_are_the_processor(mode, in_chans):
         assert out.shape == expected.shape and out.dtype == torch.float32
     # 8-bit pictures for an RGB model stay uint8 until normalised (torchvision's fast uint8 resize)
     converted = data.ProcessorInput(processor)(image)
-    assert converted.dtype == (torch.uint8 if in_chans == 3 and mode in EIGHT_BIT else torch.float32)
-    big = data.processor_for(in_chans=in_chans, image_size=8)
+    assert converted.dtype == (torch.uint8 if num_channels == 3 and mode in EIGHT_BIT else torch.float32)
+    big = data.processor_for(num_channels=num_channels, image_size=8)
     imagenet = data.train_transform(big, "imagenet")
     assert [type(t).__name__ for t in imagenet.transforms] == ["ProcessorInput", "RandomResizedCrop",
                                                                "RandomHorizontalFlip", "ProcessorNormalize"]
-    assert imagenet(image).shape == (in_chans, 8, 8)
+    assert imagenet(image).shape == (num_channels, 8, 8)
     # the conversion and the normalisation of the training transform are the processor's own
     plain = big.rescale_and_normalize(data.ProcessorInput(big)(image)[None], True, 1 / 255, True,
                                       big.image_mean, big.image_std)[0]
     assert torch.equal(v2.Compose([imagenet.transforms[0], imagenet.transforms[-1]])(image), plain)
 
 
-@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("num_channels", [1, 3])
 @pytest.mark.parametrize("mode", EIGHT_BIT)
-def test_the_pipelines_pil_conversion_gives_the_same_tensor(mode, in_chans):
+def test_the_pipelines_pil_conversion_gives_the_same_tensor(mode, num_channels):
     """transformers' pipeline runs ``load_image`` (PIL ``convert("RGB")``) before the processor."""
     image = _picture(mode)
-    processor = data.processor_for(in_chans=in_chans, image_size=16, mean=(0.4,), std=(0.3,))
+    processor = data.processor_for(num_channels=num_channels, image_size=16, mean=(0.4,), std=(0.3,))
     direct = processor(image, return_tensors="pt")["pixel_values"]
     assert torch.equal(processor(load_image(image), return_tensors="pt")["pixel_values"], direct)
 
@@ -92,7 +92,7 @@ def test_transparent_pixels_keep_their_colour():
     """Alpha is dropped as PIL drops it; it is not composited (over black or white)."""
     pixels = np.zeros((5, 6, 4), np.uint8)
     pixels[..., :3] = (10, 200, 30)  # alpha 0 everywhere
-    processor = data.processor_for(in_chans=3, image_size=4, mean=(0.0,), std=(1.0,))
+    processor = data.processor_for(num_channels=3, image_size=4, mean=(0.0,), std=(1.0,))
     out = processor(Image.fromarray(pixels, "RGBA"), return_tensors="pt")["pixel_values"][0]
     assert torch.allclose(out[:, 0, 0], torch.tensor([10, 200, 30]) / 255.0)
     assert torch.equal(processor(pixels, return_tensors="pt")["pixel_values"][0], out)  # arrays: the same
@@ -123,10 +123,10 @@ def model_dir(tmp_path_factory):
     """A w2a2 ResNet-20 whose BatchNorm statistics come from the test pictures and whose classifier
     is centred on their features, so that its predictions vary between them."""
     torch.manual_seed(0)
-    config = UniQConfig(arch="resnet20", w_bits=2, a_bits=2, id2label=LABELS, in_chans=3, image_size=16,
+    config = UniQConfig(arch="resnet20", w_bits=2, a_bits=2, id2label=LABELS, num_channels=3, image_size=16,
                         image_mean=[0.5] * 3, image_std=[0.25] * 3)
     model = UniQForImageClassification(config)
-    pixels = data.processor_for(in_chans=3, image_size=16, mean=(0.5,), std=(0.25,))(
+    pixels = data.processor_for(num_channels=3, image_size=16, mean=(0.5,), std=(0.25,))(
         _images(24), return_tensors="pt")["pixel_values"]
     calibrate(model.model, [pixels], 1)
     for module in model.modules():
@@ -193,7 +193,7 @@ def test_evaluate_agrees_with_the_pipeline_on_an_imagefolder(model_dir, tmp_path
 
 
 def test_bad_inputs_are_clear_value_errors():
-    processor = data.processor_for(in_chans=3, image_size=8)
+    processor = data.processor_for(num_channels=3, image_size=8)
     nan = np.full((8, 8, 3), 0.5, np.float32)
     nan[2, 3, 1] = np.nan
     for bad in (nan, np.where(nan == nan, np.inf, 0).astype(np.float64), torch.from_numpy(nan)):

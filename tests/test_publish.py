@@ -19,7 +19,7 @@ from uniq_hub.publish import PublishError, plan_upload
 from uniq_hub.zoo import get_entry
 
 CONFIG = {
-    "model_type": "uniq", "arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 10, "in_chans": 1,
+    "model_type": "uniq", "arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 10, "num_channels": 1,
     "image_size": 28,
     "auto_map": {"AutoConfig": "configuration_uniq.UniQConfig",
                  "AutoModelForImageClassification": "modeling_uniq.UniQForImageClassification"},

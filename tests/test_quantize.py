@@ -94,7 +94,7 @@ ARCH_INPUT = {"resnet18": (3, 32), "resnet34": (3, 32), "resnet20": (1, 28), "re
 def test_every_architecture_trains_at_every_bit_width(arch, bits, granularity):
     torch.manual_seed(0)
     chans, size = ARCH_INPUT[arch]
-    model = U.create_model(arch, num_classes=7, in_chans=chans)
+    model = U.create_model(arch, num_classes=7, num_channels=chans)
     U.quantize_(model, U.QuantConfig(bits, bits, weight_granularity=granularity))
     x = torch.randn(4, chans, size, size)
     U.calibrate(model, [x])

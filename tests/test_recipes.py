@@ -36,7 +36,7 @@ def test_paper_recipes_by_bits():
 
 
 def test_no_weight_decay_on_step_sizes():
-    model = quantize_(create_model("resnet20", num_classes=10, in_chans=1), QuantConfig(2, 2))
+    model = quantize_(create_model("resnet20", num_classes=10, num_channels=1), QuantConfig(2, 2))
     groups = param_groups(model, 0.1)
     steps = {id(q.step) for q in quantizers(model).values()}
     assert {id(p) for p in groups[1]["params"]} == steps and groups[1]["weight_decay"] == 0.0
@@ -112,7 +112,7 @@ def test_config_merge_order(tmp_path):
         resolve_config({}, bad)
     with pytest.raises(ValueError, match="option 'epochs' expects int, got 'ten'"):
         resolve_config({"epochs": "ten"})
-    with pytest.raises(ValueError, match="w_bits must be in 1..8 or 32"):
+    with pytest.raises(ValueError, match="option 'w_bits' must be an int in 1..8 or 32"):
         resolve_config({"w_bits": 16, "a_bits": 16})
     with pytest.raises(ValueError, match="mixed_precision"):
         resolve_config({"mixed_precision": "fp8"})
@@ -132,10 +132,63 @@ def test_per_layer_overrides_from_cli_and_config_file(tmp_path):
     with pytest.raises(ValueError, match="'overrides' expects 'PATTERN=W,A"):
         resolve_config({"arch": "resnet20", "bits": 2, "overrides": "layer1.*=4"})
     bundle = DataBundle(train=None, eval=None, train_transform=None, eval_transform=None, id2label={0: "a", 1: "b"},
-                        in_chans=1, image_size=28, mean=[0.5], std=[0.5], num_train=0)
+                        num_channels=1, image_size=28, mean=[0.5], std=[0.5], num_train=0)
     model = build_model(cli, bundle).model
     bits = {name: m.weight_quantizer.bits if m.weight_quantizer is not None else None
             for name, m in model.named_modules() if hasattr(m, "weight_quantizer")}
     assert {b for name, b in bits.items() if name.startswith("layer1.")} == {4}
     assert {b for name, b in bits.items() if name.startswith("layer2.")} == {2}
     assert "fc" not in bits or bits["fc"] is None  # full precision
+
+
+def test_one_schema_for_the_quantization_options(tmp_path):
+    """QuantConfig, UniQConfig and TrainConfig share the quantization fields: names, defaults (training
+    defaults to full precision), 32 for full precision, help text and error messages; a trained model's
+    config carries them unchanged, and older key names in a config file are read as the current ones."""
+    from dataclasses import fields
+
+    from uniq_hub import QuantConfig, UniQConfig
+    from uniq_hub.quantize import QUANT_FIELD_HELP, QUANT_FIELDS
+    from uniq_hub.train import DataBundle, build_model
+    from uniq_hub.train_config import TrainConfig
+
+    train_fields = {f.name: f for f in fields(TrainConfig)}
+    assert set(QUANT_FIELDS) == set(QUANT_FIELD_HELP) and set(QUANT_FIELDS) <= set(train_fields)
+    quant, model_config, train = QuantConfig(), UniQConfig(), TrainConfig()
+    for name in QUANT_FIELDS:
+        assert train_fields[name].metadata["help"] == QUANT_FIELD_HELP[name]
+        assert getattr(model_config, name) == getattr(quant, name), name
+        if name not in ("w_bits", "a_bits", "overrides"):
+            assert getattr(train, name) == getattr(quant, name), name
+    assert (train.w_bits, train.a_bits) == (32, 32)
+    none_is_32 = QuantConfig(first_bits=None, overrides={"fc": (None, 4)})
+    assert none_is_32 == QuantConfig(first_bits=32, overrides={"fc": [32, 4]})
+
+    for field, bad, expected in (
+        ("step_init", "max", "must be 'mse', 'lsq' or a positive number, got 'max'"),
+        ("w_bits", 12, "must be an int in 1..8 or 32 (full precision), got 12"),
+        ("method", "dorefa", "must be one of ('uniq', 'lsq'), got 'dorefa'"),
+    ):
+        for make, name_as in ((lambda **kw: QuantConfig(**kw), "QuantConfig.{}"),
+                              (lambda **kw: UniQConfig(**kw), "UniQConfig.{}"),
+                              (lambda **kw: resolve_config(kw), "option '{}'")):
+            with pytest.raises(ValueError) as info:
+                make(**{field: bad})
+            assert str(info.value) == f"{name_as.format(field)} {expected}"
+
+    cfg = resolve_config({"arch": "resnet20", "bits": 3, "step_init": "0.1", "last_bits": "32",
+                          "overrides": "layer2.*=4,32", "method": "lsq", "weight_granularity": "layer"})
+    bundle = DataBundle(train=None, eval=None, train_transform=None, eval_transform=None, id2label={0: "a", 1: "b"},
+                        num_channels=1, image_size=28, mean=[0.5], std=[0.5], num_train=0)
+    model = build_model(cfg, bundle)
+    assert {name: getattr(model.config, name) for name in QUANT_FIELDS} == cfg.quant_options()
+    assert model.config.quant_config() == QuantConfig(**cfg.quant_options())
+    assert cfg.step_init == 0.1 and cfg.overrides == {"layer2.*": [4, 32]} and cfg.last_bits == 32
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"arch": "resnet20", "bits": 2, "init": "lsq", "in_chans": 1, "calibration_batches": 7}))
+    cfg = resolve_config(config_file=old)
+    assert (cfg.step_init, cfg.num_channels, cfg.calib_batches) == ("lsq", 1, 7)
+    old.write_text(json.dumps({"bits": 2, "init": "lsq", "step_init": "mse"}))
+    with pytest.raises(ValueError, match=r"old.json: 'init' \(an older name of 'step_init'\) is 'lsq' but"):
+        resolve_config(config_file=old)

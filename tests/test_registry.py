@@ -12,7 +12,7 @@ def test_facts_agree_with_the_built_model(name):
     info = model_info(name)
     assert info.name == name and info.display_name and info.display_name != name
     with torch.device("meta"):
-        model = create_model(name, num_classes=10, in_chans=3)
+        model = create_model(name, num_classes=10, num_channels=3)
     # The granularity the registry reports is the one the model declares to quantize_.
     assert getattr(model, "weight_per_channel", True) == (info.weight_granularity == "channel")
     # An ImageNet design downsamples its input 32x, a small-image design 4x (CIFAR ResNets).

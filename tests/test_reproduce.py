@@ -23,7 +23,7 @@ def _load():
 
 rp = _load()
 SHARED = ("arch", "dataset", "max_train_samples", "max_eval_samples", "train_split", "eval_split", "epochs",
-          "batch_size", "eval_every", "in_chans", "image_size", "label_smoothing", "grad_accum", "max_steps")
+          "batch_size", "eval_every", "num_channels", "image_size", "label_smoothing", "grad_accum", "max_steps")
 
 
 def test_every_row_of_the_cpu_plan_shares_the_protocol(tmp_path):
@@ -48,7 +48,7 @@ def test_every_row_of_the_cpu_plan_shares_the_protocol(tmp_path):
         assert c.seed == job["seed"]
     by = {(j["row"], j["seed"]): j["config"] for j in trained}
     assert by[("lsq-w2a2", 0)].method == "lsq" and by[("uniq-w2a2", 0)].method == "uniq"
-    assert by[("init-0.1-w2a2", 0)].step_init == "0.1" and by[("uniq-w2a2", 0)].step_init == "mse"
+    assert by[("init-0.1-w2a2", 0)].step_init == 0.1 and by[("uniq-w2a2", 0)].step_init == "mse"
     sgd, sgd_w = by[("w1a1-sgd", 0)], by[("w1a1-sgd-warmup", 0)]
     adam, adam_w = by[("w1a1-adam", 0)], by[("w1a1-adam-warmup", 0)]
     assert (sgd.optimizer, sgd.lr, adam.optimizer, adam.lr) == ("sgd", 0.01, "adam", 0.004)

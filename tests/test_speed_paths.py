@@ -187,7 +187,7 @@ def test_recompute_composes_with_activation_checkpointing(compiled):
 def _conv_layer_like(chans: int) -> QConv2d:
     torch.manual_seed(1)
     layer = QConv2d.from_float(nn.Conv2d(chans, 8, 3, padding=1), QuantSpec(1, "weight", per_channel=True),
-                               QuantSpec(1, "activation", init=0.5))
+                               QuantSpec(1, "activation", step_init=0.5))
     return layer
 
 
@@ -260,7 +260,7 @@ def test_detach_trick_baseline_computes_the_same_model(bits):
 
     baseline_quant, _ = _benchmarks()
     torch.manual_seed(0)
-    ours = quantize_(create_model("resnet20", num_classes=10, in_chans=1), QuantConfig(w_bits=bits, a_bits=bits))
+    ours = quantize_(create_model("resnet20", num_classes=10, num_channels=1), QuantConfig(w_bits=bits, a_bits=bits))
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     calibrate(ours, [x])
     base = baseline_quant.to_baseline(copy.deepcopy(ours))
@@ -304,7 +304,7 @@ def test_whole_model_compile_traces_one_graph(training):
     from uniq_hub import QuantConfig, calibrate, create_model, quantize_
 
     torch.manual_seed(0)
-    net = create_model("resnet20", num_classes=10, in_chans=1)
+    net = create_model("resnet20", num_classes=10, num_channels=1)
     x = torch.randn(4, 1, 28, 28)
     quantize_(net, QuantConfig(w_bits=2, a_bits=2))
     calibrate(net, [x])

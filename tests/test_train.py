@@ -130,6 +130,35 @@ def test_init_from_loads_network_weights_not_steps(quick, tiny):
         load_init_weights(build_model(wrong, load_data(wrong)), str(work / "w2a2"))
 
 
+def test_train_config_file_with_overrides_trains_mixed_precision(quick, tiny, tmp_path):
+    """``uniq-hub train --config FILE`` with per-layer overrides (older key names in the file read as
+    the current ones): the run trains the mixed-precision plan and its export reloads with it."""
+    from uniq_hub import QuantConfig, create_model
+    from uniq_hub.cli import main as cli_main
+    from uniq_hub.quantize import layer_bits
+
+    work, _ = quick
+    options = {"dataset": str(tiny), "w-bits": 2, "a_bits": 2, "init": "lsq", "in_chans": 1,
+               "overrides": {"layer1.*": [4, 3], "layer3.*": [32, 4], "fc": [32, 32]},
+               "init_from": str(work / "fp"), "epochs": 1, "batch_size": 16, "num_workers": 0,
+               "log_with": "none", "dynamics_every": 0, "progress": False, "output_dir": str(tmp_path / "mixed")}
+    (tmp_path / "mixed.json").write_text(json.dumps(options))
+    assert cli_main(["train", "--config", str(tmp_path / "mixed.json")]) == 0
+    config = resolve_config(config_file=tmp_path / "mixed.json")
+    assert (config.step_init, config.num_channels) == ("lsq", 1)
+    exported = UniQForImageClassification.from_pretrained(tmp_path / "mixed" / "export")
+    assert exported.config.step_init == "lsq" and exported.config.overrides == options["overrides"]
+    float_model = create_model("resnet20", num_classes=4, num_channels=1)
+    plan = layer_bits(float_model, QuantConfig(**config.quant_options()))
+    assert plan["layer1.0.conv1"] == (4, 3) and plan["layer3.0.conv1"] == (32, 4) and plan["fc"] == (32, 32)
+    assert plan["layer2.0.conv1"] == (2, 2) and plan["stem.conv"] == (8, 8)
+    assert layer_bits(float_model, exported.config.quant_config()) == plan
+    loaded = {name: (m.weight_quantizer.bits if m.weight_quantizer is not None else 32,
+                     m.input_quantizer.bits if m.input_quantizer is not None else 32)
+              for name, m in exported.model.named_modules() if name in plan and hasattr(m, "weight_quantizer")}
+    assert loaded == {name: bits for name, bits in plan.items() if bits != (32, 32)}
+
+
 def test_resume_after_sigkill_continues_mid_epoch(quick, tiny, tmp_path):
     work, _ = quick
     run = tmp_path / "run"

@@ -44,7 +44,7 @@ def test_entry_fields_and_recipes(no_results):
     assert r18.paper_fp_top1 == 71.57
     rec = r18.recipe
     assert (rec.optimizer, rec.lr, rec.momentum, rec.epochs, rec.batch_size) == ("sgd", 0.01, 0.9, 90, 256)
-    assert (rec.weight_decay, rec.init_from, rec.calibration_batches) == (0.25e-4, "pytorchcv:preresnet18", 1000)
+    assert (rec.weight_decay, rec.init_from, rec.calib_batches) == (0.25e-4, "pytorchcv:preresnet18", 1000)
     assert [zoo.get_entry(f"resnet34-w{b}a{b}").recipe.weight_decay for b in (4, 3, 2)] == [1e-4, 0.5e-4, 0.25e-4]
     binary = zoo.get_entry("uniq/mobilenetv2-w1a1").recipe
     assert (binary.optimizer, binary.warmup_epochs, binary.warmup_lr, binary.lr) == ("adam", 5, 0.001, 0.004)
@@ -52,9 +52,9 @@ def test_entry_fields_and_recipes(no_results):
     c = zoo.get_entry("uniq/resnet32-cifar100-w3a3")
     assert (c.dataset.hf_name, c.dataset.num_labels, c.weight_granularity) == ("uoft-cs/cifar100", 100, "layer")
     assert (c.recipe.epochs, c.recipe.batch_size, c.recipe.weight_decay) == (350, 128, 5e-4)
-    assert (c.recipe.init_from, c.recipe.calibration_batches) == ("uniq/resnet32-cifar100-fp", 100)
+    assert (c.recipe.init_from, c.recipe.calib_batches) == ("uniq/resnet32-cifar100-fp", 100)
     f = zoo.get_entry("uniq/resnet20-fashion-mnist-w2a2")
-    assert f.config_kwargs() == dict(arch="resnet20", w_bits=2, a_bits=2, num_labels=10, in_chans=1, image_size=28)
+    assert f.config_kwargs() == dict(arch="resnet20", w_bits=2, a_bits=2, num_labels=10, num_channels=1, image_size=28)
     assert f.recipe.source == "here" and f.paper_top1 is None
     # every init_from points at a zoo entry or a pytorchcv model
     names = {e.name for e in zoo.list_entries()}

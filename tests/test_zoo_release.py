@@ -111,7 +111,7 @@ def test_publish_zoo_then_load_every_entry_by_name(hub_server, hub_token, tmp_pa
     for name, folder in release_folders().items():
         local = UniQForImageClassification.from_pretrained(folder).eval()
         remote = UniQForImageClassification.from_pretrained(name).eval()
-        x = torch.randn(2, local.config.in_chans, local.config.image_size, local.config.image_size)
+        x = torch.randn(2, local.config.num_channels, local.config.image_size, local.config.image_size)
         with torch.no_grad():
             assert torch.equal(local(x).logits, remote(x).logits), name
         if ds is not None:

@@ -49,19 +49,19 @@ LAUNCH = {
 
 
 @lru_cache(maxsize=None)
-def _sizes(arch: str, num_labels: int, in_chans: int, w_bits: int, a_bits: int, granularity: str | None
+def _sizes(arch: str, num_labels: int, num_channels: int, w_bits: int, a_bits: int, granularity: str | None
            ) -> tuple[int, int, dict[str, int]]:
     """(low-bit bytes, FP32 bytes, {"2-bit": layers, "8-bit": ..., "full precision": ...}); the
     model is built on the meta device (shapes and dtypes only, no memory, no init)."""
     with torch.device("meta"):
-        model = create_model(arch, num_classes=num_labels, in_chans=in_chans)
+        model = create_model(arch, num_classes=num_labels, num_channels=num_channels)
     fp32 = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
     if w_bits == FP_BITS:
         return fp32, fp32, {}
     config = QuantConfig(w_bits=w_bits, a_bits=a_bits, weight_granularity=granularity)
     layers: dict[str, int] = {}
     for w, _ in layer_bits(model, config).values():
-        label = f"{w}-bit" if w else "full precision"
+        label = f"{w}-bit" if w != FP_BITS else "full precision"
         layers[label] = layers.get(label, 0) + 1
     with torch.device("meta"):
         quantize_(model, config)
@@ -76,7 +76,7 @@ def checkpoint_size(entry: ZooEntry) -> tuple[int, int]:
     """``(low-bit bytes, FP32 bytes)``: tensor data of the packed checkpoint (quantized weights at
     their bits, everything else at its dtype: steps, BatchNorm, biases, full-precision layers)
     and of the float model; without the safetensors header."""
-    total, fp32, _ = _sizes(entry.arch, entry.dataset.num_labels, entry.dataset.in_chans,
+    total, fp32, _ = _sizes(entry.arch, entry.dataset.num_labels, entry.dataset.num_channels,
                             entry.w_bits, entry.a_bits, entry.weight_granularity)
     return total, fp32
 
@@ -106,7 +106,7 @@ def entry_from_config(config: Mapping[str, Any], name: str, dataset: str | None 
         key="custom", hf_name=dataset or str(config.get("dataset") or "") or "custom",
         pretty_name=dataset or str(config.get("dataset") or "") or "a custom dataset",
         num_labels=num_labels, image_size=int(config.get("image_size") or 224),
-        in_chans=int(config.get("in_chans") or 3), eval_split="test", calibration_batches=0,
+        num_channels=int(config.get("num_channels") or 3), eval_split="test", calib_batches=0,
     )
     return ZooEntry(name=name, arch=str(config["arch"]), dataset=info, w_bits=int(config["w_bits"]),
                     a_bits=int(config["a_bits"]), recipe=None,
@@ -167,7 +167,7 @@ def card_data(entry: ZooEntry, result: Result | None) -> ModelCardData:
 def _policy(entry: ZooEntry) -> str:
     if entry.full_precision:
         return "Full precision (float32): the initialisation of the quantized models of this family."
-    _, _, layers = _sizes(entry.arch, entry.dataset.num_labels, entry.dataset.in_chans,
+    _, _, layers = _sizes(entry.arch, entry.dataset.num_labels, entry.dataset.num_channels,
                           entry.w_bits, entry.a_bits, entry.weight_granularity)
     granularity = entry.weight_granularity or model_info(entry.arch).weight_granularity
     edges = EDGE_POLICY[
@@ -201,8 +201,8 @@ def _recipe_lines(entry: ZooEntry) -> list[str]:
     ]
     if r.teacher:
         lines.append(f"| knowledge distillation | from `{r.teacher}` (temperature 4, weight 0.5) |")
-    if r.calibration_batches:
-        lines.append(f"| step-size calibration | first {r.calibration_batches} training batches (MSE-optimal init) |")
+    if r.calib_batches:
+        lines.append(f"| step-size calibration | first {r.calib_batches} training batches (MSE-optimal init) |")
     source = "the paper (Section 5)" if r.source == "paper" else "this project (not from the paper)"
     lines.append(f"| source | {source}{'; ' + r.notes if r.notes else ''} |")
     return ["| hyperparameter | value |", "|---|---|", *lines]
@@ -239,7 +239,7 @@ def render_card(
     summary = (
         f"A {precision} {model_info(entry.arch).display_name} image classifier for {ds.pretty_name} "
         f"({ds.num_labels} classes, {ds.image_size}x{ds.image_size} "
-        f"{'grayscale' if ds.in_chans == 1 else 'RGB'} input), "
+        f"{'grayscale' if ds.num_channels == 1 else 'RGB'} input), "
         + ("the float baseline that the quantized models of this family start from; they are trained with "
            if entry.full_precision else "trained with ")
         + f"**UniQ**, the learnable symmetric quantizer of *{PAPER_TITLE}* (Pham, Abraham, Chung)."

@@ -442,24 +442,24 @@ def normalization_stats(name: str) -> Stats:
     return NORMALIZATION[key]
 
 
-def per_channel(values: Sequence[float], in_chans: int) -> list[float]:
+def per_channel(values: Sequence[float], num_channels: int) -> list[float]:
     """Repeat a single value, or average RGB values for one channel."""
     values = list(values)
-    if len(values) == in_chans:
+    if len(values) == num_channels:
         return values
     if len(values) == 1:
-        return values * in_chans
-    if in_chans == 1:
+        return values * num_channels
+    if num_channels == 1:
         return [sum(values) / len(values)]
-    raise ValueError(f"{len(values)} normalisation values for {in_chans} channels")
+    raise ValueError(f"{len(values)} normalisation values for {num_channels} channels")
 
 
-def processor_for(*, in_chans: int = 3, image_size: int = 224, mean: Sequence[float] | None = None,
+def processor_for(*, num_channels: int = 3, image_size: int = 224, mean: Sequence[float] | None = None,
                   std: Sequence[float] | None = None, crop_pct: float | None = None) -> UniQImageProcessor:
     """The image processor a model with these inputs ships (``UniQConfig``'s defaults fill the rest)."""
-    config = UniQConfig(in_chans=in_chans, image_size=image_size, crop_pct=crop_pct,
-                        image_mean=None if mean is None else per_channel(mean, in_chans),
-                        image_std=None if std is None else per_channel(std, in_chans))
+    config = UniQConfig(num_channels=num_channels, image_size=image_size, crop_pct=crop_pct,
+                        image_mean=None if mean is None else per_channel(mean, num_channels),
+                        image_std=None if std is None else per_channel(std, num_channels))
     return UniQImageProcessor.from_model_config(config)
 
 

@@ -217,7 +217,7 @@ class UniQImageProcessor(TorchvisionBackend):
             crop_size={"height": side, "width": side},
             image_mean=list(config.image_mean),
             image_std=list(config.image_std),
-            num_channels=int(config.in_chans),
+            num_channels=int(config.num_channels),
         )
 
     def to_dict(self) -> dict[str, Any]:

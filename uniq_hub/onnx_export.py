@@ -436,7 +436,7 @@ def source_checksum(model: nn.Module, packed: dict[str, Tensor] | None = None) -
 def _input_shape(model: nn.Module, input_size: int | tuple[int, int] | None) -> tuple[int, int, int]:
     config = getattr(model, "config", None)
     arch = _architecture(model)
-    chans = int(getattr(config, "in_chans", None) or getattr(arch, "in_chans", 3))
+    chans = int(getattr(config, "num_channels", None) or getattr(arch, "num_channels", 3))
     if input_size is None:
         input_size = getattr(config, "image_size", None)
     if input_size is None:

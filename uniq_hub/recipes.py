@@ -58,7 +58,7 @@ def recipe_defaults(family: str, w_bits: int, a_bits: int) -> dict[str, Any]:
         optimizer=spec["optimizer"], lr=spec["lr"], momentum=spec.get("momentum") or 0.9,
         epochs=spec["epochs"], batch_size=spec["batch_size"], weight_decay=float(spec["weight_decay"]),
         warmup_epochs=spec.get("warmup_epochs", 0), warmup_lr=spec.get("warmup_lr"),
-        calib_batches=spec["calibration_batches"],
+        calib_batches=spec["calib_batches"],
     )
 
 

@@ -67,7 +67,7 @@ class DataBundle:
     train_transform: Any
     eval_transform: Any
     id2label: dict[int, str]
-    in_chans: int
+    num_channels: int
     image_size: int
     mean: list[float]
     std: list[float]
@@ -117,20 +117,20 @@ def load_data(cfg: TrainConfig) -> DataBundle:
     if len(evaluation) == 0:
         raise ValueError(f"dataset {cfg.dataset!r} split {cfg.eval_split!r} has no examples to evaluate on")
     image = _first_image(train)
-    in_chans = cfg.in_chans or (1 if getattr(image, "mode", "RGB") in _ONE_CHANNEL_MODES else 3)
+    num_channels = cfg.num_channels or (1 if getattr(image, "mode", "RGB") in _ONE_CHANNEL_MODES else 3)
     native = max(getattr(image, "size", (224, 224)))
     image_size = cfg.image_size or (224 if native >= SMALL_IMAGE else native)
     try:
         mean, std = data.normalization_stats(cfg.dataset)
     except KeyError:
         mean, std = data.NORMALIZATION["imagenet"]
-    mean, std = data.per_channel(mean, in_chans), data.per_channel(std, in_chans)
-    processor = data.processor_for(in_chans=in_chans, image_size=image_size, mean=mean, std=std)
+    mean, std = data.per_channel(mean, num_channels), data.per_channel(std, num_channels)
+    processor = data.processor_for(num_channels=num_channels, image_size=image_size, mean=mean, std=std)
     style = "imagenet" if image_size >= SMALL_IMAGE else "small"
     return DataBundle(
         train=train, eval=evaluation,
         train_transform=data.train_transform(processor, style), eval_transform=data.eval_transform(processor),
-        id2label=dict(enumerate(names)), in_chans=in_chans, image_size=image_size, mean=mean, std=std,
+        id2label=dict(enumerate(names)), num_channels=num_channels, image_size=image_size, mean=mean, std=std,
         num_train=num_train, processor=processor,
     )
 
@@ -139,21 +139,14 @@ def load_data(cfg: TrainConfig) -> DataBundle:
 # Model
 
 
-def _step_init(value: str) -> str | float:
-    return value if value in ("mse", "lsq") else float(value)
-
-
 def build_model(cfg: TrainConfig, bundle: DataBundle):
     """``UniQForImageClassification`` for the run (quantized per the config, weights not loaded)."""
     from .configuration_uniq import UniQConfig
     from .modeling_uniq import UniQForImageClassification
 
     config = UniQConfig(
-        arch=cfg.arch, w_bits=cfg.w_bits, a_bits=cfg.a_bits, first_bits=cfg.first_bits, last_bits=cfg.last_bits,
-        method=cfg.method, weight_granularity=cfg.weight_granularity, init=_step_init(cfg.step_init),
-        grad_scale=cfg.grad_scale, binary_fp_layers=cfg.binary_fp_layers, signed_inputs=cfg.signed_inputs,
-        overrides=cfg.overrides,
-        num_labels=bundle.num_labels, id2label=bundle.id2label, in_chans=bundle.in_chans,
+        arch=cfg.arch, **cfg.quant_options(),
+        num_labels=bundle.num_labels, id2label=bundle.id2label, num_channels=bundle.num_channels,
         image_size=bundle.image_size, image_mean=bundle.mean, image_std=bundle.std,
     )
     return UniQForImageClassification(config)

@@ -2,9 +2,11 @@
 ``defaults < zoo entry < --config file < command line < recipe for what is still unset``.
 
 Every field is a flag (``lr`` -> ``--lr``, ``w_bits`` -> ``--w-bits``) and a key of the config
-file (JSON or YAML, keys with ``_`` or ``-``). Recipe fields left ``None`` are filled from the
-paper's recipe for the data family and bits (:func:`uniq_hub.recipes.recipe_defaults`). The
-resolved config, everything concrete, is written into the run directory.
+file (JSON or YAML, keys with ``_`` or ``-``). The quantization fields are
+:class:`uniq_hub.QuantConfig`'s schema (names, help, checks), the model fields ``UniQConfig``'s
+(``num_channels``, ``image_size``). Recipe fields left ``None`` are filled from the paper's recipe
+for the data family and bits (:func:`uniq_hub.recipes.recipe_defaults`). The resolved config,
+everything concrete, is written into the run directory.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .constants import FP_BITS
+from .quantize import QUANT_FIELD_HELP, QUANT_FIELDS, QuantConfig, check_quant_fields, rename_legacy
 from .recipes import recipe_defaults, recipe_family
 
 __all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "resolve_config", "load_config_file"]
@@ -29,6 +32,11 @@ def _f(default: Any, help: str, **kw) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+def _q(name: str, default: Any = None) -> Any:
+    """A quantization field: QuantConfig's help and (unless given) its default."""
+    return _f(getattr(QuantConfig, name) if default is None else default, QUANT_FIELD_HELP[name])
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on (see ``uniq-hub train --help``)."""
@@ -36,18 +44,17 @@ class TrainConfig:
     # --- model
     zoo: str | None = _f(None, "zoo entry to train, e.g. uniq/resnet18-w2a2 (sets arch, dataset, bits, recipe)")
     arch: str = _f("resnet20", "architecture (resnet18, resnet34, resnet20, resnet32, mobilenetv2)")
-    w_bits: int = _f(FP_BITS, "weight bits, 1..8, or 32 for full precision")
-    a_bits: int = _f(FP_BITS, "activation bits, 1..8, or 32 for full precision")
-    first_bits: int | None = _f(8, "bits of the first conv (weights and input)")
-    last_bits: int | None = _f(8, "bits of the last classifier")
-    method: str = _f("uniq", "quantizer: uniq (symmetric, the paper) or lsq (baseline)")
-    weight_granularity: str | None = _f(None, "channel or layer (default: the architecture's)")
-    step_init: str = _f("mse", "step-size init: mse (paper), lsq, or a constant like 0.1")
-    grad_scale: bool = _f(True, "LSQ-style gradient scale on the step sizes")
-    binary_fp_layers: bool = _f(True, "at 1 bit keep first / last / shortcut layers in full precision")
-    signed_inputs: bool = _f(False, "symmetric quantizer on signed inputs (MobileNetV2 bottlenecks)")
-    overrides: dict | None = _f(None, "per-layer bits, 'PATTERN=W,A;PATTERN=W,A' (fnmatch on layer names, 32: "
-                                "full precision, the last match wins), or a mapping in the config file")
+    w_bits: int = _q("w_bits", FP_BITS)
+    a_bits: int = _q("a_bits", FP_BITS)
+    first_bits: int = _q("first_bits")
+    last_bits: int = _q("last_bits")
+    method: str = _q("method")
+    weight_granularity: str | None = _q("weight_granularity")
+    step_init: str | float = _q("step_init")
+    grad_scale: bool = _q("grad_scale")
+    binary_fp_layers: bool = _q("binary_fp_layers")
+    signed_inputs: bool = _q("signed_inputs")
+    overrides: dict | None = _f(None, QUANT_FIELD_HELP["overrides"])
     init_from: str | None = _f(None, "run dir or model folder / Hub id to start from, or pytorchcv:NAME")
     # --- data
     dataset: str = _f("fashion_mnist", "HF dataset name, imagefolder dir, save_to_disk dir, or fashion_mnist")
@@ -56,7 +63,7 @@ class TrainConfig:
     image_column: str | None = _f(None, "image column (default: detected)")
     label_column: str | None = _f(None, "label column (default: detected)")
     image_size: int | None = _f(None, "input size (default: 224 for images of 128 px and more, else native)")
-    in_chans: int | None = _f(None, "input channels, 1 or 3 (default: from the first image's mode)")
+    num_channels: int | None = _f(None, "input channels, 1 or 3 (default: from the first image's mode)")
     streaming: bool = _f(False, "stream the training split (ImageNet from the Hub)")
     num_workers: int = _f(2, "dataloader workers per process")
     max_train_samples: int | None = _f(None, "use only the first N training examples")
@@ -111,6 +118,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def quant_options(self) -> dict[str, Any]:
+        """The quantization fields, by the schema's names (``UniQConfig(**...)``, ``QuantConfig(**...)``)."""
+        return {name: getattr(self, name) for name in QUANT_FIELDS}
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -212,7 +223,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"config file {path} is not valid JSON ({err}); YAML files need a .yaml suffix") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of options, got {type(data).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return rename_legacy({str(k).replace("-", "_"): v for k, v in data.items()}, f"config file {path}")
 
 
 def _expand_bits(options: dict[str, Any], where: str) -> dict[str, Any]:
@@ -235,7 +246,7 @@ def _zoo_options(name: str) -> dict[str, Any]:
         w_bits=entry.w_bits, a_bits=entry.a_bits, weight_granularity=entry.weight_granularity,
         signed_inputs=entry.signed_inputs,
         optimizer=r.optimizer, lr=r.lr, epochs=r.epochs, batch_size=r.batch_size, weight_decay=r.weight_decay,
-        warmup_epochs=r.warmup_epochs, warmup_lr=r.warmup_lr, calib_batches=r.calibration_batches,
+        warmup_epochs=r.warmup_epochs, warmup_lr=r.warmup_lr, calib_batches=r.calib_batches,
         init_from=r.init_from, run_name=entry.short_name,
     )
     if r.momentum is not None:
@@ -268,10 +279,8 @@ def resolve_config(
 
 
 def _fill_recipe(cfg: TrainConfig) -> TrainConfig:
-    for side in ("w_bits", "a_bits"):
-        bits = getattr(cfg, side)
-        if not (1 <= bits <= 8 or bits == FP_BITS):
-            raise ValueError(f"{side} must be in 1..8 or 32 (full precision), got {bits}")
+    for name, value in check_quant_fields(cfg.quant_options(), "option '{}'").items():
+        setattr(cfg, name, value)
     if (cfg.w_bits == FP_BITS) != (cfg.a_bits == FP_BITS):
         raise ValueError(f"w_bits={cfg.w_bits}, a_bits={cfg.a_bits}: full precision (32) applies to both sides")
     cfg.recipe = cfg.recipe or recipe_family(cfg.dataset, cfg.arch)
@@ -290,11 +299,7 @@ def _fill_recipe(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-_CHOICES = {
-    "method": ("uniq", "lsq"),
-    "weight_granularity": (None, "channel", "layer"),
-    "mixed_precision": ("no", "bf16", "fp16"),
-}
+_CHOICES = {"mixed_precision": ("no", "bf16", "fp16")}
 
 
 def _validate(cfg: TrainConfig) -> None:
@@ -316,19 +321,12 @@ def _validate(cfg: TrainConfig) -> None:
             raise ValueError(f"option {name!r} must be a finite number >= 0, got {value}")
     if cfg.resume and cfg.overwrite:
         raise ValueError("options 'resume' and 'overwrite' exclude each other: continue the run or replace it")
-    if cfg.in_chans not in (None, 1, 3):
-        raise ValueError(f"option 'in_chans' must be 1 or 3, got {cfg.in_chans}")
+    if cfg.num_channels not in (None, 1, 3):
+        raise ValueError(f"option 'num_channels' must be 1 or 3, got {cfg.num_channels}")
     if not 0.0 <= cfg.kd_weight <= 1.0:
         raise ValueError(f"option 'kd_weight' must be in [0, 1], got {cfg.kd_weight}")
     if not cfg.kd_temperature > 0:
         raise ValueError(f"option 'kd_temperature' must be > 0, got {cfg.kd_temperature}")
-    if cfg.step_init not in ("mse", "lsq"):
-        try:
-            ok = float(cfg.step_init) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"option 'step_init' must be 'mse', 'lsq' or a positive number, got {cfg.step_init!r}")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

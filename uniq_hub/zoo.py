@@ -51,9 +51,9 @@ class DatasetInfo:
     pretty_name: str
     num_labels: int
     image_size: int
-    in_chans: int
+    num_channels: int
     eval_split: str
-    calibration_batches: int
+    calib_batches: int
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Recipe:
     batch_size: int
     weight_decay: float  # never applied to step sizes
     init_from: str | None  # zoo name, "pytorchcv:<model>", or None (from scratch)
-    calibration_batches: int
+    calib_batches: int
     momentum: float | None = None
     warmup_epochs: float = 0
     warmup_lr: float | None = None  # constant lr during the warm-up
@@ -130,7 +130,7 @@ class ZooEntry:
         """Keyword arguments for ``UniQConfig`` (labels other than ``num_labels`` excluded)."""
         kwargs: dict[str, Any] = dict(
             arch=self.arch, w_bits=self.w_bits, a_bits=self.a_bits, num_labels=self.dataset.num_labels,
-            in_chans=self.dataset.in_chans, image_size=self.dataset.image_size,
+            num_channels=self.dataset.num_channels, image_size=self.dataset.image_size,
         )
         if self.weight_granularity is not None:
             kwargs["weight_granularity"] = self.weight_granularity
@@ -142,7 +142,7 @@ class ZooEntry:
         return {
             "name": self.name, "arch": self.arch, "dataset": self.dataset.hf_name,
             "eval_split": self.dataset.eval_split, "num_labels": self.dataset.num_labels,
-            "image_size": self.dataset.image_size, "in_chans": self.dataset.in_chans,
+            "image_size": self.dataset.image_size, "num_channels": self.dataset.num_channels,
             "bits": self.bits, "w_bits": self.w_bits, "a_bits": self.a_bits,
             "weight_granularity": self.weight_granularity, "signed_inputs": self.signed_inputs,
             "recipe": self.recipe.to_dict() if self.recipe else None,
@@ -270,8 +270,8 @@ def recipe_spec(family: str, w_bits: int, a_bits: int) -> dict[str, Any]:
             raise ValueError(f"recipe {family}/{kind} has no weight decay for {bits} bits "
                              f"(it has {sorted(spec['weight_decay'])})")
         spec["weight_decay"] = spec["weight_decay"][bits]
-    calibration = next((DATASETS[f.dataset].calibration_batches for f in FAMILIES if f.recipes == family), 100)
-    spec["calibration_batches"] = 0 if kind == "fp" else calibration
+    calibration = next((DATASETS[f.dataset].calib_batches for f in FAMILIES if f.recipes == family), 100)
+    spec["calib_batches"] = 0 if kind == "fp" else calibration
     return spec
 
 
