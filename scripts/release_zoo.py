@@ -2,7 +2,8 @@
 """Make the release folders ``zoo/<name>/`` from the trained runs ``runs/zoo/<name>/`` (see
 scripts/train_fashion_mnist_zoo.sh): each is evaluated on the 10k test images (PyTorch and the ONNX
 runtimes), its record goes to ``benchmarks/results/<name>.json``, the golden logits of one entry
-to ``tests/golden_logits.json``, and the committed cards are regenerated."""
+to ``tests/golden_logits.json``, and the committed cards are regenerated. ``--resave`` instead
+re-saves the existing folders' config and code with this version (the tensors stay byte-identical)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from uniq_hub.zoo import list_entries  # noqa: E402
-from uniq_hub.zoo_release import NOT_RELEASED, RELEASE_DIR, refresh_card, release_entry  # noqa: E402
+from uniq_hub.zoo_release import (  # noqa: E402
+    NOT_RELEASED,
+    RELEASE_DIR,
+    refresh_card,
+    release_entry,
+    release_folders,
+    resave_release,
+)
 
 GOLDEN_ENTRY = "uniq/resnet20-fashion-mnist-w2a2"
 GOLDEN_FILE = REPO / "tests" / "golden_logits.json"
@@ -45,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", help="only these entries (short names)")
     parser.add_argument("--cards-only", action="store_true", help="keep the folders and numbers; rewrite the "
                         "training records and cards from the runs")
+    parser.add_argument("--resave", action="store_true", help="no runs needed: re-save every release folder's "
+                        "config and code with this version, checking its tensors stay byte-identical")
     args = parser.parse_args(argv)
+    if args.resave:
+        for repo_id, folder in release_folders(RELEASE_DIR).items():
+            changed = resave_release(folder)
+            print(f"{repo_id}: " + (", ".join(changed) if changed else "unchanged"))
+        return 0
     for entry in list_entries():
         run = args.runs / entry.short_name
         if entry.dataset.key != "fashion-mnist" or (args.only and entry.short_name not in args.only):

@@ -14,6 +14,7 @@ from transformers import pipeline
 from uniq_hub import UniQForImageClassification, UniQImageProcessor
 from uniq_hub.data import load_image_dataset
 from uniq_hub.evaluate import evaluate
+from uniq_hub.quantize import LEGACY_NAMES
 from uniq_hub.zoo import list_entries
 from uniq_hub.zoo_release import (
     MAX_FOLDER_BYTES,
@@ -21,6 +22,7 @@ from uniq_hub.zoo_release import (
     RELEASE_DIR,
     publish_zoo,
     release_folders,
+    resave_release,
     training_record,
 )
 
@@ -57,6 +59,39 @@ def test_release_folder_is_small_and_complete(name):
             assert abs(r["top1"] - record["top1"]) <= 0.02 and r["num_examples"] == 10_000
     else:  # a folder the ONNX graph would push over the size limit: no ONNX numbers either
         assert "onnx" not in record
+    config = json.loads((folder / "config.json").read_text())
+    assert not set(config) & set(LEGACY_NAMES), "re-save with: python scripts/release_zoo.py --resave"
+
+
+def test_resave_brings_an_older_release_to_this_version_with_the_same_tensors(tmp_path):
+    """A release written with the older config names is re-saved with the current names and this
+    version's code; its tensors stay byte-identical, and a second re-save changes nothing."""
+    import shutil
+
+    from safetensors import safe_open
+
+    folder = tmp_path / "w2a2"
+    shutil.copytree(RELEASE_DIR / "resnet20-fashion-mnist-w2a2", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["init"], config["in_chans"] = config.pop("step_init"), config.pop("num_channels")
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "quantize.py").write_text((folder / "quantize.py").read_text() + "\n# an older version\n")
+    (folder / "retired_module.py").write_text("# a module this version no longer has\n")
+    before = (folder / "model.safetensors").read_bytes()
+
+    changed = resave_release(folder)
+    assert {"config.json", "quantize.py", "retired_module.py"} <= set(changed)
+    saved = json.loads((folder / "config.json").read_text())
+    assert (saved["step_init"], saved["num_channels"]) == ("mse", 1) and not set(saved) & set(LEGACY_NAMES)
+    assert (folder / "quantize.py").read_text() == (REPO / "uniq_hub" / "quantize.py").read_text()
+    assert not (folder / "retired_module.py").exists()
+    assert (folder / "onnx" / "model.onnx").is_file() and (folder / "README.md").is_file()
+    with safe_open(str(RELEASE_DIR / "resnet20-fashion-mnist-w2a2" / "model.safetensors"), "pt") as a, \
+            safe_open(str(folder / "model.safetensors"), "pt") as b:
+        assert sorted(a.keys()) == sorted(b.keys()) and a.metadata() == b.metadata()
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+    assert len((folder / "model.safetensors").read_bytes()) == len(before)
+    assert resave_release(folder) == []  # deterministic: the same model saves to the same bytes
 
 
 @needs_data

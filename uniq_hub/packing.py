@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import struct
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -259,13 +260,30 @@ def add_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
     (names, dtypes, shapes, bytes and order) stay exactly as they were. Atomic (temp file + rename).
 
     transformers' ``save_pretrained`` writes only ``{"format": "pt"}`` (other metadata only
-    through an ``hf_quantizer``), hence this second pass over the (small) release file.
+    through an ``hf_quantizer``), hence this second pass over the (small) release file. The
+    metadata is written in sorted order: safetensors' serializer keeps it in a hash map, so the
+    same model saved twice would otherwise differ in its header bytes.
     """
     with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
         merged = {**(f.metadata() or {}), **metadata}
     with atomic_path(path) as tmp:
         save_file(tensors, os.fspath(tmp), metadata=merged)
+        _sort_header_metadata(tmp)
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """Rewrite the ``__metadata__`` of a safetensors header in sorted key order, in place (the
+    header keeps its length, so the tensor bytes do not move)."""
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:
+            raise ValueError(f"{path}: the sorted safetensors header is longer than the original")
+        f.seek(8)
+        f.write(text.ljust(length, b" "))
 
 
 def weight_files(folder: str | os.PathLike) -> list[Path]:

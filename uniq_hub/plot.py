@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .constants import FP_BITS
+from .constants import FP_BITS, TRAIN_CONFIG_FILE
 
 __all__ = ["RunResult", "read_dynamics", "pick_quantizers", "plot_dynamics", "run_results", "plot_accuracy",
            "add_arguments", "run"]
@@ -83,7 +83,7 @@ def plot_dynamics(run_dir: str | Path, out: str | Path, patterns: list[str] | No
     run_dir = Path(run_dir)
     dynamics = read_dynamics(run_dir)
     names = pick_quantizers(list(dynamics), patterns, limit)
-    config = _read_json(run_dir / "train_config.json") if (run_dir / "train_config.json").is_file() else {}
+    config = _read_json(run_dir / TRAIN_CONFIG_FILE) if (run_dir / TRAIN_CONFIG_FILE).is_file() else {}
     warmup = float(config.get("warmup_epochs") or 0)
     fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6), squeeze=False, sharex=True)
     for col, name in enumerate(names):
@@ -148,9 +148,9 @@ def run_results(run_dirs: list[str | Path]) -> list[RunResult]:
     """Accuracy and bits of each run: ``export/eval_results.json`` (else ``summary.json``'s best)."""
     results = []
     for run_dir in map(Path, run_dirs):
-        config_path = run_dir / "train_config.json"
+        config_path = run_dir / TRAIN_CONFIG_FILE
         if not config_path.is_file():
-            raise FileNotFoundError(f"{run_dir} is not a training run directory: train_config.json is missing")
+            raise FileNotFoundError(f"{run_dir} is not a training run directory: {TRAIN_CONFIG_FILE} is missing")
         config = _read_json(config_path)
         top1 = None
         for path, key in ((run_dir / "export" / "eval_results.json", "top1"), (run_dir / "summary.json", "best_top1")):

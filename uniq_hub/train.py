@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import write_json_atomic
 from .checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -42,7 +43,7 @@ from .checkpoint import (
     check_run_dir,
     clear_run_dir,
 )
-from .constants import SMALL_IMAGE
+from .constants import SMALL_IMAGE, TRAIN_CONFIG_FILE
 from .distill import distillation_loss, load_teacher, teacher_logits
 from .train_config import TrainConfig, add_config_arguments, config_from_args
 
@@ -297,7 +298,7 @@ class Trainer:
             if cfg.overwrite:
                 clear_run_dir(cfg.run_dir)
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            (cfg.run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            write_json_atomic(cfg.run_dir / TRAIN_CONFIG_FILE, cfg.to_dict())
         set_seed(cfg.seed)
         bundle = load_data(cfg)
         data.check_batch_fits(bundle.num_train, cfg.batch_size, cfg.dataset, cfg.train_split)
@@ -373,7 +374,7 @@ class Trainer:
             "steps": state.global_step, "epochs": state.epoch,
         }
         if acc.is_main_process:
-            (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json_atomic(cfg.run_dir / "summary.json", summary)
         return summary
 
     def _train_epoch(self, epoch: int) -> None:

@@ -14,11 +14,13 @@ import json
 import os
 import shlex
 import shutil
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_dir, write_json_atomic, write_text_atomic
+from .atomic import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
+from .constants import TRAIN_CONFIG_FILE
 from .export import BEST_DIR, RESULTS_FILE
 from .onnx_runtime import ONNX_FILE
 from .zoo import ZooEntry, get_entry
@@ -48,10 +50,12 @@ def release_folders(root: str | os.PathLike = RELEASE_DIR) -> dict[str, Path]:
 def training_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     """How a run was trained: the exact command (every option that differs from its zoo entry's
     resolved recipe), distillation settings, seed and wall time (all invocations, resumes included)."""
+    from .quantize import rename_legacy
     from .train_config import TrainConfig, resolve_config
 
     run_dir = Path(run_dir)
-    used = json.loads((run_dir / "train_config.json").read_text())
+    path = run_dir / TRAIN_CONFIG_FILE
+    used = rename_legacy(json.loads(path.read_text()), str(path))  # runs of older versions: older names
     base = resolve_config({"zoo": used["zoo"]}) if used.get("zoo") else TrainConfig()
     args = ["uniq-hub", "train", "--zoo", used["zoo"]] if used.get("zoo") else ["uniq-hub", "train"]
     args += ["--output-dir", used["output_dir"]]
@@ -111,6 +115,49 @@ def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str |
         record["onnx"] = _onnx_results(out, entry, num_workers)
     _write_record(out, entry, record)
     return record
+
+
+def resave_release(folder: str | os.PathLike) -> list[str]:
+    """Re-save a release folder's config and remote code with this version (current key names, code
+    that matches the library), keeping its tensors, ONNX graph, card and numbers. The re-saved
+    weights must hold the same tensors (names, dtypes, bytes) as before, else nothing is written.
+    Returns the names of the files that changed."""
+    from .modeling_uniq import UniQForImageClassification
+
+    folder = Path(folder)
+    model = UniQForImageClassification.from_pretrained(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        saved = {p.name: p for p in Path(tmp).iterdir() if p.is_file()}
+        for name in saved:
+            if name.endswith(".safetensors"):
+                _check_same_tensors(folder / name, saved[name])
+        changed = [name for name, new in sorted(saved.items())
+                   if not (folder / name).is_file() or (folder / name).read_bytes() != new.read_bytes()]
+        for name in changed:
+            with atomic_path(folder / name) as tmp_path:
+                shutil.copyfile(saved[name], tmp_path)
+    stale = [p for p in folder.glob("*.py") if p.name not in saved]  # modules this version no longer has
+    for path in stale:
+        path.unlink()
+    return changed + [p.name for p in stale]
+
+
+def _check_same_tensors(old: Path, new: Path) -> None:
+    import torch
+    from safetensors import safe_open
+
+    def raw(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1).view(torch.uint8)
+
+    with safe_open(os.fspath(old), "pt") as a, safe_open(os.fspath(new), "pt") as b:
+        if sorted(a.keys()) != sorted(b.keys()):
+            raise ValueError(f"{old}: re-saving changes the tensor names ({sorted(set(a.keys()) ^ set(b.keys()))}); "
+                             "the release is left as it was")
+        for key in a.keys():
+            x, y = a.get_tensor(key), b.get_tensor(key)
+            if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(raw(x), raw(y)):
+                raise ValueError(f"{old}: re-saving changes tensor {key!r}; the release is left as it was")
 
 
 def refresh_card(

@@ -6,3 +6,4 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Side (pixels) from which an input is ImageNet-sized: random-resized-crop training and
 # resize + centre-crop evaluation; below it a small image (CIFAR-style transforms, no crop).
 SMALL_IMAGE = 128
+TRAIN_CONFIG_FILE = "train_config.json"  # in a run directory: the resolved training config

@@ -44,10 +44,10 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3, stem_chs: int = 32, head_chs: int = 1280):
+    def __init__(self, num_classes: int = 1000, num_channels: int = 3, stem_chs: int = 32, head_chs: int = 1280):
         super().__init__()
-        self.num_classes, self.in_chans = num_classes, in_chans
-        self.stem = ConvBN(in_chans, stem_chs, 3, 2)
+        self.num_classes, self.num_channels = num_classes, num_channels
+        self.stem = ConvBN(num_channels, stem_chs, 3, 2)
         blocks, in_chs = [], stem_chs
         for t, c, n, s in _STAGES:
             for j in range(n):

@@ -44,19 +44,19 @@ class PreActResNet(nn.Module):
         stem: str = "imagenet",
         stem_chs: int = 64,
         num_classes: int = 1000,
-        in_chans: int = 3,
+        num_channels: int = 3,
     ) -> None:
         super().__init__()
-        self.num_classes, self.in_chans = num_classes, in_chans
+        self.num_classes, self.num_channels = num_classes, num_channels
         if stem == "imagenet":
             self.stem = nn.Sequential()
-            self.stem.add_module("conv", nn.Conv2d(in_chans, stem_chs, 7, 2, 3, bias=False))
+            self.stem.add_module("conv", nn.Conv2d(num_channels, stem_chs, 7, 2, 3, bias=False))
             self.stem.add_module("bn", nn.BatchNorm2d(stem_chs))
             self.stem.add_module("act", nn.ReLU(inplace=True))
             self.stem.add_module("pool", nn.MaxPool2d(3, 2, 1))
         elif stem == "cifar":
             self.stem = nn.Sequential()
-            self.stem.add_module("conv", nn.Conv2d(in_chans, stem_chs, 3, 1, 1, bias=False))
+            self.stem.add_module("conv", nn.Conv2d(num_channels, stem_chs, 3, 1, 1, bias=False))
         else:
             raise ValueError(f"unknown stem {stem!r}; expected 'imagenet' or 'cifar'")
         in_chs, self.stage_names = stem_chs, []

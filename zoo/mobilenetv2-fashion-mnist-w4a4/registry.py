@@ -80,6 +80,6 @@ def model_info(name: str) -> ArchInfo:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a float architecture by name (``num_classes``, ``in_chans`` ...)."""
+    """Build a float architecture by name (``num_classes``, ``num_channels`` ...)."""
     _check(name)
     return _MODELS[name](**kwargs)

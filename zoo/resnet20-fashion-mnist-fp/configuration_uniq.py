@@ -1,9 +1,10 @@
 """``UniQConfig``: a transformers config for UniQ low-bit image classifiers (model_type "uniq").
 
-Bit widths use 32 for full precision: ``w_bits = a_bits = 32`` is the float model (no
-``quantize_``); ``first_bits`` / ``last_bits`` / one side of an override at 32 (or ``None``) keep
-that layer's weights or inputs in full precision. Everything is validated on construction and
-every problem raises a ``ValueError`` that names the field, the value and what was expected.
+The quantization fields are :class:`uniq_hub.QuantConfig`'s schema, with its names and checks
+(``quantize.check_quant_fields``): 32 means full precision, ``w_bits = a_bits = 32`` is the float
+model (no ``quantize_``). Everything is validated on construction and every problem raises a
+``ValueError`` that names the field, the value and what was expected. A ``config.json`` written
+with older key names (``init``, ``in_chans``) loads under the current ones.
 """
 
 from __future__ import annotations
@@ -18,23 +19,10 @@ from .constants import FP_BITS, IMAGENET_MEAN, IMAGENET_STD, SMALL_IMAGE
 # the copy of this file saved next to a checkpoint, loaded as remote code, sees every arch).
 from .mobilenetv2 import mobilenetv2  # noqa: F401
 from .preresnet import resnet18  # noqa: F401
-from .quantize import QuantConfig
+from .quantize import LEGACY_NAMES, QUANT_FIELDS, QuantConfig, check_quant_fields
 from .registry import list_models
 
 GRAY_MEAN, GRAY_STD = (0.5,), (0.5,)
-_BIT_FIELDS = ("w_bits", "a_bits", "first_bits", "last_bits")
-_METHODS = ("uniq", "lsq")
-_GRANULARITIES = (None, "channel", "layer")
-_INITS = ("mse", "lsq")
-
-
-def _bits_or_none(name: str, value: Any) -> int | None:
-    """32 / None -> None (full precision); an int in 1..8 -> itself; anything else -> ValueError."""
-    if value is None or value == FP_BITS and not isinstance(value, bool):
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
-        raise ValueError(f"UniQConfig.{name} must be an int in 1..8 or {FP_BITS} (full precision), got {value!r}")
-    return value
 
 
 class UniQConfig(PreTrainedConfig):
@@ -48,7 +36,7 @@ class UniQConfig(PreTrainedConfig):
     init (`str | float`): step-size init, "mse" (paper), "lsq" or a positive constant.
     grad_scale, binary_fp_layers, signed_inputs (`bool`), overrides (`dict[str, [w, a]]`): see
         :class:`uniq_hub.QuantConfig`.
-    in_chans (`int`): 1 (grayscale) or 3 (RGB) input channels.
+    num_channels (`int`): 1 (grayscale) or 3 (RGB) input channels.
     image_size (`int`): side of the square model input.
     crop_pct (`float`): preprocessing resizes the shortest edge to ``image_size / crop_pct`` and
         centre-crops ``image_size`` (ImageNet: 224 / 0.875 = 256). Default 0.875 for inputs of
@@ -65,22 +53,23 @@ class UniQConfig(PreTrainedConfig):
     arch: str = "resnet18"
     w_bits: int = 2
     a_bits: int = 2
-    first_bits: int | None = 8
-    last_bits: int | None = 8
+    first_bits: int = 8
+    last_bits: int = 8
     method: str = "uniq"
     weight_granularity: str | None = None
-    init: str | float = "mse"
+    step_init: str | float = "mse"
     grad_scale: bool = True
     binary_fp_layers: bool = True
     signed_inputs: bool = False
     overrides: dict | None = None
-    in_chans: int = 3
+    num_channels: int = 3
     image_size: int | None = None
     crop_pct: float | None = None
     image_mean: list | None = None
     image_std: list | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
+        self._take_legacy_names(kwargs)
         num_labels = kwargs.get("num_labels")
         if num_labels is not None:
             if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
@@ -104,30 +93,24 @@ class UniQConfig(PreTrainedConfig):
             self.label2id = {label: i for i, label in self.id2label.items()}
         self._validate_and_fill()
 
+    def _take_legacy_names(self, kwargs: dict[str, Any]) -> None:
+        """Older key names (``init``, ``in_chans``) set the current field unless it was given too."""
+        for old, new in LEGACY_NAMES.items():
+            if old in kwargs and hasattr(type(self), new):
+                value, current = kwargs.pop(old), getattr(self, new)
+                if current != getattr(type(self), new) and current != value:
+                    raise ValueError(f"UniQConfig: {old!r} (an older name of {new!r}) is {value!r} but {new!r} "
+                                     f"is {current!r}; give one")
+                setattr(self, new, value)
+
     def _validate_and_fill(self) -> None:
         if self.arch not in list_models():
             raise ValueError(f"UniQConfig.arch: unknown architecture {self.arch!r}; expected one of {list_models()}")
-        for name in _BIT_FIELDS:
-            value = getattr(self, name)
-            _bits_or_none(name, value)
-            if value is None:
-                setattr(self, name, FP_BITS)
-        if self.method not in _METHODS:
-            raise ValueError(f"UniQConfig.method must be one of {_METHODS}, got {self.method!r}")
-        if self.weight_granularity not in _GRANULARITIES:
-            raise ValueError(
-                f"UniQConfig.weight_granularity must be one of {_GRANULARITIES}, got {self.weight_granularity!r}"
-            )
-        if isinstance(self.init, str) and self.init not in _INITS or isinstance(self.init, bool) or (
-            not isinstance(self.init, str) and not (isinstance(self.init, (int, float)) and self.init > 0)
-        ):
-            raise ValueError(f"UniQConfig.init must be 'mse', 'lsq' or a positive float, got {self.init!r}")
-        for name in ("grad_scale", "binary_fp_layers", "signed_inputs"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"UniQConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        self.overrides = self._checked_overrides(self.overrides or {})
-        if self.in_chans not in (1, 3) or isinstance(self.in_chans, bool):
-            raise ValueError(f"UniQConfig.in_chans must be 1 (grayscale) or 3 (RGB), got {self.in_chans!r}")
+        checked = check_quant_fields({name: getattr(self, name) for name in QUANT_FIELDS}, "UniQConfig.{}")
+        for name, value in checked.items():
+            setattr(self, name, value)
+        if self.num_channels not in (1, 3) or isinstance(self.num_channels, bool):
+            raise ValueError(f"UniQConfig.num_channels must be 1 (grayscale) or 3 (RGB), got {self.num_channels!r}")
         if self.image_size is None:
             self.image_size = 224
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
@@ -136,31 +119,19 @@ class UniQConfig(PreTrainedConfig):
             self.crop_pct = 0.875 if self.image_size >= SMALL_IMAGE else 1.0
         if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float)) or not 0 < self.crop_pct <= 1:
             raise ValueError(f"UniQConfig.crop_pct must be in (0, 1], got {self.crop_pct!r}")
-        rgb = self.in_chans == 3
+        rgb = self.num_channels == 3
         self.image_mean = self._checked_stats("image_mean", self.image_mean, IMAGENET_MEAN if rgb else GRAY_MEAN)
         self.image_std = self._checked_stats("image_std", self.image_std, IMAGENET_STD if rgb else GRAY_STD)
         if min(self.image_std) <= 0:
             raise ValueError(f"UniQConfig.image_std must be positive, got {self.image_std}")
-        self.quant_config()  # the remaining cross-field checks (e.g. LSQ has no 1-bit weights)
-
-    def _checked_overrides(self, overrides: Any) -> dict[str, list[int]]:
-        if not isinstance(overrides, dict):
-            raise ValueError(f"UniQConfig.overrides must map layer patterns to [w_bits, a_bits], got {overrides!r}")
-        out = {}
-        for pattern, pair in overrides.items():
-            if not isinstance(pattern, str) or not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                raise ValueError(
-                    f"UniQConfig.overrides[{pattern!r}] must be [w_bits, a_bits] (32 or None = FP), got {pair!r}"
-                )
-            out[pattern] = [FP_BITS if _bits_or_none(f"overrides[{pattern!r}]", b) is None else b for b in pair]
-        return out
 
     def _checked_stats(self, name: str, value: Any, default: tuple[float, ...]) -> list[float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value] * self.in_chans
+            value = [value] * self.num_channels
         value = list(default if value is None else value)
-        if len(value) != self.in_chans or not all(isinstance(v, (int, float)) for v in value):
-            raise ValueError(f"UniQConfig.{name} must hold {self.in_chans} numbers (one per channel), got {value!r}")
+        if len(value) != self.num_channels or not all(isinstance(v, (int, float)) for v in value):
+            raise ValueError(
+                f"UniQConfig.{name} must hold {self.num_channels} numbers (one per channel), got {value!r}")
         return [float(v) for v in value]
 
     @classmethod
@@ -203,19 +174,7 @@ class UniQConfig(PreTrainedConfig):
         """The :class:`QuantConfig` ``quantize_`` applies, or ``None`` for a full-precision model."""
         if self.full_precision:
             return None
-        bits = {name: _bits_or_none(name, getattr(self, name)) for name in _BIT_FIELDS}
-        overrides = {
-            pattern: tuple(_bits_or_none(f"overrides[{pattern!r}]", b) for b in pair)
-            for pattern, pair in (self.overrides or {}).items()
-        }
-        config = QuantConfig(
-            **bits, method=self.method, weight_granularity=self.weight_granularity, init=self.init,
-            grad_scale=self.grad_scale, binary_fp_layers=self.binary_fp_layers, signed_inputs=self.signed_inputs,
-            overrides=overrides,
-        )
-        if self.method == "lsq" and 1 in (bits["w_bits"], *(w for w, _ in overrides.values())):
-            raise ValueError("UniQConfig: method='lsq' has no 1-bit weight quantizer (two's complement codes {-1, 0})")
-        return config
+        return QuantConfig(**{name: getattr(self, name) for name in QUANT_FIELDS})
 
 
 UniQConfig.register_for_auto_class()

@@ -3,14 +3,17 @@
 Resize the shortest edge to ``size["shortest_edge"]``, centre-crop ``crop_size``, scale to [0, 1],
 normalise with ``image_mean`` / ``image_std``: the torchvision backend of transformers does that.
 What this class adds is the input side: every PIL mode (1, L, LA, P, PA, RGB, RGBA, CMYK,
-YCbCr, I;16*, I, F ...), arrays and tensors of uint8 / uint16 / float, and file paths become a
-float image with the model's ``num_channels`` (1 or 3) channels. 8-bit PIL modes are converted the
-way transformers' ``load_image`` (and so ``pipeline``) converts them, with PIL's ``convert("RGB")``:
-alpha is dropped, not composited (a transparent pixel keeps its colour), palettes and CMYK follow
-PIL. Colour becomes grayscale with ITU-R 601 luma (PIL's integer weights 299/587/114, so an RGB
-copy of a gray image gives back exactly its gray), grayscale is repeated to RGB, and 16-bit
-images are scaled by 255 / 65535 (not clipped). Images with NaN / infinite pixels or no pixels
-are refused; URLs are fetched with a timeout (``fetch_timeout`` seconds).
+YCbCr, I;16*, I, F ...), arrays and tensors of uint8 / uint16 / float, file paths and URLs become
+an image with the model's ``num_channels`` (1 or 3) channels (uint8 for 8-bit images going to an
+RGB model, so resizing takes torchvision's uint8 path as in transformers; float otherwise).
+
+8-bit PIL modes are converted the way transformers' ``load_image`` (and so ``pipeline``)
+converts them, with PIL's ``convert("RGB")``: alpha is dropped, not composited (a transparent
+pixel keeps its colour), palettes and CMYK follow PIL. Colour becomes grayscale with ITU-R 601
+luma (PIL's integer weights 299/587/114, so an RGB copy of a gray image gives back exactly its
+gray), grayscale is repeated to RGB, and 16-bit images are scaled by 255 / 65535 (not clipped).
+Images with NaN / infinite pixels or no pixels are refused; URLs are fetched with a timeout
+(``fetch_timeout`` seconds).
 
 This is the one preprocessing contract: the training and evaluation transforms of
 :mod:`uniq_hub.data` are built from it, so ``uniq-hub evaluate``, ``pipeline`` and training see
@@ -22,12 +25,14 @@ image); float arrays / tensors and PIL "F" 1.0; bool 1.
 
 Note: transformers' ``ImageClassificationPipeline`` converts PIL images and paths to 8-bit RGB
 with PIL before any image processor runs (PIL clips 16-bit values there). To keep a 16-bit image's
-range through the pipeline, pass it as an array: ``pipe(np.asarray(image))``.
+range through the pipeline, pass it as an array: ``pipe(np.asarray(image))``. The pipeline fetches
+URLs itself, with no timeout unless given one: ``pipe(url, timeout=10)``.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import urllib.error
 import urllib.request
@@ -120,8 +125,8 @@ def fetch_url(url: str, timeout: float = FETCH_TIMEOUT) -> Image.Image:
 
 
 def to_image_tensor(image: Any, num_channels: int, input_data_format: Any = None) -> Tensor:
-    """Any supported image -> ``(num_channels, H, W)`` tensor in 0..255: ``uint8`` when the image is
-    8-bit and needs no arithmetic (resizing then takes torchvision's fast uint8 path, as for every
+    """Any supported image -> ``(num_channels, H, W)`` tensor in 0..255: ``uint8`` for 8-bit images
+    going to an RGB model (resizing then takes torchvision's fast uint8 path, as in every
     transformers processor), else ``float32``.
 
     Raises ``ValueError`` for an image without pixels or with NaN / infinite pixels."""
@@ -154,19 +159,20 @@ def to_image_tensor(image: Any, num_channels: int, input_data_format: Any = None
 
 
 def match_channels(x: Tensor, num_channels: int) -> Tensor:
-    """``(C, H, W)`` with C in 1 (L), 2 (LA), 3 (RGB), 4 (RGBA), values 0..255 -> ``num_channels``
-    (``uint8`` stays ``uint8`` unless colour becomes gray).
+    """``(C, H, W)`` with C in 1 (L), 2 (LA), 3 (RGB), 4 (RGBA), values 0..255 -> ``num_channels``.
 
-    Alpha is dropped, as PIL's ``convert("RGB")`` drops it."""
+    Alpha is dropped, as PIL's ``convert("RGB")`` drops it. RGB output keeps ``uint8``; gray output
+    is float (the luma of an RGB image is, and a gray image must give what its RGB copy gives, which
+    is what ``pipeline`` feeds the processor)."""
     if x.shape[0] in (2, 4):
         x = x[:-1]
     if x.shape[0] not in (1, 3):
         raise ValueError(f"an image must have 1-4 channels (L, LA, RGB, RGBA), got {x.shape[0]}")
-    if x.shape[0] == num_channels:
-        return x.contiguous()
     if num_channels == 3:
-        return x.expand(3, -1, -1).contiguous()
+        return x.contiguous() if x.shape[0] == 3 else x.expand(3, -1, -1).contiguous()
     x = x.to(torch.float32)
+    if x.shape[0] == 1:
+        return x.contiguous()
     return (torch.tensordot(torch.tensor(_LUMA, dtype=x.dtype), x, dims=1) / 1000.0)[None]
 
 
@@ -197,6 +203,10 @@ class UniQImageProcessor(TorchvisionBackend):
                 raise ValueError(
                     f"UniQImageProcessor.{name} must hold {self.num_channels} values, got {getattr(self, name)!r}"
                 )
+        if not all(math.isfinite(v) and v > 0 for v in self.image_std):
+            raise ValueError(f"UniQImageProcessor.image_std must be positive and finite, got {self.image_std!r}")
+        if not all(math.isfinite(v) for v in self.image_mean):
+            raise ValueError(f"UniQImageProcessor.image_mean must be finite, got {self.image_mean!r}")
 
     @classmethod
     def from_model_config(cls, config: Any) -> "UniQImageProcessor":
@@ -207,7 +217,7 @@ class UniQImageProcessor(TorchvisionBackend):
             crop_size={"height": side, "width": side},
             image_mean=list(config.image_mean),
             image_std=list(config.image_std),
-            num_channels=int(config.in_chans),
+            num_channels=int(config.num_channels),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ URLs itself, with no timeout unless given one: ``pipe(url, timeout=10)``.
 from __future__ import annotations
 
 import io
+import math
 import os
 import urllib.error
 import urllib.request
@@ -202,6 +203,10 @@ class UniQImageProcessor(TorchvisionBackend):
                 raise ValueError(
                     f"UniQImageProcessor.{name} must hold {self.num_channels} values, got {getattr(self, name)!r}"
                 )
+        if not all(math.isfinite(v) and v > 0 for v in self.image_std):
+            raise ValueError(f"UniQImageProcessor.image_std must be positive and finite, got {self.image_std!r}")
+        if not all(math.isfinite(v) for v in self.image_mean):
+            raise ValueError(f"UniQImageProcessor.image_mean must be finite, got {self.image_mean!r}")
 
     @classmethod
     def from_model_config(cls, config: Any) -> "UniQImageProcessor":
@@ -212,7 +217,7 @@ class UniQImageProcessor(TorchvisionBackend):
             crop_size={"height": side, "width": side},
             image_mean=list(config.image_mean),
             image_std=list(config.image_std),
-            num_channels=int(config.in_chans),
+            num_channels=int(config.num_channels),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,14 +3,17 @@
 Resize the shortest edge to ``size["shortest_edge"]``, centre-crop ``crop_size``, scale to [0, 1],
 normalise with ``image_mean`` / ``image_std``: the torchvision backend of transformers does that.
 What this class adds is the input side: every PIL mode (1, L, LA, P, PA, RGB, RGBA, CMYK,
-YCbCr, I;16*, I, F ...), arrays and tensors of uint8 / uint16 / float, and file paths become a
-float image with the model's ``num_channels`` (1 or 3) channels. 8-bit PIL modes are converted the
-way transformers' ``load_image`` (and so ``pipeline``) converts them, with PIL's ``convert("RGB")``:
-alpha is dropped, not composited (a transparent pixel keeps its colour), palettes and CMYK follow
-PIL. Colour becomes grayscale with ITU-R 601 luma (PIL's integer weights 299/587/114, so an RGB
-copy of a gray image gives back exactly its gray), grayscale is repeated to RGB, and 16-bit
-images are scaled by 255 / 65535 (not clipped). Images with NaN / infinite pixels or no pixels
-are refused; URLs are fetched with a timeout (``fetch_timeout`` seconds).
+YCbCr, I;16*, I, F ...), arrays and tensors of uint8 / uint16 / float, file paths and URLs become
+an image with the model's ``num_channels`` (1 or 3) channels (uint8 for 8-bit images going to an
+RGB model, so resizing takes torchvision's uint8 path as in transformers; float otherwise).
+
+8-bit PIL modes are converted the way transformers' ``load_image`` (and so ``pipeline``)
+converts them, with PIL's ``convert("RGB")``: alpha is dropped, not composited (a transparent
+pixel keeps its colour), palettes and CMYK follow PIL. Colour becomes grayscale with ITU-R 601
+luma (PIL's integer weights 299/587/114, so an RGB copy of a gray image gives back exactly its
+gray), grayscale is repeated to RGB, and 16-bit images are scaled by 255 / 65535 (not clipped).
+Images with NaN / infinite pixels or no pixels are refused; URLs are fetched with a timeout
+(``fetch_timeout`` seconds).
 
 This is the one preprocessing contract: the training and evaluation transforms of
 :mod:`uniq_hub.data` are built from it, so ``uniq-hub evaluate``, ``pipeline`` and training see
@@ -22,12 +25,14 @@ image); float arrays / tensors and PIL "F" 1.0; bool 1.
 
 Note: transformers' ``ImageClassificationPipeline`` converts PIL images and paths to 8-bit RGB
 with PIL before any image processor runs (PIL clips 16-bit values there). To keep a 16-bit image's
-range through the pipeline, pass it as an array: ``pipe(np.asarray(image))``.
+range through the pipeline, pass it as an array: ``pipe(np.asarray(image))``. The pipeline fetches
+URLs itself, with no timeout unless given one: ``pipe(url, timeout=10)``.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import urllib.error
 import urllib.request
@@ -198,6 +203,10 @@ class UniQImageProcessor(TorchvisionBackend):
                 raise ValueError(
                     f"UniQImageProcessor.{name} must hold {self.num_channels} values, got {getattr(self, name)!r}"
                 )
+        if not all(math.isfinite(v) and v > 0 for v in self.image_std):
+            raise ValueError(f"UniQImageProcessor.image_std must be positive and finite, got {self.image_std!r}")
+        if not all(math.isfinite(v) for v in self.image_mean):
+            raise ValueError(f"UniQImageProcessor.image_mean must be finite, got {self.image_mean!r}")
 
     @classmethod
     def from_model_config(cls, config: Any) -> "UniQImageProcessor":
@@ -208,7 +217,7 @@ class UniQImageProcessor(TorchvisionBackend):
             crop_size={"height": side, "width": side},
             image_mean=list(config.image_mean),
             image_std=list(config.image_std),
-            num_channels=int(config.in_chans),
+            num_channels=int(config.num_channels),
         )
 
     def to_dict(self) -> dict[str, Any]:

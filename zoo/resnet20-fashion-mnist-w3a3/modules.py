@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ _MIN_STEP = 1e-8
 class QuantSpec:
     """How one tensor is quantized.
 
-    ``init``: "mse" (paper, Section 4.2), "lsq" (``2 E|x| / sqrt(Qp)``) or a positive float.
+    ``step_init``: "mse" (paper, Section 4.2), "lsq" (``2 E|x| / sqrt(Qp)``) or a positive float.
     ``per_channel``: one step per output channel (kernel-wise); weights only.
     """
 
@@ -41,17 +41,27 @@ class QuantSpec:
     role: Role = "weight"
     method: Method = "uniq"
     per_channel: bool = False
-    init: str | float = "mse"
+    step_init: str | float = "mse"
     grad_scale: bool = True
 
     def __post_init__(self) -> None:
         if (self.method, self.role) not in _SCHEMES:
             raise ValueError(f"unknown quantizer method/role {self.method!r}/{self.role!r}")
         code_range(self.bits, _SCHEMES[self.method, self.role])  # validates bits
-        if isinstance(self.init, str) and self.init not in ("mse", "lsq"):
-            raise ValueError(f"step init must be 'mse', 'lsq' or a positive float, got {self.init!r}")
-        if not isinstance(self.init, str) and not float(self.init) > 0:
-            raise ValueError(f"constant step init must be positive, got {self.init!r}")
+        object.__setattr__(self, "step_init", parse_step_init(self.step_init, "QuantSpec.step_init"))
+
+
+def parse_step_init(value: Any, name: str = "step_init") -> str | float:
+    """A step-size init rule: "mse", "lsq", or a positive number (also given as a string, "0.1")."""
+    if value in ("mse", "lsq"):
+        return value
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be 'mse', 'lsq' or a positive number, got {value!r}")
+    return number
 
 
 class UniQQuantizer(nn.Module):
@@ -67,7 +77,7 @@ class UniQQuantizer(nn.Module):
         self.spec = spec
         self.lo, self.hi, self.offset = code_range(spec.bits, _SCHEMES[spec.method, spec.role])
         shape = (channels,) + (1,) * (ndim - 1) if spec.per_channel else ()
-        const = None if isinstance(spec.init, str) else float(spec.init)
+        const = None if isinstance(spec.step_init, str) else spec.step_init
         self.step = nn.Parameter(torch.full(shape, const or 1.0))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.calibrating = False
@@ -93,9 +103,9 @@ class UniQQuantizer(nn.Module):
         spec, kind = self.spec, self._stat_kind()
         dims = tuple(range(1, x.dim())) if spec.per_channel else None
         x = x.detach().float()
-        if isinstance(spec.init, (int, float)):
-            return torch.full_like(self.step, float(spec.init))
-        if spec.init == "lsq":
+        if not isinstance(spec.step_init, str):
+            return torch.full_like(self.step, spec.step_init)
+        if spec.step_init == "lsq":
             mean_abs = x.abs().mean(dim=dims, keepdim=True) if dims else x.abs().mean()
             est = lsq_init_step(mean_abs, spec.bits, kind)
         elif kind == "activation":

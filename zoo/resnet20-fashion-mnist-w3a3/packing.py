@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import struct
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -123,7 +124,7 @@ def quantized_layers(model: nn.Module) -> dict[str, tuple[_QuantizedMixin, UniQQ
 
 
 def _effective(step: Tensor) -> Tensor:
-    """The step a quantizer's forward uses: kept positive (``UniQQuantizer.effective_step``)."""
+    """The step a quantizer's forward uses: kept positive (``clamp_min(_MIN_STEP)``, as ``UniQQuantizer.forward``)."""
     return step.detach().clamp_min(_MIN_STEP)
 
 
@@ -259,13 +260,30 @@ def add_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
     (names, dtypes, shapes, bytes and order) stay exactly as they were. Atomic (temp file + rename).
 
     transformers' ``save_pretrained`` writes only ``{"format": "pt"}`` (other metadata only
-    through an ``hf_quantizer``), hence this second pass over the (small) release file.
+    through an ``hf_quantizer``), hence this second pass over the (small) release file. The
+    metadata is written in sorted order: safetensors' serializer keeps it in a hash map, so the
+    same model saved twice would otherwise differ in its header bytes.
     """
     with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
         merged = {**(f.metadata() or {}), **metadata}
     with atomic_path(path) as tmp:
         save_file(tensors, os.fspath(tmp), metadata=merged)
+        _sort_header_metadata(tmp)
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """Rewrite the ``__metadata__`` of a safetensors header in sorted key order, in place (the
+    header keeps its length, so the tensor bytes do not move)."""
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:
+            raise ValueError(f"{path}: the sorted safetensors header is longer than the original")
+        f.seek(8)
+        f.write(text.ljust(length, b" "))
 
 
 def weight_files(folder: str | os.PathLike) -> list[Path]:
@@ -395,7 +413,9 @@ def check_processor_config(
             "another size than it was trained on"]
 
 
-def check_values(state: Mapping[str, Tensor], path: str | os.PathLike | None = None, positive_steps: bool = True) -> None:
+def check_values(
+    state: Mapping[str, Tensor], path: str | os.PathLike | None = None, positive_steps: bool = True
+) -> None:
     """Refuse step sizes that are not positive and finite and negative BatchNorm variances
     (the model would silently clamp or produce NaN), naming the file and key. ``positive_steps=False``
     (latent training checkpoints, whose raw steps the forward clamps) checks only finiteness."""

@@ -95,7 +95,7 @@ def read_safetensors(files: Iterable[str | os.PathLike]) -> tuple[dict[str, Tens
 
 def build_architecture(config: UniQConfig) -> nn.Module:
     """The registered architecture of ``config``, after ``quantize_`` unless full precision."""
-    arch = create_model(config.arch, num_classes=config.num_labels, in_chans=config.in_chans)
+    arch = create_model(config.arch, num_classes=config.num_labels, num_channels=config.num_channels)
     quant_config = config.quant_config()
     if quant_config is not None:
         quantize_(arch, quant_config)
@@ -143,9 +143,9 @@ class UniQPreTrainedModel(PreTrainedModel):
                 "custom autograd functions and weight cache do not trace); use torch.export.export(model, "
                 "(pixel_values,)) instead, or the exact ONNX export (uniq_hub.export)"
             )
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.in_chans:
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
-                f"pixel_values must have shape (batch, {self.config.in_chans}, height, width), "
+                f"pixel_values must have shape (batch, {self.config.num_channels}, height, width), "
                 f"got {tuple(pixel_values.shape)}"
             )
         if pixel_values.numel() == 0:
@@ -175,7 +175,7 @@ class UniQPreTrainedModel(PreTrainedModel):
         (flagged ``_is_hf_initialized``) is never changed.
         """
         if isinstance(module, UniQQuantizer):  # as constructed: uncalibrated
-            init.constant_(module.step, 1.0 if isinstance(module.spec.init, str) else float(module.spec.init))
+            init.constant_(module.step, 1.0 if isinstance(module.spec.step_init, str) else module.spec.step_init)
             init.zeros_(module.initialized)
         elif isinstance(module, (nn.Conv2d, nn.Linear)):
             self.model.init_module(module)
