@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .export import load_trained
+
 __all__ = ["distillation_loss", "load_teacher"]
 
 
@@ -26,8 +28,6 @@ def distillation_loss(
 
 def load_teacher(source: str, num_labels: int) -> nn.Module:
     """The teacher: a model folder, a run directory (its ``best/``) or a Hub id, frozen in eval mode."""
-    from .export import load_trained
-
     teacher = load_trained(source)
     if teacher.config.num_labels != num_labels:
         raise ValueError(f"--teacher {source}: it has {teacher.config.num_labels} labels, the dataset {num_labels}; "

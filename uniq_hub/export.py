@@ -15,6 +15,7 @@ from transformers.utils import logging as hf_logging
 
 from .atomic import atomic_dir, write_json_atomic
 from .cards import entry_from_config, render_card
+from .modeling_uniq import UniQForImageClassification
 from .onnx_runtime import ONNX_FILE
 from .zoo import get_entry
 
@@ -66,8 +67,6 @@ def _export_onnx(model: Any, folder: Path) -> None:
 
 def load_trained(source: str) -> Any:
     """A ``UniQForImageClassification`` from a model folder, a run directory (its ``best/``) or a Hub id."""
-    from .modeling_uniq import UniQForImageClassification
-
     path = Path(source)
     if (path / BEST_DIR / "config.json").is_file():  # a run directory: its best model, latent weights
         path = path / BEST_DIR

@@ -35,8 +35,10 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
+from safetensors import safe_open
 from torch import Tensor, nn
 
+from .modeling_uniq import CHECKSUM_KEY, UniQForImageClassification, state_dict_checksum
 from .modules import _MIN_STEP, QConv2d, QLinear, UniQQuantizer
 from .onnx_runtime import (
     INPUT_NAME,
@@ -45,12 +47,13 @@ from .onnx_runtime import (
     META_SOURCE,
     ONNX_FILE,
     OUTPUT_NAME,
+    _resolve,
     available_backends,
     compare_logits,
     load_backend,
     within_bounds,
 )
-from .packing import PACKED_SUFFIX, pack_state_dict, unpack_bits
+from .packing import PACKED_SUFFIX, pack_state_dict, quantized_layers, unpack_bits
 
 __all__ = [
     "FORMAT",
@@ -342,16 +345,12 @@ class _Tracer(torch.fx.Tracer):
 
 def _architecture(model: nn.Module) -> nn.Module:
     """The bare architecture of a ``UniQForImageClassification`` (or ``model`` itself)."""
-    from .modeling_uniq import UniQForImageClassification
-
     return model.model if isinstance(model, UniQForImageClassification) else model
 
 
 def _weight_codes(arch: nn.Module, packed: dict[str, Tensor]) -> dict[str, Tensor]:
     """``{layer: codes}`` of every quantized weight: the release format's packed codes
     (``packed = pack_state_dict(arch)``), unpacked."""
-    from .packing import quantized_layers
-
     return {
         name: unpack_bits(packed[name + PACKED_SUFFIX], wq.bits, layer.weight.numel()).view(layer.weight.shape)
         for name, (layer, wq) in quantized_layers(arch).items()
@@ -427,8 +426,6 @@ def build_graph(
 def source_checksum(model: nn.Module, packed: dict[str, Tensor] | None = None) -> str:
     """Hex sha256 of the model's release weights (the checksum ``save_pretrained`` stores);
     ``packed``: ``pack_state_dict`` of its architecture, when already computed."""
-    from .modeling_uniq import state_dict_checksum
-
     packed = pack_state_dict(_architecture(model)) if packed is None else packed
     return bytes(state_dict_checksum({f"model.{k}": v for k, v in packed.items()}).tolist()).hex()
 
@@ -509,10 +506,6 @@ def export_onnx(
 
 
 def _safetensors_checksum(folder: Path) -> str | None:
-    from safetensors import safe_open
-
-    from .modeling_uniq import CHECKSUM_KEY
-
     file = folder / "model.safetensors"
     if not file.is_file():
         return None
@@ -545,8 +538,6 @@ def verify_onnx(
             f"{FORMAT!r}); re-export it with `uniq-hub export-onnx {folder}`"
         )
     if model is None:
-        from .modeling_uniq import UniQForImageClassification
-
         model = UniQForImageClassification.from_pretrained(folder)
     expected = _safetensors_checksum(folder) or source_checksum(model)
     if meta.get(META_SOURCE) != expected:
@@ -571,8 +562,6 @@ class OnnxModule(nn.Module):
     -> logits``; what ``uniq-hub evaluate --runtime`` runs in place of the PyTorch model."""
 
     def __init__(self, model_id: str | os.PathLike, backend: str, threads: int = 2) -> None:
-        from .onnx_runtime import _resolve
-
         super().__init__()
         self.run_onnx = load_backend(_resolve(model_id, None, None) / ONNX_FILE, backend, threads)
         self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # gives callers a device (CPU)
@@ -670,8 +659,6 @@ def add_arguments(parser: Any) -> None:
 
 
 def run(args: Any) -> int:
-    from .modeling_uniq import UniQForImageClassification
-
     output = args.output or (os.path.join(args.model, ONNX_FILE) if os.path.isdir(args.model) else None)
     if output is None:
         raise SystemExit(f"uniq-hub export-onnx: {args.model} is not a local folder; pass --output PATH")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .constants import FP_BITS, TRAIN_CONFIG_FILE
+from .zoo import get_entry
 
 __all__ = ["RunResult", "read_dynamics", "pick_quantizers", "plot_dynamics", "run_results", "plot_accuracy",
            "add_arguments", "run"]
@@ -136,7 +137,6 @@ class RunResult:
 def _paper_top1(zoo_name: str | None) -> float | None:
     if not zoo_name:
         return None
-    from .zoo import get_entry
 
     try:
         return get_entry(zoo_name).paper_top1

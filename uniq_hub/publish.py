@@ -41,8 +41,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from huggingface_hub import CommitOperationAdd, HfApi, get_session
+from huggingface_hub.errors import HfHubHTTPError
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
 from .cards import entry_from_config, render_card
 from .configuration_uniq import UniQConfig
+from .image_processing_uniq import UniQImageProcessor
+from .modeling_uniq import UniQForImageClassification
+from .packing import CheckpointError, check_processor_config
 from .zoo import ZooEntry, get_entry, parse_result
 
 logger = logging.getLogger(__name__)
@@ -166,8 +177,6 @@ def _code_files(folder: Path, configs: dict[str, dict[str, Any]]) -> set[str]:
 
 
 def _check_weights(path: Path) -> None:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             if not list(f.keys()):
@@ -246,8 +255,6 @@ def plan_upload(
     results_file: str | os.PathLike | None = None,
 ) -> UploadPlan:
     """Validate ``folder`` and list what goes up (raises :class:`PublishError` naming the problem)."""
-    from .packing import CheckpointError, check_processor_config
-
     folder = Path(folder)
     if not folder.is_dir():
         raise PublishError(f"{folder}: not a directory (expected an exported model folder)")
@@ -348,9 +355,6 @@ def _digest(folder: Path) -> str:
 def probe_image(config: dict[str, Any], path: Path) -> Path:
     """A fixed pseudo-random RGB image, larger than the model input and not square (so resize and
     crop both act), written as PNG: both processes read the same pixels."""
-    import numpy as np
-    from PIL import Image
-
     side = int(config.get("image_size") or 224)
     pixels = np.random.default_rng(0).integers(0, 256, (side + side // 2, side + side // 4, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
@@ -373,12 +377,6 @@ def _last_lines(text: str, n: int = 8) -> str:
 def verify_folder(folder: str | os.PathLike, timeout: float = REMOTE_CODE_TIMEOUT) -> Verification:
     """Load ``folder`` with uniq_hub and, in a subprocess, through its own code; both must give
     identical pixel values and finite, identical logits. Raises :class:`PublishError`."""
-    import torch
-    from safetensors.torch import load_file
-
-    from .image_processing_uniq import UniQImageProcessor
-    from .modeling_uniq import UniQForImageClassification
-
     folder = Path(folder)
     key = _digest(folder)
     if key in _VERIFIED:
@@ -424,7 +422,6 @@ def verify_folder(folder: str | os.PathLike, timeout: float = REMOTE_CODE_TIMEOU
                 f"{_last_lines(output)}"
             )
         theirs = load_file(str(work / "remote.safetensors"))
-        from safetensors import safe_open
 
         with safe_open(str(work / "remote.safetensors"), framework="pt") as f:
             module = (f.metadata() or {}).get("model", "")
@@ -465,8 +462,6 @@ def hub_timeout(seconds: float) -> Iterator[None]:
     ``HF_HUB_ETAG_TIMEOUT`` / ``HF_HUB_DOWNLOAD_TIMEOUT`` cover downloads only; this sets the
     client's own default (``get_session()`` is the documented shared client), which every API
     call that passes no timeout of its own uses."""
-    from huggingface_hub import get_session
-
     client = get_session()
     before = client.timeout
     client.timeout = seconds
@@ -478,8 +473,6 @@ def hub_timeout(seconds: float) -> Iterator[None]:
 
 def _http_module() -> Any:
     """The HTTP library huggingface_hub uses (httpx, or httpx2 in newer releases)."""
-    from huggingface_hub import get_session
-
     return importlib.import_module(type(get_session()).__module__.partition(".")[0])
 
 
@@ -495,8 +488,6 @@ _STATUS_ADVICE = {
 @contextmanager
 def hub_errors(endpoint: str, timeout: float) -> Iterator[None]:
     """Turn huggingface_hub's authentication, HTTP and network errors into one-line :class:`PublishError`s."""
-    from huggingface_hub.errors import HfHubHTTPError
-
     http = _http_module()
     try:
         yield
@@ -554,7 +545,6 @@ def publish(
             raise PublishError(str(err).replace(str(staged), str(plan.folder))) from None
         if dry_run:
             return plan
-        from huggingface_hub import CommitOperationAdd, HfApi
 
         api = HfApi(token=token)
         names = list(plan.files) + list(plan.generated)

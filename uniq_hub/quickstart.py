@@ -17,6 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transformers import pipeline
+
+from . import register_auto_classes
+from .data import class_names, load_image_dataset
+from .evaluate import evaluate
+from .publish import publish
+from .train import train
+from .train_config import resolve_config
+
 __all__ = ["run_quickstart", "main"]
 
 
@@ -44,11 +53,6 @@ def run_quickstart(
 
     ``repo_id``: publish there (with ``token``, else the stored login); without it, a dry run.
     ``train_options``: more training options for both stages (e.g. ``log_every=1``)."""
-    from .evaluate import evaluate
-    from .publish import publish
-    from .train import train
-    from .train_config import resolve_config
-
     workdir = Path(workdir)
     start = time.perf_counter()
     common = dict(dataset=dataset, arch="resnet20", batch_size=batch_size, num_workers=num_workers,
@@ -86,14 +90,9 @@ def run_quickstart(
 
 
 def _classify(export: Path, dataset: str, count: int) -> list[dict[str, Any]]:
-    from transformers import pipeline
-
-    import uniq_hub  # noqa: F401  (registers model_type "uniq" with the auto classes)
-
-    from .data import class_names, load_image_dataset
-
     ds = load_image_dataset(dataset, "test", limit=count)
     names = class_names(ds)
+    register_auto_classes()  # model_type "uniq" -> uniq_hub's classes, no remote code
     classifier = pipeline("image-classification", model=str(export), trust_remote_code=False)  # uniq_hub's classes
     out = []
     for row in ds:

@@ -31,9 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
 from torch import nn
 
+from . import data
 from .atomic import write_json_atomic
+from .calibrate import calibrate
 from .checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -43,8 +47,15 @@ from .checkpoint import (
     check_run_dir,
     clear_run_dir,
 )
+from .configuration_uniq import UniQConfig
 from .constants import SMALL_IMAGE, TRAIN_CONFIG_FILE
+from .convert import load_pytorchcv
 from .distill import distillation_loss, load_teacher, teacher_logits
+from .dynamics import DynamicsRecorder
+from .evaluate import evaluate_model
+from .export import BEST_DIR, card_entry, export_model, load_trained, save_latent
+from .modeling_uniq import UniQForImageClassification
+from .recipes import build_optimizer, build_scheduler
 from .train_config import TrainConfig, add_config_arguments, config_from_args
 
 logger = logging.getLogger("uniq_hub.train")
@@ -104,8 +115,6 @@ def load_data(cfg: TrainConfig) -> DataBundle:
     """Both splits through :mod:`uniq_hub.data`; the image processor the model will ship (ImageNet-style
     from 128 px up, CIFAR-style below; known datasets' own statistics) and the transforms built from it.
     Splits a classifier cannot be trained on (empty, one class) are refused."""
-    from . import data
-
     common = dict(image_column=cfg.image_column, label_column=cfg.label_column)
     train = data.load_image_dataset(cfg.dataset, cfg.train_split, streaming=cfg.streaming,
                                     limit=cfg.max_train_samples, **common)
@@ -142,9 +151,6 @@ def load_data(cfg: TrainConfig) -> DataBundle:
 
 def build_model(cfg: TrainConfig, bundle: DataBundle):
     """``UniQForImageClassification`` for the run (quantized per the config, weights not loaded)."""
-    from .configuration_uniq import UniQConfig
-    from .modeling_uniq import UniQForImageClassification
-
     config = UniQConfig(
         arch=cfg.arch, **cfg.quant_options(),
         num_labels=bundle.num_labels, id2label=bundle.id2label, num_channels=bundle.num_channels,
@@ -154,15 +160,11 @@ def build_model(cfg: TrainConfig, bundle: DataBundle):
 
 
 def _float_weights_pytorchcv(name: str, model) -> dict[str, torch.Tensor]:
-    from .convert import load_pytorchcv
-
     source = load_pytorchcv(name)
     return {f"model.{k}": v for k, v in source.state_dict().items()}
 
 
 def _float_weights_ours(source: str, model) -> dict[str, torch.Tensor]:
-    from .export import load_trained
-
     return dict(load_trained(source).state_dict())
 
 
@@ -227,9 +229,6 @@ class RunLog:
 
 
 def _make_accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
-
     trackers = [t for t in cfg.log_with.split(",") if t and t != "none"]
     return Accelerator(
         mixed_precision=cfg.mixed_precision, cpu=cfg.cpu, gradient_accumulation_steps=cfg.grad_accum,
@@ -251,8 +250,6 @@ def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _calibrate(model, loader, cfg: TrainConfig, device) -> int:
-    from .calibrate import calibrate
-
     batches = ((x.to(device), y) for x, y in loader)
     return calibrate(model.model, batches, cfg.calib_batches)
 
@@ -267,8 +264,6 @@ def _eval_record(cfg: TrainConfig, metrics: dict[str, Any], export_dir: Path) ->
 
 
 def _save_best(accelerator, model, cfg: TrainConfig, metrics: dict[str, Any]) -> None:
-    from .export import BEST_DIR, card_entry, export_model, save_latent
-
     if not accelerator.is_main_process:
         return
     unwrapped = accelerator.unwrap_model(model)
@@ -284,12 +279,6 @@ class Trainer:
     schedule), run by :meth:`fit`. Every process of a launch builds one."""
 
     def __init__(self, cfg: TrainConfig) -> None:
-        from accelerate.utils import set_seed
-
-        from . import data
-        from .dynamics import DynamicsRecorder
-        from .recipes import build_optimizer, build_scheduler
-
         self.cfg = cfg
         self.accelerator = acc = _make_accelerator(cfg)
         check_run_dir(cfg.run_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite)  # every process, before any write
@@ -454,8 +443,6 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Top-1 / top-5 on the eval split; a new best is saved (``best/``) and exported (``export/``)."""
-        from .evaluate import evaluate_model
-
         state, acc = self.state, self.accelerator
         metrics = evaluate_model(self.model, self.eval_loader, acc)
         self.log.log({"epoch": self.epoch_progress, "eval/top1": metrics["top1"], "eval/top5": metrics["top5"]},
@@ -493,7 +480,6 @@ def run(args: argparse.Namespace) -> int:
         summary = train(config_from_args(args))
     except (NonFiniteLossError, RunDirectoryError, CheckpointError, CheckpointWriteError) as err:
         raise SystemExit(f"uniq-hub train: {err}") from err
-    from accelerate import PartialState
 
     if PartialState().is_main_process:
         best = summary["best_top1"]

@@ -21,9 +21,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .constants import FP_BITS
 from .quantize import QUANT_FIELD_HELP, QUANT_FIELDS, QuantConfig, check_quant_fields, rename_legacy
 from .recipes import recipe_defaults, recipe_family
+from .zoo import get_entry
 
 __all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "resolve_config", "load_config_file"]
 
@@ -213,8 +216,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"config file {path} does not exist")
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-
         data = yaml.safe_load(text)
     else:
         try:
@@ -237,8 +238,6 @@ def _expand_bits(options: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _zoo_options(name: str) -> dict[str, Any]:
-    from .zoo import get_entry
-
     entry = get_entry(name)
     r = entry.recipe
     options = dict(

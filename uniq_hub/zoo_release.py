@@ -19,10 +19,19 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
+
 from .atomic import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
+from .cards import render_card
 from .constants import TRAIN_CONFIG_FILE
+from .evaluate import evaluate
 from .export import BEST_DIR, RESULTS_FILE
+from .modeling_uniq import UniQForImageClassification
 from .onnx_runtime import ONNX_FILE
+from .publish import publish
+from .quantize import rename_legacy
+from .train_config import TrainConfig, resolve_config
 from .zoo import ZooEntry, get_entry
 
 __all__ = ["NOT_RELEASED", "RELEASE_DIR", "release_folders", "training_record", "release_entry", "publish_zoo"]
@@ -50,9 +59,6 @@ def release_folders(root: str | os.PathLike = RELEASE_DIR) -> dict[str, Path]:
 def training_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     """How a run was trained: the exact command (every option that differs from its zoo entry's
     resolved recipe), distillation settings, seed and wall time (all invocations, resumes included)."""
-    from .quantize import rename_legacy
-    from .train_config import TrainConfig, resolve_config
-
     run_dir = Path(run_dir)
     path = run_dir / TRAIN_CONFIG_FILE
     used = rename_legacy(json.loads(path.read_text()), str(path))  # runs of older versions: older names
@@ -82,7 +88,6 @@ def training_record(run_dir: str | os.PathLike) -> dict[str, Any]:
 def _save_release(source: Path, out: Path) -> None:
     """A trained model saved by this code in the release format (packed codes, the steps the forward
     uses, this version's safetensors metadata and remote code) with its exact ONNX graph."""
-    from .modeling_uniq import UniQForImageClassification
     from .onnx_export import export_onnx
 
     model = UniQForImageClassification.from_pretrained(source)
@@ -96,8 +101,6 @@ def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str |
     """Save the run's best model (``best/``, latent weights; saving packs them) into ``root/<name>``
     with its exact ONNX graph, evaluate it on the entry's whole eval split (PyTorch and every ONNX
     runtime), write ``eval_results.json`` and the card; returns the record."""
-    from .evaluate import evaluate
-
     entry = get_entry(entry) if isinstance(entry, str) else entry
     out = Path(root) / entry.short_name
     _save_release(Path(run_dir) / BEST_DIR, out)
@@ -122,8 +125,6 @@ def resave_release(folder: str | os.PathLike) -> list[str]:
     that matches the library), keeping its tensors, ONNX graph, card and numbers. The re-saved
     weights must hold the same tensors (names, dtypes, bytes) as before, else nothing is written.
     Returns the names of the files that changed."""
-    from .modeling_uniq import UniQForImageClassification
-
     folder = Path(folder)
     model = UniQForImageClassification.from_pretrained(folder)
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,9 +145,6 @@ def resave_release(folder: str | os.PathLike) -> list[str]:
 
 
 def _check_same_tensors(old: Path, new: Path) -> None:
-    import torch
-    from safetensors import safe_open
-
     def raw(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(-1).view(torch.uint8)
 
@@ -174,8 +172,6 @@ def refresh_card(
 
 def _write_record(out: Path, entry: ZooEntry, record: dict[str, Any]) -> None:
     """A release folder's ``eval_results.json`` and the card that shows it."""
-    from .cards import render_card
-
     write_json_atomic(out / RESULTS_FILE, record)
     write_text_atomic(out / "README.md", render_card(entry, record, repo_id=entry.name, folder=out))
 
@@ -186,8 +182,6 @@ def _folder_bytes(folder: Path) -> int:
 
 def _onnx_results(folder: Path, entry: ZooEntry, num_workers: int) -> dict[str, Any]:
     """Top-1 / top-5 of ``folder/onnx/model.onnx`` per ONNX runtime."""
-    from .evaluate import evaluate
-
     ds = entry.dataset
     results = {}
     for runtime in ("onnxruntime", "openvino"):
@@ -200,8 +194,6 @@ def publish_zoo(root: str | os.PathLike = RELEASE_DIR, only: list[str] | None = 
     """Upload every release folder under ``root`` to its ``uniq/<name>`` repo (``publish``'s
     checks apply to each); ``kwargs`` go to :func:`uniq_hub.publish.publish`. Returns
     ``{repo id: commit info or plan}``."""
-    from .publish import publish
-
     folders = release_folders(root)
     if only:
         unknown = sorted(set(only) - set(folders))
