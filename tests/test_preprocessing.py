@@ -88,6 +88,24 @@ def test_the_pipelines_pil_conversion_gives_the_same_tensor(mode, num_channels):
     assert torch.equal(processor(load_image(image), return_tensors="pt")["pixel_values"], direct)
 
 
+def test_read_only_image_buffers_are_copied_not_shared():
+    """PIL hands out read-only buffers; the tensor must own writable memory (torch warns on every
+    such image otherwise, once per data-loader worker) and leave the image untouched."""
+    import warnings
+
+    from uniq_hub.image_processing_uniq import to_image_tensor
+
+    pixels = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    frozen = pixels.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = to_image_tensor(frozen, 1)
+        to_image_tensor(Image.fromarray(pixels), 1)
+    x += 1  # writable, and not the image's memory
+    assert np.array_equal(frozen, pixels) and torch.equal(x[0], torch.from_numpy(pixels) + 1)
+
+
 def test_transparent_pixels_keep_their_colour():
     """Alpha is dropped as PIL drops it; it is not composited (over black or white)."""
     pixels = np.zeros((5, 6, 4), np.uint8)

@@ -23,6 +23,8 @@ type and function has one converter in a registry, and anything else is refused 
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import operator
 import os
@@ -479,8 +481,11 @@ def export_onnx(
     defaults to ``config.image_size``. With ``verify`` the graph is checked against PyTorch's eval
     logits through the reference evaluator on random inputs, and every installed runtime is
     checked against the reference; the runtimes within the exactness bounds are recorded in the
-    file's metadata (``uniq_hub.exact_backends``), which ``OnnxImageClassifier`` reads.
+    file's metadata (``uniq_hub.exact_backends``), which ``OnnxImageClassifier`` reads. A model
+    on another device (a GPU) is exported, and checked, from a CPU copy; ``model`` is left where it is.
     """
+    if any(t.device.type != "cpu" for t in itertools.chain(model.parameters(), model.buffers())):
+        model = copy.deepcopy(model).cpu()
     shape = _input_shape(model, input_size)
     packed = pack_state_dict(_architecture(model))
     onnx_model = build_graph(model, shape, packed)
