@@ -61,6 +61,8 @@ def test_release_folder_is_small_and_complete(name):
         assert "onnx" not in record
     config = json.loads((folder / "config.json").read_text())
     assert not set(config) & set(LEGACY_NAMES), "re-save with: python scripts/release_zoo.py --resave"
+    stale = [p.name for p in folder.glob("*.py") if p.read_text() != (REPO / "uniq_hub" / p.name).read_text()]
+    assert not stale, f"{folder} carries older copies of {stale}; re-save with: python scripts/release_zoo.py --resave"
 
 
 def test_resave_brings_an_older_release_to_this_version_with_the_same_tensors(tmp_path):

@@ -68,7 +68,8 @@ def _check_bits(bits: int) -> None:
 
 
 def pack_bits(codes: Tensor, bits: int) -> Tensor:
-    """Pack integer codes ``0 .. 2**bits - 1`` (any shape) into a 1-D ``uint8`` bit stream.
+    """Pack integer codes ``0 .. 2**bits - 1`` (any shape, any device) into a 1-D ``uint8`` bit
+    stream on the same device.
 
     Groups of 8 codes form one little-endian integer of ``bits`` bytes (``sum code_j << j*bits``).
     """
@@ -78,9 +79,9 @@ def pack_bits(codes: Tensor, bits: int) -> Tensor:
     if n and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits):
         lo, hi = int(flat.min()), int(flat.max())
         raise ValueError(f"codes must lie in 0..{(1 << bits) - 1} for {bits} bits, got {lo}..{hi}")
-    out = torch.empty(-(-n // 8) * bits, dtype=torch.uint8)
-    code_shifts = torch.arange(8, dtype=torch.int64) * bits
-    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
+    out = torch.empty(-(-n // 8) * bits, dtype=torch.uint8, device=flat.device)
+    code_shifts = torch.arange(8, dtype=torch.int64, device=flat.device) * bits
+    byte_shifts = torch.arange(bits, dtype=torch.int64, device=flat.device) * 8
     for start in range(0, n, _CHUNK):
         group = flat[start : start + _CHUNK].to(torch.int64)
         group = torch.nn.functional.pad(group, (0, -group.numel() % 8)).view(-1, 8)
@@ -92,16 +93,16 @@ def pack_bits(codes: Tensor, bits: int) -> Tensor:
 
 
 def unpack_bits(packed: Tensor, bits: int, numel: int) -> Tensor:
-    """Inverse of :func:`pack_bits`: ``numel`` codes as a 1-D ``uint8`` tensor."""
+    """Inverse of :func:`pack_bits`: ``numel`` codes as a 1-D ``uint8`` tensor on ``packed``'s device."""
     _check_bits(bits)
     if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != packed_nbytes(numel, bits):
         raise ValueError(
             f"expected a 1-D uint8 tensor of {packed_nbytes(numel, bits)} bytes ({numel} codes at {bits} bits), "
             f"got {packed.dtype} of shape {tuple(packed.shape)}"
         )
-    out = torch.empty(-(-numel // 8) * 8, dtype=torch.uint8)
-    code_shifts = torch.arange(8, dtype=torch.int64) * bits
-    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
+    out = torch.empty(-(-numel // 8) * 8, dtype=torch.uint8, device=packed.device)
+    code_shifts = torch.arange(8, dtype=torch.int64, device=packed.device) * bits
+    byte_shifts = torch.arange(bits, dtype=torch.int64, device=packed.device) * 8
     mask = (1 << bits) - 1
     step = _CHUNK // 8 * bits  # bytes per chunk: a whole number of 8-code groups
     for start in range(0, packed.numel(), step):

@@ -150,7 +150,10 @@ def to_image_tensor(image: Any, num_channels: int, input_data_format: Any = None
         raise ValueError(f"the image holds NaN or infinite pixel values (shape {array.shape})")
     if layout is None:
         layout = infer_channel_dimension_format(array, num_channels=(1, 2, 3, 4))
-    x = torch.from_numpy(np.ascontiguousarray(array))
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # PIL's buffers are read-only; a tensor must own writable memory
+        array = array.copy()
+    x = torch.from_numpy(array)
     if ChannelDimension(layout) == ChannelDimension.LAST:
         x = x.permute(2, 0, 1)
     if x.dtype != torch.uint8:
