@@ -2,7 +2,8 @@
 # The training path on a CUDA GPU, end to end (a device check, not a test: CI has no GPU).
 # FP, then a mixed-precision w2a2 run from a config file (with the older key names `init`), both
 # bf16 through Accelerate; the export must reload with the planned layer bits, give the same
-# logits on CPU as on the GPU (argmax), and its exact ONNX graph must match PyTorch.
+# logits on CPU as on the GPU (argmax; also measured with TF32 off), and its exact ONNX graph
+# must match PyTorch on ONNX Runtime (with uniq_hub's session options).
 #   bash scripts/gpu_check.sh [OUT_DIR]     # needs uniq_hub's dependencies and one CUDA device
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +27,10 @@ JSON
 "$PY" -m uniq_hub.train "${common[@]}" --config "$WORK/mixed.json" --output-dir "$WORK/mixed"
 "$PY" - "$WORK" "$OUT" <<'PY'
 import json, sys
-import numpy as np, onnxruntime as ort, torch
+import numpy as np, torch
 from uniq_hub import UniQForImageClassification, create_model
 from uniq_hub.onnx_export import export_onnx
+from uniq_hub.onnx_runtime import load_backend
 from uniq_hub.quantize import layer_bits
 
 work, out = sys.argv[1:]
@@ -44,14 +46,16 @@ x = torch.randn(64, 1, 28, 28)
 with torch.no_grad():
     cpu = model(x).logits
     gpu = model.cuda()(x.cuda()).logits.cpu()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    gpu_fp32 = model(x.cuda()).logits.cpu()
 onnx_path = export_onnx(model, f"{work}/mixed.onnx")  # a CUDA model: exported from a CPU copy
 assert next(model.parameters()).is_cuda
-session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-onnx_logits = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+onnx_logits = load_backend(onnx_path, "onnxruntime")(x.numpy())
 report["checks"] = {
     "layer_bits": sorted({str(b) for b in plan.values()}),
     "cpu_vs_cuda_max_abs_logit_diff": float((cpu - gpu).abs().max()),
     "cpu_vs_cuda_argmax_agreement": float((cpu.argmax(1) == gpu.argmax(1)).float().mean()),
+    "cpu_vs_cuda_no_tf32_max_abs_logit_diff": float((cpu - gpu_fp32).abs().max()),
     "onnxruntime_vs_torch_max_abs_logit_diff": float(np.abs(onnx_logits - cpu.numpy()).max()),
     "onnxruntime_vs_torch_argmax_agreement": float((onnx_logits.argmax(1) == cpu.numpy().argmax(1)).mean()),
     "device": torch.cuda.get_device_name(),
