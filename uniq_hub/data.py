@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset
 from datasets import Image as ImageFeature
+from huggingface_hub import constants
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 from torchvision.transforms import v2
@@ -200,7 +201,6 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     """False under HF_HUB_OFFLINE / HF_DATASETS_OFFLINE, else a ``timeout``-bounded probe (cached per process)."""
     if _offline_by_env():
         return False
-    from huggingface_hub import constants
 
     return _probe(os.environ.get("HF_ENDPOINT", constants.ENDPOINT), timeout)
 
@@ -211,7 +211,6 @@ def _offline(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    from huggingface_hub import constants
 
     saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
     datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True

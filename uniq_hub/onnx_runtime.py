@@ -17,6 +17,7 @@ the backends it verified in the file's metadata, and the classifier defaults to 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -118,8 +119,6 @@ _MODULES = {"reference": "onnx", "onnxruntime": "onnxruntime", "openvino": "open
 
 def available_backends() -> list[str]:
     """Backends whose package is installed, fastest first."""
-    import importlib.util
-
     return [b for b in FASTEST_FIRST if importlib.util.find_spec(_MODULES[b]) is not None]
 
 

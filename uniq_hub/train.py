@@ -34,6 +34,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import data
 from .atomic import write_json_atomic
@@ -368,8 +369,6 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> None:
         """Optimizer steps of ``epoch`` from ``state.step_in_epoch`` on (mid-epoch after a resume)."""
-        from tqdm.auto import tqdm
-
         cfg, state, acc = self.cfg, self.state, self.accelerator
         self.shuffle_generator.manual_seed(cfg.seed * 100_003 + epoch)
         if hasattr(self.train_dataset, "set_epoch"):

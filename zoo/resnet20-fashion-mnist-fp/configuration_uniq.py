@@ -29,13 +29,10 @@ class UniQConfig(PreTrainedConfig):
     r"""Configuration of a :class:`UniQForImageClassification`.
 
     arch (`str`): a registered architecture (resnet18, resnet34, resnet20, resnet32, mobilenetv2).
-    w_bits, a_bits (`int`): bits of weights / activations, 1..8, or 32 for full precision.
-    first_bits, last_bits (`int`): bits of the first conv and the classifier (32 = full precision).
-    method (`str`): "uniq" (symmetric weights, the paper) or "lsq" (two's complement weights).
-    weight_granularity (`str | None`): "channel", "layer" or None (the architecture's default).
-    init (`str | float`): step-size init, "mse" (paper), "lsq" or a positive constant.
-    grad_scale, binary_fp_layers, signed_inputs (`bool`), overrides (`dict[str, [w, a]]`): see
-        :class:`uniq_hub.QuantConfig`.
+    w_bits, a_bits, first_bits, last_bits, method, weight_granularity, step_init, grad_scale,
+        binary_fp_layers, signed_inputs, overrides: the quantization schema, shared with
+        :class:`uniq_hub.QuantConfig` and the training options (``quantize.QUANT_FIELD_HELP`` says
+        what each one means); bit widths 1..8, or 32 for full precision.
     num_channels (`int`): 1 (grayscale) or 3 (RGB) input channels.
     image_size (`int`): side of the square model input.
     crop_pct (`float`): preprocessing resizes the shortest edge to ``image_size / crop_pct`` and
