@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .constants import KD_TEMPERATURE, KD_WEIGHT
 from .packing import packed_nbytes
 from .quantize import QuantConfig, layer_bits, quantize_
 from .registry import create_model, model_info
@@ -200,7 +201,8 @@ def _recipe_lines(entry: ZooEntry) -> list[str]:
         f"| weight decay | {r.weight_decay:g} (none on step sizes) |", f"| initialisation | {init} |",
     ]
     if r.teacher:
-        lines.append(f"| knowledge distillation | from `{r.teacher}` (temperature 4, weight 0.5) |")
+        lines.append(f"| knowledge distillation | from `{r.teacher}` (temperature {KD_TEMPERATURE:g}, "
+                     f"weight {KD_WEIGHT:g}) |")
     if r.calib_batches:
         lines.append(f"| step-size calibration | first {r.calib_batches} training batches (MSE-optimal init) |")
     source = "the paper (Section 5)" if r.source == "paper" else "this project (not from the paper)"

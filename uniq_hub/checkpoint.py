@@ -31,7 +31,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from .atomic import write_json_atomic
-from .constants import TRAIN_CONFIG_FILE
+from .constants import BEST_DIR, EXPORT_DIR, SUMMARY_FILE, TRAIN_CONFIG_FILE
 
 __all__ = ["CheckpointError", "CheckpointWriteError", "RunDirectoryError", "TrainerState", "Checkpointer",
            "check_run_dir", "clear_run_dir", "latest_checkpoint", "list_checkpoints", "read_trainer_state",
@@ -46,7 +46,7 @@ _PREFIX = "step-"
 _COPIES = {".old-" + _PREFIX: 0, _PREFIX: 1, ".tmp-" + _PREFIX: 2}
 _TRASH = ".trash-"
 # what makes a directory a run directory (it is refused without --resume / --overwrite)
-RUN_FILES = (TRAIN_CONFIG_FILE, "log.jsonl", "summary.json", CHECKPOINTS, "best", "export")
+RUN_FILES = (TRAIN_CONFIG_FILE, "log.jsonl", SUMMARY_FILE, CHECKPOINTS, BEST_DIR, EXPORT_DIR)
 
 
 class CheckpointError(ValueError):

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import data
 from .atomic import write_json_atomic
+from .constants import RESULTS_FILE
 from .data import ProcessorTransform
 from .image_processing_uniq import UniQImageProcessor
 from .modeling_uniq import UniQForImageClassification
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"uniq-hub evaluate: {err}") from err
     if args.zoo_name:
         record["zoo_name"] = args.zoo_name
-    results_file = "eval_results.json" if args.runtime == "torch" else f"eval_results_{args.runtime}.json"
+    results_file = RESULTS_FILE if args.runtime == "torch" else f"{Path(RESULTS_FILE).stem}_{args.runtime}.json"
     output = args.output or (Path(args.model) / results_file if Path(args.model).is_dir() else None)
     if PartialState().is_main_process:
         top5 = "n/a" if record["top5"] is None else f"{record['top5']:.2f}%"

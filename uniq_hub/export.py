@@ -15,14 +15,13 @@ from transformers.utils import logging as hf_logging
 
 from .atomic import atomic_dir, write_json_atomic
 from .cards import entry_from_config, render_card
+from .constants import BEST_DIR, RESULTS_FILE
 from .modeling_uniq import UniQForImageClassification
 from .onnx_runtime import ONNX_FILE
 from .zoo import get_entry
 
 __all__ = ["BEST_DIR", "RESULTS_FILE", "card_entry", "export_model", "load_trained", "save_latent"]
 
-RESULTS_FILE = "eval_results.json"
-BEST_DIR = "best"  # in a run directory: the best model's latent weights (save_latent)
 
 
 def card_entry(model_config: Any, zoo_name: str | None, name: str, dataset: str):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .constants import FP_BITS, TRAIN_CONFIG_FILE
+from .constants import EXPORT_DIR, FP_BITS, RESULTS_FILE, SUMMARY_FILE, TRAIN_CONFIG_FILE
 from .zoo import get_entry
 
 __all__ = ["RunResult", "read_dynamics", "pick_quantizers", "plot_dynamics", "run_results", "plot_accuracy",
@@ -153,7 +153,7 @@ def run_results(run_dirs: list[str | Path]) -> list[RunResult]:
             raise FileNotFoundError(f"{run_dir} is not a training run directory: {TRAIN_CONFIG_FILE} is missing")
         config = _read_json(config_path)
         top1 = None
-        for path, key in ((run_dir / "export" / "eval_results.json", "top1"), (run_dir / "summary.json", "best_top1")):
+        for path, key in ((run_dir / EXPORT_DIR / RESULTS_FILE, "top1"), (run_dir / SUMMARY_FILE, "best_top1")):
             if path.is_file() and _read_json(path).get(key) is not None:
                 top1 = float(_read_json(path)[key])
                 break

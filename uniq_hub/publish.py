@@ -51,6 +51,7 @@ from safetensors.torch import load_file
 
 from .cards import entry_from_config, render_card
 from .configuration_uniq import UniQConfig
+from .constants import RESULTS_FILE
 from .image_processing_uniq import UniQImageProcessor
 from .modeling_uniq import UniQForImageClassification
 from .packing import CheckpointError, check_processor_config
@@ -63,7 +64,7 @@ REQUIRED_FILES: dict[str, str] = {
     "model.safetensors": "the packed low-bit weights (UniQForImageClassification.save_pretrained)",
     "preprocessor_config.json": "the image processor (needed by pipeline('image-classification'))",
 }
-RESULTS_FILES = ("eval_results.json", "results.json")  # measured numbers next to an export
+RESULTS_FILES = (RESULTS_FILE, "results.json")  # measured numbers next to an export
 # What a release may contain (glob -> what it is); code files come from auto_map (_code_files).
 RELEASE_FILES: dict[str, str] = {
     **REQUIRED_FILES,

@@ -11,7 +11,6 @@ measured numbers and where the Hub-ready folder is.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 from transformers import pipeline
 
 from . import register_auto_classes
+from .atomic import write_json_atomic
+from .constants import RESULTS_FILE
 from .data import class_names, load_image_dataset
 from .evaluate import evaluate
 from .publish import publish
@@ -71,7 +72,7 @@ def run_quickstart(
     export = Path(q["export_dir"])
     _say(f"3/5 evaluating the exported folder {export} as `uniq-hub evaluate` does")
     record = evaluate(str(export), dataset, "test", batch_size=256, max_samples=eval_samples, num_workers=num_workers)
-    (export / "eval_results.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(export / RESULTS_FILE, record)
     _say(f"4/5 pipeline('image-classification') on {num_examples} test images")
     predictions = _classify(export, dataset, num_examples)
     target = repo_id or f"YOUR_NAME/resnet20-fashion-mnist-w{bits}a{bits}"

@@ -49,12 +49,12 @@ from .checkpoint import (
     clear_run_dir,
 )
 from .configuration_uniq import UniQConfig
-from .constants import SMALL_IMAGE, TRAIN_CONFIG_FILE
+from .constants import BEST_DIR, EXPORT_DIR, SMALL_IMAGE, SUMMARY_FILE, TRAIN_CONFIG_FILE
 from .convert import load_pytorchcv
 from .distill import distillation_loss, load_teacher, teacher_logits
 from .dynamics import DynamicsRecorder
 from .evaluate import evaluate_model
-from .export import BEST_DIR, card_entry, export_model, load_trained, save_latent
+from .export import card_entry, export_model, load_trained, save_latent
 from .modeling_uniq import UniQForImageClassification
 from .recipes import build_optimizer, build_scheduler
 from .train_config import TrainConfig, add_config_arguments, config_from_args
@@ -270,7 +270,7 @@ def _save_best(accelerator, model, cfg: TrainConfig, metrics: dict[str, Any]) ->
     unwrapped = accelerator.unwrap_model(model)
     save_latent(unwrapped, cfg.run_dir / BEST_DIR)
     if cfg.export:
-        export_dir = cfg.run_dir / "export"
+        export_dir = cfg.run_dir / EXPORT_DIR
         entry = card_entry(unwrapped.config, cfg.zoo, cfg.run_name, cfg.dataset)
         export_model(unwrapped, export_dir, _eval_record(cfg, metrics, export_dir), entry)
 
@@ -359,12 +359,12 @@ class Trainer:
             metrics = self.evaluate()
         acc.end_training()
         summary = {
-            "run_dir": str(cfg.run_dir), "export_dir": str(cfg.run_dir / "export") if cfg.export else None,
+            "run_dir": str(cfg.run_dir), "export_dir": str(cfg.run_dir / EXPORT_DIR) if cfg.export else None,
             "best_top1": state.best_metric, "best_step": state.best_step, "last": metrics,
             "steps": state.global_step, "epochs": state.epoch,
         }
         if acc.is_main_process:
-            write_json_atomic(cfg.run_dir / "summary.json", summary)
+            write_json_atomic(cfg.run_dir / SUMMARY_FILE, summary)
         return summary
 
     def _train_epoch(self, epoch: int) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .constants import FP_BITS
+from .constants import FP_BITS, KD_TEMPERATURE, KD_WEIGHT
 from .quantize import QUANT_FIELD_HELP, QUANT_FIELDS, QuantConfig, check_quant_fields, rename_legacy
 from .recipes import recipe_defaults, recipe_family
 from .zoo import get_entry
@@ -85,8 +85,8 @@ class TrainConfig:
     min_lr: float = _f(0.0, "final lr of the cosine schedule")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
     teacher: str | None = _f(None, "knowledge distillation: teacher model (folder, run dir or Hub id; same labels)")
-    kd_temperature: float = _f(4.0, "distillation temperature T (the KL term is scaled by T^2)")
-    kd_weight: float = _f(0.5, "distillation weight w: loss = (1 - w) CE + w T^2 KL(teacher || student)")
+    kd_temperature: float = _f(KD_TEMPERATURE, "distillation temperature T (the KL term is scaled by T^2)")
+    kd_weight: float = _f(KD_WEIGHT, "distillation weight w: loss = (1 - w) CE + w T^2 KL(teacher || student)")
     calib_batches: int | None = _f(None, "batches for the activation step-size init (0: none)")
     grad_accum: int = _f(1, "gradient accumulation steps")
     max_steps: int | None = _f(None, "stop after this many optimizer steps")

@@ -24,9 +24,8 @@ from safetensors import safe_open
 
 from .atomic import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
 from .cards import render_card
-from .constants import TRAIN_CONFIG_FILE
+from .constants import BEST_DIR, RESULTS_FILE, TRAIN_CONFIG_FILE
 from .evaluate import evaluate
-from .export import BEST_DIR, RESULTS_FILE
 from .modeling_uniq import UniQForImageClassification
 from .onnx_runtime import ONNX_FILE
 from .publish import publish

@@ -6,4 +6,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Side (pixels) from which an input is ImageNet-sized: random-resized-crop training and
 # resize + centre-crop evaluation; below it a small image (CIFAR-style transforms, no crop).
 SMALL_IMAGE = 128
-TRAIN_CONFIG_FILE = "train_config.json"  # in a run directory: the resolved training config
+# A run directory's files (uniq-hub train): the resolved config, the summary, the best model's latent
+# weights (--init-from of a next stage) and its release-format export with the results record.
+TRAIN_CONFIG_FILE = "train_config.json"
+SUMMARY_FILE = "summary.json"
+BEST_DIR = "best"
+EXPORT_DIR = "export"
+RESULTS_FILE = "eval_results.json"  # an export's (or release folder's) measured numbers
+# Knowledge distillation defaults (train options and the cards that state them)
+KD_TEMPERATURE = 4.0
+KD_WEIGHT = 0.5

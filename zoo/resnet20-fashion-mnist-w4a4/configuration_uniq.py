@@ -19,7 +19,7 @@ from .constants import FP_BITS, IMAGENET_MEAN, IMAGENET_STD, SMALL_IMAGE
 # the copy of this file saved next to a checkpoint, loaded as remote code, sees every arch).
 from .mobilenetv2 import mobilenetv2  # noqa: F401
 from .preresnet import resnet18  # noqa: F401
-from .quantize import LEGACY_NAMES, QUANT_FIELDS, QuantConfig, check_quant_fields
+from .quantize import LEGACY_NAMES, QUANT_FIELDS, QuantConfig, check_quant_fields, rename_legacy
 from .registry import list_models
 
 GRAY_MEAN, GRAY_STD = (0.5,), (0.5,)
@@ -91,14 +91,14 @@ class UniQConfig(PreTrainedConfig):
         self._validate_and_fill()
 
     def _take_legacy_names(self, kwargs: dict[str, Any]) -> None:
-        """Older key names (``init``, ``in_chans``) set the current field unless it was given too."""
-        for old, new in LEGACY_NAMES.items():
-            if old in kwargs and hasattr(type(self), new):
-                value, current = kwargs.pop(old), getattr(self, new)
-                if current != getattr(type(self), new) and current != value:
-                    raise ValueError(f"UniQConfig: {old!r} (an older name of {new!r}) is {value!r} but {new!r} "
-                                     f"is {current!r}; give one")
-                setattr(self, new, value)
+        """Older key names (``init``, ``in_chans``) set the current field, through ``rename_legacy``; a
+        current field counts as given when it differs from its default."""
+        legacy = {old: kwargs.pop(old) for old, new in LEGACY_NAMES.items()
+                  if old in kwargs and hasattr(type(self), new)}
+        given = {new: getattr(self, new) for old, new in LEGACY_NAMES.items()
+                 if old in legacy and getattr(self, new) != getattr(type(self), new)}
+        for name, value in rename_legacy({**legacy, **given}, "UniQConfig").items():
+            setattr(self, name, value)
 
     def _validate_and_fill(self) -> None:
         if self.arch not in list_models():
