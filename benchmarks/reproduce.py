@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from uniq_hub.atomic import write_json_atomic  # noqa: E402
+from uniq_hub.constants import BEST_DIR  # noqa: E402
 from uniq_hub.constants import FP_BITS as FP  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -337,7 +338,7 @@ def _run_seed(protocol_name: str, row_names: list[str], seed: int, output: str, 
         row, cfg = ROWS_BY_NAME[job["row"]], job["config"]
         if cfg is None or (row.name, seed) in done_pairs(path):
             continue
-        if row.init_from and not (Path(cfg.init_from) / "best" / "config.json").is_file():
+        if row.init_from and not (Path(cfg.init_from) / BEST_DIR / "config.json").is_file():
             raise SystemExit(f"row {row.name} seed {seed} starts from {cfg.init_from}/best, which is missing "
                              f"(its results are in {path} but the run directory is gone): rerun with --fresh")
         shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a half-finished run of an earlier invocation

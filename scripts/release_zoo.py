@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
+from uniq_hub.constants import SUMMARY_FILE  # noqa: E402
 from uniq_hub.zoo import list_entries  # noqa: E402
 from uniq_hub.zoo_release import (  # noqa: E402
     NOT_RELEASED,
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         if entry.name in NOT_RELEASED:
             print(f"{entry.name}: not released: {NOT_RELEASED[entry.name]}")
             continue
-        if not (run / "summary.json").is_file():
+        if not (run / SUMMARY_FILE).is_file():
             print(f"{entry.name}: not trained yet ({run})")
             continue
         record = refresh_card(entry, run) if args.cards_only else release_entry(entry, run)
