@@ -13,6 +13,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import save_file
 
+import uniq_hub
 from uniq_hub.cards import checkpoint_size
 from uniq_hub.cli import main
 from uniq_hub.publish import PublishError, plan_upload
@@ -26,6 +27,12 @@ CONFIG = {
 }
 
 
+LIBRARY = Path(uniq_hub.__file__).parent
+LIBRARY_CODE = ("configuration_uniq.py", "modeling_uniq.py", "image_processing_uniq.py", "quantize.py", "packing.py",
+                "modules.py", "quant.py", "quant_kernels.py", "registry.py", "preresnet.py", "mobilenetv2.py",
+                "constants.py", "atomic.py")
+
+
 def _fake_export(folder: Path, config: dict | None = None) -> Path:
     """A structurally complete export (validation only looks at files, JSON and the safetensors header)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -33,11 +40,9 @@ def _fake_export(folder: Path, config: dict | None = None) -> Path:
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "UniQImageProcessor",
         "auto_map": {"AutoImageProcessor": {"torchvision": "image_processing_uniq.UniQImageProcessor"}}}))
-    (folder / "image_processing_uniq.py").write_text("import numpy\n")
     save_file({"model.fc.weight": torch.zeros(10, 64)}, str(folder / "model.safetensors"))
-    (folder / "configuration_uniq.py").write_text("from .quantize import QuantConfig\n")
-    (folder / "modeling_uniq.py").write_text("from .configuration_uniq import UniQConfig\nfrom . import x\n")
-    (folder / "quantize.py").write_text("import torch\n")
+    for name in LIBRARY_CODE:  # the library's own code (publish uploads nothing else)
+        shutil.copyfile(LIBRARY / name, folder / name)
     (folder / "__pycache__").mkdir(exist_ok=True)
     (folder / "__pycache__" / "quantize.cpython-311.pyc").write_bytes(b"\0")
     return folder
@@ -70,15 +75,18 @@ def export(tmp_path, pristine):
 def test_validation_names_the_problem(tmp_path):
     folder = _fake_export(tmp_path / "export")
     plan = plan_upload(folder, "me/fm-w2a2")
-    assert set(plan.files) == {"config.json", "preprocessor_config.json", "model.safetensors", "configuration_uniq.py",
-                               "modeling_uniq.py", "quantize.py", "image_processing_uniq.py"}
+    assert {"config.json", "preprocessor_config.json", "model.safetensors", "configuration_uniq.py",
+            "modeling_uniq.py", "quantize.py", "image_processing_uniq.py"} <= set(plan.files)
+    code = {name for name in plan.files if name.endswith(".py")}
+    assert code <= set(LIBRARY_CODE) and all(plan.files[name] == LIBRARY / name for name in code)
     assert set(plan.generated) == {"README.md"} and plan.card_source == "config.json"
 
     cases = [
         (lambda: (folder / "model.safetensors").unlink(), r"model\.safetensors: missing"),
         (lambda: (folder / "preprocessor_config.json").unlink(), r"preprocessor_config\.json: missing"),
-        (lambda: (folder / "quantize.py").unlink(),
-         r"quantize\.py: missing; a relative import in configuration_uniq\.py"),
+        (lambda: (folder / "quantize.py").unlink(), r"quantize\.py: missing; a relative import in \w+\.py"),
+        (lambda: (folder / "quantize.py").write_text("import os\n"),
+         r"quantize\.py: differs from this uniq_hub's quantize\.py; only the library's own code is uploaded"),
         (lambda: (folder / "modeling_uniq.py").unlink(), r"modeling_uniq\.py: missing; config\.json's auto_map"),
         (lambda: (folder / "image_processing_uniq.py").unlink(),
          r"image_processing_uniq\.py: missing; preprocessor_config\.json's auto_map"),

@@ -50,15 +50,23 @@ def test_only_declared_files_go_up(export, capsys):
     (export / "secrets.env").write_text("HF_TOKEN=hf_secret")
     torch.save({}, export / "pytorch_model.bin")  # a pickle: never uploaded
     (export / "train_notes.py").write_text("print('mine')\n")  # code no auto_map needs
-    (export / "onnx").mkdir()
-    (export / "onnx" / "README.txt").write_text("declared: everything under onnx/")
+    (export / "onnx" / ".ssh").mkdir(parents=True)  # under onnx/ only onnx/model.onnx is a release file
+    (export / "onnx" / "README.txt").write_text("not declared")
+    (export / "onnx" / "secrets.env").write_text("HF_TOKEN=hf_secret")
+    (export / "onnx" / ".ssh" / "id_rsa").write_text("secret key")
+    (export / "onnx" / "evil.py").write_text("print('evil')\n")
+    (export / "sub").mkdir()
+    (export / "sub" / "model-00001-of-00001.safetensors").write_bytes(b"not a shard of this folder")
     (export / "eval_results.json").write_text(json.dumps(dict(
         model_id="me/model", dataset="fashion_mnist", split="test", top1=90.5, top5=99.6, num_examples=10000,
         command="uniq-hub evaluate")))
     os.symlink(export / "config.json", export / "config-link.json")  # inside the folder: allowed, yet not declared
     plan = plan_upload(export, "me/model")
-    assert set(plan.skipped) == {"secrets.env", "pytorch_model.bin", "train_notes.py", "config-link.json"}
-    assert {"onnx/README.txt", "eval_results.json", "model.safetensors", "modeling_uniq.py"} <= set(plan.files)
+    assert set(plan.skipped) == {"secrets.env", "pytorch_model.bin", "train_notes.py", "config-link.json",
+                                 "onnx/README.txt", "onnx/secrets.env", "onnx/.ssh/id_rsa", "onnx/evil.py",
+                                 "sub/model-00001-of-00001.safetensors"}
+    assert {"eval_results.json", "model.safetensors", "modeling_uniq.py"} <= set(plan.files)
+    assert not any(name.startswith(("onnx/", "sub/")) for name in plan.files)
     assert main(["publish", str(export), "--repo-id", "me/model", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "skipped: secrets.env (not part of a release" in out and "skipped: pytorch_model.bin" in out
@@ -131,18 +139,34 @@ UniQForImageClassification.forward = _tampered_forward
 '''
 
 
-def test_tampered_or_broken_remote_code_is_refused(export):
-    """The code files run only for users without uniq_hub: publish runs them (in a subprocess
-    where uniq_hub cannot be imported) and compares."""
+RUN_MARKER = '''
+import pathlib
+pathlib.Path({marker!r}).write_text("the folder's code ran")
+'''
+
+
+@pytest.mark.parametrize("edit", ["tamper", "same-logits", "broken", "extra-module"])
+def test_folder_code_that_differs_from_the_library_is_refused_and_never_run(export, tmp_path, edit):
+    """The shipped code is the library's own: a folder code file that differs from it is refused,
+    whether it changes the logits, leaves them alone (code riding along) or does not even parse,
+    and a dry run executes none of it."""
+    marker = tmp_path / "ran.txt"
     code = export / "modeling_uniq.py"
     original = code.read_text()
-    code.write_text(original + TAMPER)
-    _publish_error(export, "the folder's own code (trust_remote_code) computes other logits than uniq_hub "
-                           "(max |difference| 0.001)")
-    code.write_text(original.replace("def forward(", "def forward(:", 1))
-    line = original[: original.index("def forward(")].count("\n") + 1
-    _publish_error(export, f"{export / 'modeling_uniq.py'}: not valid Python (SyntaxError: invalid syntax "
-                           f"(modeling_uniq.py, line {line}))")
+    if edit == "tamper":
+        code.write_text(original + TAMPER + RUN_MARKER.format(marker=str(marker)))
+    elif edit == "same-logits":
+        code.write_text(original + RUN_MARKER.format(marker=str(marker)))
+    elif edit == "broken":
+        code.write_text(original.replace("def forward(", "def forward(:", 1))
+    else:  # a module the library does not have, pulled in by a relative import
+        (export / "evil.py").write_text(RUN_MARKER.format(marker=str(marker)))
+        code.write_text(original + "\nfrom .evil import *  # noqa\n")
+    _publish_error(export, f"{code}: differs from this uniq_hub's modeling_uniq.py; only the library's own code is "
+                           "uploaded, and folder code is never run")
+    with pytest.raises(SystemExit, match="differs from this uniq_hub's modeling_uniq.py"):
+        main(["publish", str(export), "--repo-id", "me/model", "--dry-run"])
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("fault, match", [

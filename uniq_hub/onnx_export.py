@@ -37,21 +37,28 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
-from safetensors import safe_open
 from torch import Tensor, nn
 
-from .modeling_uniq import CHECKSUM_KEY, UniQForImageClassification, state_dict_checksum
+from .atomic import atomic_path
+from .modeling_uniq import UniQForImageClassification, state_dict_checksum
 from .modules import _MIN_STEP, QConv2d, QLinear, UniQQuantizer
 from .onnx_runtime import (
+    EXACT_FORMAT,
     INPUT_NAME,
+    MAX_IMAGE_SIZE,
     META_EXACT_BACKENDS,
     META_FORMAT,
+    META_GRAPH,
     META_SOURCE,
     ONNX_FILE,
     OUTPUT_NAME,
+    GraphError,
+    _inside,
     _resolve,
     available_backends,
+    check_graph,
     compare_logits,
+    graph_checksum,
     load_backend,
     within_bounds,
 )
@@ -72,7 +79,7 @@ __all__ = [
 ]
 
 OPSET = 21
-FORMAT = "exact-qdq-1"
+FORMAT = EXACT_FORMAT
 _INT_TYPES = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
 
 
@@ -441,6 +448,9 @@ def _input_shape(model: nn.Module, input_size: int | tuple[int, int] | None) -> 
     if input_size is None:
         raise OnnxExportError(f"{type(model).__name__}: pass input_size (no config.image_size to take it from)")
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIZE for v in (h, w)):
+        raise OnnxExportError(f"{type(model).__name__}: input size {h}x{w} is not in 1..{MAX_IMAGE_SIZE} pixels a side "
+                              "(refused before allocating anything)")
     return chans, int(h), int(w)
 
 
@@ -492,30 +502,39 @@ def export_onnx(
     onnx.checker.check_model(onnx_model, full_check=True)
     meta = {META_FORMAT: FORMAT, META_SOURCE: source_checksum(model, packed)}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
+    if path.parent.name == "onnx":  # a model folder's onnx/ (a planted link would lead the write elsewhere)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _inside(path.parent.parent, path.parent, "onnx folder")
+        except GraphError as err:
+            raise OnnxExportError(str(err)) from None
     exact: list[str] = []
-    if verify:
+    with atomic_path(path) as tmp:  # a fresh temporary file (O_EXCL) renamed into place
+        if verify:
+            onnx.save(onnx_model, tmp)
+            x = np.random.default_rng(seed).standard_normal((num_check_images, *shape), dtype=np.float32)
+            stats = compare_logits(torch_logits(model, x), load_backend(tmp, "reference")(x))
+            if not within_bounds(stats):
+                raise OnnxExportError(f"{path}: the exported graph does not match the PyTorch model: {stats}; "
+                                      f"{_describe_flips(model, tmp, x)}")
+            exact = ["reference"] + [b for b, s in verify_backends(tmp, x).items() if within_bounds(s)]
+        meta[META_EXACT_BACKENDS] = json.dumps(exact)
+        helper.set_model_props(onnx_model, {**meta, META_GRAPH: graph_checksum(onnx_model)})
         onnx.save(onnx_model, tmp)
-        x = np.random.default_rng(seed).standard_normal((num_check_images, *shape), dtype=np.float32)
-        stats = compare_logits(torch_logits(model, x), load_backend(tmp, "reference")(x))
-        if not within_bounds(stats):
-            tmp.unlink()
-            raise OnnxExportError(f"{path}: the exported graph does not match the PyTorch model: {stats}")
-        exact = ["reference"] + [b for b, s in verify_backends(tmp, x).items() if within_bounds(s)]
-    meta[META_EXACT_BACKENDS] = json.dumps(exact)
-    helper.set_model_props(onnx_model, meta)
-    onnx.save(onnx_model, tmp)
-    os.replace(tmp, path)
     return path
 
 
-def _safetensors_checksum(folder: Path) -> str | None:
-    file = folder / "model.safetensors"
-    if not file.is_file():
-        return None
-    with safe_open(os.fspath(file), framework="np") as f:
-        return bytes(f.get_tensor(CHECKSUM_KEY).tolist()).hex() if CHECKSUM_KEY in f.keys() else None
+def _describe_flips(model: nn.Module, path: Path, x: np.ndarray) -> str:
+    """:func:`flip_diagnostic` in one sentence (what the verification failure looks like inside)."""
+    try:
+        d = flip_diagnostic(model, path, x)
+    except Exception as err:  # noqa: BLE001 (a diagnostic must not hide the failure it explains)
+        return f"flip diagnostic unavailable ({type(err).__name__}: {err})"
+    if d["first_layer"] is None:
+        return "no quantizer code differs: the difference is in float arithmetic after the last quantizer"
+    where = "all at rounding boundaries (float-order ties)" if d["all_at_boundary"] else "NOT all at boundaries"
+    return (f"flip diagnostic: {d['flips']} codes differ first at {d['first_layer']}, {where}, max distance to the "
+            f"boundary {d['max_boundary_distance']:.3g}; layers with flips: {len(d['layers_with_flips'])}")
 
 
 def verify_onnx(
@@ -529,28 +548,21 @@ def verify_onnx(
     """
     folder = Path(folder)
     path = folder / ONNX_FILE
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         return None
     try:
-        onnx_model = onnx.load(os.fspath(path))
+        onnx_model = check_graph(folder, path)  # inside the folder, intact, exported from these weights
         onnx.checker.check_model(onnx_model)
-    except Exception as err:
+    except GraphError as err:
+        raise OnnxExportError(str(err)) from None
+    except Exception as err:  # noqa: BLE001 (the checker raises several error types)
         raise OnnxExportError(f"{path}: not a valid ONNX model (corrupted or truncated?): {err}") from err
-    meta = {p.key: p.value for p in onnx_model.metadata_props}
-    if meta.get(META_FORMAT) != FORMAT:
-        raise OnnxExportError(
-            f"{path}: not a uniq_hub exact export ({META_FORMAT}={meta.get(META_FORMAT)!r}, expected "
-            f"{FORMAT!r}); re-export it with `uniq-hub export-onnx {folder}`"
-        )
     if model is None:
         model = UniQForImageClassification.from_pretrained(folder)
-    expected = _safetensors_checksum(folder) or source_checksum(model)
-    if meta.get(META_SOURCE) != expected:
-        raise OnnxExportError(
-            f"{path}: stale or foreign file: exported from weights {meta.get(META_SOURCE, 'unknown')[:12]}..., "
-            f"but this folder's model.safetensors is {expected[:12]}...; re-export with "
-            f"`uniq-hub export-onnx {folder}`"
-        )
+    expected = source_checksum(model)
+    if {p.key: p.value for p in onnx_model.metadata_props}.get(META_SOURCE) != expected:
+        raise OnnxExportError(f"{path}: stale or foreign file: exported from other weights than the model's "
+                              f"({expected[:12]}...); re-export with `uniq-hub export-onnx {folder}`")
     shape = tuple(d.dim_value for d in onnx_model.graph.input[0].type.tensor_type.shape.dim[1:])
     x = np.random.default_rng(0).standard_normal((num_images, *shape), dtype=np.float32)
     try:
@@ -568,7 +580,9 @@ class OnnxModule(nn.Module):
 
     def __init__(self, model_id: str | os.PathLike, backend: str, threads: int = 2) -> None:
         super().__init__()
-        self.run_onnx = load_backend(_resolve(model_id, None, None) / ONNX_FILE, backend, threads)
+        folder = _resolve(model_id, None, None)
+        check_graph(folder)  # the graph that runs is the folder's, intact, exported from its weights
+        self.run_onnx = load_backend(folder / ONNX_FILE, backend, threads)
         self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # gives callers a device (CPU)
 
     def forward(self, pixel_values: Tensor) -> Tensor:

@@ -17,8 +17,10 @@ the backends it verified in the file's metadata, and the classifier defaults to 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,8 +36,12 @@ __all__ = [
     "META_FORMAT",
     "META_SOURCE",
     "ONNX_FILE",
+    "GraphError",
+    "META_GRAPH",
     "OnnxImageClassifier",
     "available_backends",
+    "check_graph",
+    "graph_checksum",
     "compare_logits",
     "load_backend",
     "within_bounds",
@@ -45,6 +51,11 @@ ONNX_FILE = "onnx/model.onnx"
 META_FORMAT = "uniq_hub.format"  # metadata_props key: the graph format ("exact-qdq-1")
 META_SOURCE = "uniq_hub.source_sha256"  # hex sha256 checksum of the weights it was exported from
 META_EXACT_BACKENDS = "uniq_hub.exact_backends"  # JSON list of the backends verified exact at export
+META_GRAPH = "uniq_hub.graph_sha256"  # hex sha256 of the graph itself (graph_checksum: all but the metadata)
+MAX_IMAGE_SIZE = 4096  # pixels, a side of the model input (constants.MAX_IMAGE_SIZE)
+EXACT_FORMAT = "exact-qdq-1"  # META_FORMAT of the graphs onnx_export writes
+CHECKSUM_KEY = "uniq_hub.sha256"  # the weights' checksum tensor (modeling_uniq.CHECKSUM_KEY)
+WEIGHTS_INDEX = "model.safetensors.index.json"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 # Measured here (docs/deploy.md): OpenVINO runs the exact graph's int8 convolutions, ONNX Runtime
 # dequantizes and runs them in float.
@@ -291,8 +302,22 @@ class _Preprocessor:
                 f"{where}: missing or invalid field {err} (expected size.shortest_edge, crop_size, "
                 "image_mean, image_std, num_channels)"
             ) from err
+        if self.num_channels not in (1, 3):
+            raise ValueError(f"{where}: num_channels must be 1 or 3, got {self.num_channels}")
+        # A scalar mean / std applies to every channel (transformers accepts a float or a list).
+        self.mean = np.broadcast_to(self.mean, (self.num_channels,)) if self.mean.ndim == 0 else self.mean
+        self.std = np.broadcast_to(self.std, (self.num_channels,)) if self.std.ndim == 0 else self.std
         if self.mean.shape != (self.num_channels,) or self.std.shape != (self.num_channels,):
             raise ValueError(f"{where}: image_mean / image_std must hold {self.num_channels} values")
+        if not (np.isfinite(self.std).all() and (self.std > 0).all()) or not np.isfinite(self.mean).all():
+            raise ValueError(f"{where}: image_std must be positive and finite and image_mean finite, got "
+                             f"image_mean={self.mean.tolist()}, image_std={self.std.tolist()}")
+        if not (math.isfinite(self.rescale) and self.rescale > 0):
+            raise ValueError(f"{where}: rescale_factor must be positive and finite, got {self.rescale}")
+        for name, side in (("size.shortest_edge", self.shortest_edge), *zip(("crop height", "crop width"),
+                                                                              self.crop or ())):
+            if side is not None and not 1 <= side <= MAX_IMAGE_SIZE:
+                raise ValueError(f"{where}: {name} must be in 1..{MAX_IMAGE_SIZE} pixels, got {side}")
 
     def __call__(self, image: Any) -> np.ndarray:
         x = _match_channels(_to_hwc(image), self.num_channels)
@@ -313,6 +338,114 @@ class _Preprocessor:
 
 
 # ---------------------------------------------------------------------------------------------
+# The graph a folder holds: inside the folder, intact, and bound to the folder's weights
+# ---------------------------------------------------------------------------------------------
+
+
+class GraphError(ValueError):
+    """An ONNX graph that must not run (outside its folder, edited, corrupted, or exported from
+    other weights); the message names the file and what to do."""
+
+
+def _inside(folder: Path, path: Path, what: str) -> Path:
+    """``path`` when it (links followed) lies in ``folder``, or in the Hub cache's blobs of a
+    snapshot folder; else :class:`GraphError` (the same rule as ``packing.check_inside``)."""
+    target = path.resolve()
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":  # the Hub cache: snapshot files link to ../../blobs
+        roots.append(folder.parent.parent.resolve() / "blobs")
+    if not any(target.is_relative_to(root) for root in roots):
+        raise GraphError(f"{path}: the {what} resolves to {target}, outside the model folder {folder}; refused")
+    return path
+
+
+def graph_checksum(model: Any) -> str:
+    """Hex sha256 of an ``onnx.ModelProto`` without its ``metadata_props`` (where it is recorded)."""
+    import onnx
+
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.metadata_props[:]
+    return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()
+
+
+def weights_checksum(folder: str | os.PathLike) -> str | None:
+    """The hex sha256 ``save_pretrained`` stored in the folder's weights (``None``: no weights)."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if (folder / WEIGHTS_INDEX).is_file():
+        names = sorted(set(_read_json(_inside(folder, folder / WEIGHTS_INDEX, "weights index"))["weight_map"].values()))
+        files = [folder / n for n in names if isinstance(n, str) and os.path.basename(n) == n]
+    else:
+        files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
+    if not files:
+        return None
+    for file in files:
+        try:
+            with safe_open(os.fspath(_inside(folder, file, "weight file")), framework="np") as f:
+                if CHECKSUM_KEY in f.keys():
+                    return bytes(f.get_tensor(CHECKSUM_KEY).tolist()).hex()
+        except GraphError:
+            raise
+        except Exception as err:  # noqa: BLE001 (safetensors raises its own error types)
+            raise GraphError(f"{file}: not a readable safetensors file ({err})") from err
+    return ""  # weights without a checksum: bound to nothing
+
+
+def check_graph(folder: str | os.PathLike, path: str | os.PathLike | None = None) -> Any:
+    """Load and check the graph ``folder/onnx/model.onnx`` (or ``path``) before anything runs it:
+
+    * the file (links followed) lies inside the folder, and holds all its data (external data
+      files are refused: they could point anywhere);
+    * it is a uniq_hub exact export whose own checksum (:data:`META_GRAPH`) matches: edits and
+      bit flips are refused;
+    * when the folder holds weights, the graph was exported from them (:data:`META_SOURCE` equals
+      their checksum), else it is refused with a message to re-export.
+
+    Returns the ``onnx.ModelProto`` (without external data); raises :class:`GraphError`.
+    """
+    import onnx
+
+    folder = Path(folder)
+    path = Path(path) if path is not None else folder / ONNX_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; export it with `uniq-hub export-onnx {folder}`")
+    _inside(folder, path, "ONNX file")
+    reexport = f"re-export it with `uniq-hub export-onnx {folder}`"
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 (protobuf / onnx raise several error types)
+        raise GraphError(f"{path}: not a valid ONNX model (corrupted or truncated?): {err}") from err
+    tensors = list(model.graph.initializer) + [
+        a.t for node in model.graph.node for a in node.attribute if a.HasField("t")]
+    external = [t.name for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise GraphError(f"{path}: tensor {external[0]!r} keeps its data in an external file; uniq_hub graphs hold "
+                         f"their data inline, and an external path could lead anywhere: refused ({reexport})")
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get(META_FORMAT) != EXACT_FORMAT:
+        raise GraphError(f"{path}: not a uniq_hub exact export ({META_FORMAT}={meta.get(META_FORMAT)!r}, expected "
+                         f"{EXACT_FORMAT!r}); {reexport}")
+    if META_GRAPH not in meta:
+        raise GraphError(f"{path}: no graph checksum ({META_GRAPH}; exported by an older uniq_hub): {reexport}")
+    if meta[META_GRAPH] != graph_checksum(model):
+        raise GraphError(f"{path}: the graph's checksum does not match its content (edited or corrupted): {reexport}")
+    weights = weights_checksum(folder)
+    if weights is not None and meta.get(META_SOURCE) != weights:
+        raise GraphError(f"{path}: stale or foreign file: exported from other weights "
+                         f"({meta.get(META_SOURCE, 'unknown')[:12]}...) than this folder's "
+                         f"({weights[:12] or 'no checksum'}...); {reexport}")
+    return model
+
+
+def graph_num_labels(model: Any) -> int | None:
+    """The fixed class dimension of the graph's output, or None when it is symbolic."""
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    return int(dims[-1].dim_value) if len(dims) == 2 and dims[-1].HasField("dim_value") else None
+
+
+# ---------------------------------------------------------------------------------------------
 # The classifier
 # ---------------------------------------------------------------------------------------------
 
@@ -328,20 +461,28 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
-def _resolve(folder_or_repo: str | os.PathLike, revision: str | None, token: Any) -> Path:
+def _resolve(folder_or_repo: str | os.PathLike, revision: str | None, token: Any, timeout: float | None = None) -> Path:
+    """A local folder as is, else the three files the classifier needs from the Hub (each request
+    within ``timeout`` seconds, :data:`uniq_hub.network.DEFAULT_TIMEOUT` by default)."""
     if os.path.isdir(folder_or_repo):
         return Path(folder_or_repo)
     from huggingface_hub import snapshot_download
 
+    from .network import DEFAULT_TIMEOUT, hub_timeout
+
     files = ["config.json", "preprocessor_config.json", ONNX_FILE]
-    return Path(snapshot_download(os.fspath(folder_or_repo), revision=revision, token=token, allow_patterns=files))
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+    with hub_timeout(timeout):
+        return Path(snapshot_download(os.fspath(folder_or_repo), revision=revision, token=token, allow_patterns=files,
+                                      etag_timeout=timeout))
 
 
-def exact_backends_of(path: str | os.PathLike) -> list[str]:
-    """Backends ``export_onnx`` verified exact for this file (its metadata), fastest first."""
+def exact_backends_of(path: Any) -> list[str]:
+    """Backends ``export_onnx`` verified exact for this file (its metadata), fastest first;
+    ``path``: the file or its loaded ``onnx.ModelProto``."""
     import onnx
 
-    model = onnx.load(os.fspath(path), load_external_data=False)
+    model = path if isinstance(path, onnx.ModelProto) else onnx.load(os.fspath(path), load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
     verified = json.loads(meta.get(META_EXACT_BACKENDS, "[]"))
     return [b for b in FASTEST_FIRST if b in verified]
@@ -357,21 +498,19 @@ class OnnxImageClassifier:
 
     def __init__(self, folder: str | os.PathLike, backend: str | None = None, threads: int = 2) -> None:
         folder = Path(folder)
-        config = _read_json(folder / "config.json")
-        self.preprocess = _Preprocessor(
-            _read_json(folder / "preprocessor_config.json"), str(folder / "preprocessor_config.json")
-        )
-        id2label = config.get("id2label") or {}
-        self.labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]
+        check_threads(threads)
+        config = _read_json(_inside(folder, folder / "config.json", "config"))
+        processor_file = _inside(folder, folder / "preprocessor_config.json", "processor config")
+        self.preprocess = _Preprocessor(_read_json(processor_file), str(processor_file))
+        if config.get("num_channels", self.preprocess.num_channels) != self.preprocess.num_channels:
+            raise ValueError(f"{processor_file}: num_channels {self.preprocess.num_channels} disagrees with "
+                             f"config.json's {config.get('num_channels')}")
         self.path = folder / ONNX_FILE
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: not found; export it with `uniq-hub export-onnx {folder}`")
+        graph = check_graph(folder, self.path)  # inside the folder, intact, exported from the folder's weights
+        self.labels = _labels(config, graph_num_labels(graph), folder)
         if backend is None:
             installed = available_backends()
-            try:
-                verified = exact_backends_of(self.path)
-            except Exception as err:
-                raise ValueError(f"{self.path}: not a readable ONNX file (corrupted?): {err}") from err
+            verified = exact_backends_of(graph)
             backend = next((b for b in verified if b in installed), None)
             if backend is None:
                 raise ValueError(
@@ -389,9 +528,13 @@ class OnnxImageClassifier:
         threads: int = 2,
         revision: str | None = None,
         token: Any = None,
+        timeout: float | None = None,
     ) -> "OnnxImageClassifier":
-        """Load from a local folder or a Hub repo id (downloads only the three files needed)."""
-        return cls(_resolve(folder_or_repo, revision, token), backend=backend, threads=threads)
+        """Load from a local folder or a Hub repo id (downloads only the three files needed, each
+        Hub request within ``timeout`` seconds, 60 by default). A Hub repo's graph is checked
+        against its own checksum; its binding to the weights was checked when it was published."""
+        check_threads(threads)
+        return cls(_resolve(folder_or_repo, revision, token, timeout), backend=backend, threads=threads)
 
     def logits(self, images: Any, batch_size: int = 32) -> np.ndarray:
         """``(N, num_labels)`` float32 logits of one image or a list of them (paths, PIL, arrays)."""
@@ -404,13 +547,17 @@ class OnnxImageClassifier:
         """Logits of already preprocessed ``(N, C, H, W)`` float32 pixel values."""
         return self._run(np.ascontiguousarray(pixel_values, dtype=np.float32))
 
-    def __call__(self, images: Any, top_k: int = 5, return_logits: bool = False) -> Any:
+    def __call__(self, images: Any, top_k: int | None = 5, return_logits: bool = False) -> Any:
         """Pipeline-style ``[{"label", "score"}, ...]`` (a list of them for a list of images);
-        with ``return_logits`` a pair ``(results, logits)``."""
+        with ``return_logits`` a pair ``(results, logits)``. ``top_k`` as ``pipeline`` takes it:
+        ``None`` is 5, more than the number of labels gives them all, 0 gives ``[]``."""
+        top_k = 5 if top_k is None else top_k
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
         logits = self.logits(images)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs = shifted / shifted.sum(axis=1, keepdims=True)
-        k = max(1, min(int(top_k), probs.shape[1]))
+        k = min(int(top_k), probs.shape[1])
         results = [
             [{"label": self._label(i), "score": float(p[i])} for i in np.argsort(-p, kind="stable")[:k]] for p in probs
         ]
@@ -418,7 +565,36 @@ class OnnxImageClassifier:
         return (out, logits) if return_logits else out
 
     def _label(self, index: int) -> str:
-        return self.labels[index] if index < len(self.labels) else f"LABEL_{index}"
+        return self.labels[index]
+
+
+def check_threads(threads: Any) -> int:
+    """``threads`` when it is an integer in 1..the CPUs this process may use, else ``ValueError``
+    (a runtime asked for thousands of threads stalls instead of failing)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= available:
+        raise ValueError(f"threads must be an integer in 1..{available} (the CPUs available), got {threads!r}")
+    return int(threads)
+
+
+def _labels(config: dict[str, Any], outputs: int | None, folder: Path) -> list[str]:
+    """The class names, one per graph output, from ``config.json``'s ``id2label`` (and
+    ``num_labels``); any disagreement between them and the graph is a ``ValueError``."""
+    id2label = config.get("id2label") or {}
+    try:
+        labels = {int(k): str(v) for k, v in id2label.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"{folder / 'config.json'}: id2label must map class indices to names") from None
+    count = config.get("num_labels", len(labels)) if labels else config.get("num_labels")
+    if count is None and outputs is None:
+        raise ValueError(f"{folder / 'config.json'}: no id2label / num_labels, and the graph's output size is unset")
+    count = count if count is not None else outputs
+    if sorted(labels) != list(range(len(labels))) or (labels and len(labels) != count):
+        raise ValueError(f"{folder / 'config.json'}: id2label keys {sorted(labels)[:5]}..., expected 0..{count - 1}")
+    if outputs is not None and outputs != count:
+        raise ValueError(f"{folder / ONNX_FILE}: the graph has {outputs} outputs but config.json names {count} labels; "
+                         "they must agree (export the graph from this folder's model)")
+    return [labels.get(i, f"LABEL_{i}") for i in range(count)]
 
 
 def _as_list(images: Any) -> Sequence[Any]:

@@ -1,9 +1,11 @@
 """``uniq-hub publish PATH --repo-id ORG/NAME``: verify an exported model folder, then upload it.
 
 1. **Plan** (:func:`plan_upload`): only a declared set of files goes up (:data:`RELEASE_FILES`:
-   config, weights, preprocessor config, card, results, ``onnx/``; plus the code files that
-   ``auto_map`` names and their relative imports). Anything else is listed as skipped; a symlink
-   that leaves the folder is refused. A missing ``README.md`` is generated from the zoo entry
+   config, weights, preprocessor config, card, results, ``onnx/model.onnx``, each by its exact
+   name; plus the code files that ``auto_map`` names and their relative imports). Anything else
+   is listed as skipped; a symlink that leaves the folder is refused. The code that goes up is the
+   library's own (``uniq_hub``'s modules): a folder whose code files differ from it is refused,
+   and the folder's code is never run. A missing ``README.md`` is generated from the zoo entry
    (``--zoo``, or the repo id when it is a zoo name) or else from ``config.json``.
 2. **Verify** (:func:`verify_folder`), on a staged copy of exactly those files: the processor
    config is checked against the config (std > 0, size); the model loads with
@@ -18,7 +20,8 @@
    :data:`DEFAULT_TIMEOUT` s); authentication, HTTP and network errors become one line naming
    the request and what to do.
 
-``--dry-run`` plans and verifies, and contacts nothing.
+``--dry-run`` plans and verifies, and contacts nothing. :func:`prepare` (plan, stage, verify) and
+:func:`upload` are the two halves, so that ``publish-zoo`` verifies every entry before it uploads any.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -44,7 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 from huggingface_hub import CommitOperationAdd, HfApi, get_session
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -54,7 +59,8 @@ from .configuration_uniq import UniQConfig
 from .constants import RESULTS_FILE
 from .image_processing_uniq import UniQImageProcessor
 from .modeling_uniq import UniQForImageClassification
-from .packing import CheckpointError, check_processor_config
+from .network import DEFAULT_TIMEOUT, hub_timeout
+from .packing import CheckpointError, check_processor_config, weight_files
 from .zoo import ZooEntry, get_entry, parse_result
 
 logger = logging.getLogger(__name__)
@@ -65,20 +71,21 @@ REQUIRED_FILES: dict[str, str] = {
     "preprocessor_config.json": "the image processor (needed by pipeline('image-classification'))",
 }
 RESULTS_FILES = (RESULTS_FILE, "results.json")  # measured numbers next to an export
-# What a release may contain (glob -> what it is); code files come from auto_map (_code_files).
+# What a release may contain (exact path in the repo -> what it is; weight shards by SHARD_NAME);
+# code files come from auto_map (_code_files). Nothing else, under any folder, goes up.
 RELEASE_FILES: dict[str, str] = {
     **REQUIRED_FILES,
     "model.safetensors.index.json": "the index of sharded weights",
-    "model-*-of-*.safetensors": "a weight shard",
     "README.md": "the model card",
     **{name: "measured results" for name in RESULTS_FILES},
-    "onnx/*": "the exact ONNX export (uniq_hub.onnx_export)",
+    "onnx/model.onnx": "the exact ONNX export (uniq_hub.onnx_export)",
 }
+SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")  # transformers' shard names, top level only
+LIBRARY_DIR = Path(__file__).resolve().parent  # the shipped code is the library's own modules
 # Files that change nothing the verification computes (a new card or results reuse a verification).
-_NOT_COMPUTED = ("README.md", *RESULTS_FILES, "onnx/*")
+_NOT_COMPUTED = ("README.md", *RESULTS_FILES, "onnx/model.onnx")
 IGNORED_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
 IGNORED_SUFFIXES = (".pyc", ".lock")
-DEFAULT_TIMEOUT = 60.0  # seconds, each Hub request
 REMOTE_CODE_TIMEOUT = 600.0  # seconds, the remote-code load in a subprocess
 _RELATIVE_IMPORT = re.compile(r"^\s*(?:from\s+\.(\w+)\s+import|import\s+\.(\w+))", re.MULTILINE)
 
@@ -166,13 +173,20 @@ def _code_files(folder: Path, configs: dict[str, dict[str, Any]]) -> set[str]:
     needed: set[str] = set()
     while todo:
         module, needer = todo.pop()
-        path = folder / f"{module}.py"
+        path, ours = folder / f"{module}.py", LIBRARY_DIR / f"{module}.py"
         if path.name in needed:
             continue
         if not path.is_file():
             raise PublishError(f"{path}: missing; {needer} needs the module {module!r}")
+        if not re.fullmatch(r"\w+", module) or not ours.is_file():
+            raise PublishError(f"{path}: {needer} names the module {module!r}, which is not one of uniq_hub's; only "
+                               "the library's own code is uploaded (re-export the folder with save_pretrained)")
+        if path.read_bytes() != ours.read_bytes():
+            raise PublishError(f"{path}: differs from this uniq_hub's {ours.name}; only the library's own code is "
+                               f"uploaded, and folder code is never run: re-save the folder with this version "
+                               f"(`uniq-hub migrate {folder}`, or save_pretrained)")
         needed.add(path.name)
-        imports = _RELATIVE_IMPORT.findall(path.read_text(encoding="utf-8"))
+        imports = _RELATIVE_IMPORT.findall(ours.read_text(encoding="utf-8"))
         todo += [(a or b, f"a relative import in {path.name}") for a, b in imports]
     return needed
 
@@ -223,7 +237,7 @@ def _release_file(name: str, code_files: set[str]) -> str | None:
     """What a file in the folder is, or None when it is not part of a release."""
     if name in code_files:
         return "code for trust_remote_code"
-    return next((what for pattern, what in RELEASE_FILES.items() if fnmatch.fnmatchcase(name, pattern)), None)
+    return RELEASE_FILES.get(name) or ("a weight shard" if SHARD_NAME.fullmatch(name) else None)
 
 
 def _folder_files(folder: Path) -> Iterator[tuple[str, Path]]:
@@ -249,6 +263,17 @@ def _folder_files(folder: Path) -> Iterator[tuple[str, Path]]:
             yield rel, path
 
 
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` when it is a valid Hub model id ``ORG/NAME``, else :class:`PublishError`."""
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise PublishError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise PublishError(f"--repo-id {repo_id!r} is not a valid Hub repo id: {err}") from None
+    return repo_id
+
+
 def plan_upload(
     folder: str | os.PathLike,
     repo_id: str,
@@ -257,10 +282,9 @@ def plan_upload(
 ) -> UploadPlan:
     """Validate ``folder`` and list what goes up (raises :class:`PublishError` naming the problem)."""
     folder = Path(folder)
+    check_repo_id(repo_id)
     if not folder.is_dir():
         raise PublishError(f"{folder}: not a directory (expected an exported model folder)")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise PublishError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
     for name, what in REQUIRED_FILES.items():
         if not (folder / name).is_file():
             raise PublishError(f"{folder / name}: missing ({what}); the folder is not a complete export")
@@ -278,13 +302,19 @@ def plan_upload(
         warnings = check_processor_config(preprocessor, config, folder / "preprocessor_config.json")
     except CheckpointError as err:
         raise PublishError(str(err)) from err
+    try:
+        weight_files(folder)  # an index or link leading out of the folder is refused
+    except CheckpointError as err:
+        raise PublishError(str(err)) from None
     _check_weights(folder / "model.safetensors")
     code_files = _code_files(folder, {"config.json": config, "preprocessor_config.json": preprocessor})
     entry = _zoo_entry(config, repo_id, zoo_name)
 
     plan = UploadPlan(folder=folder, repo_id=repo_id, warnings=warnings)
     for rel, path in _folder_files(folder):
-        if _release_file(rel, code_files):
+        if rel in code_files:  # equal to the library's (checked above): the library's file is what goes up
+            plan.files[rel] = LIBRARY_DIR / rel
+        elif _release_file(rel, code_files):
             plan.files[rel] = path
         else:
             plan.skipped[rel] = "not part of a release: " + (
@@ -456,22 +486,6 @@ def _verify_onnx(folder: Path) -> None:
 # Hub calls: a timeout on each, one-line errors
 
 
-@contextmanager
-def hub_timeout(seconds: float) -> Iterator[None]:
-    """Give every request of huggingface_hub's shared HTTP client a ``seconds`` timeout (connect,
-    read, write, pool) while active. huggingface_hub's client has none by default and its
-    ``HF_HUB_ETAG_TIMEOUT`` / ``HF_HUB_DOWNLOAD_TIMEOUT`` cover downloads only; this sets the
-    client's own default (``get_session()`` is the documented shared client), which every API
-    call that passes no timeout of its own uses."""
-    client = get_session()
-    before = client.timeout
-    client.timeout = seconds
-    try:
-        yield
-    finally:
-        client.timeout = before
-
-
 def _http_module() -> Any:
     """The HTTP library huggingface_hub uses (httpx, or httpx2 in newer releases)."""
     return importlib.import_module(type(get_session()).__module__.partition(".")[0])
@@ -517,6 +531,61 @@ def _has_request(err: Exception) -> bool:
         return False
 
 
+@contextmanager
+def prepare(
+    folder: str | os.PathLike,
+    repo_id: str,
+    zoo_name: str | None = None,
+    results_file: str | os.PathLike | None = None,
+) -> Iterator[tuple[UploadPlan, Path]]:
+    """Plan, stage and verify ``folder`` for ``repo_id``; yields ``(plan, staged copy)``, the copy
+    living until the context ends (what :func:`upload` sends). Raises :class:`PublishError`."""
+    plan = plan_upload(folder, repo_id, zoo_name=zoo_name, results_file=results_file)
+    for warning in plan.warnings:
+        logger.warning(warning)
+    with tempfile.TemporaryDirectory(prefix="uniq-publish-") as tmp:
+        staged = plan.stage(Path(tmp))
+        try:
+            verify_folder(staged)
+            _verify_onnx(staged)
+        except PublishError as err:  # name the user's folder, not the staged copy
+            raise PublishError(str(err).replace(str(staged), str(plan.folder))) from None
+        yield plan, staged
+
+
+def upload(
+    plan: UploadPlan,
+    staged: Path,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+):
+    """Upload a :func:`prepare`d staged copy to ``plan.repo_id`` in one commit; the ``CommitInfo``."""
+    api = HfApi(token=token)
+    repo_id = plan.repo_id
+    names = list(plan.files) + list(plan.generated)
+    with hub_timeout(timeout), hub_errors(api.endpoint, timeout):
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if private and not api.model_info(repo_id, timeout=timeout).private:  # existing public repo: switch
+            api.update_repo_settings(repo_id, private=True)
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(staged / name)) for name in names]
+        return api.create_commit(
+            repo_id, operations, revision=revision,
+            commit_message=commit_message or f"Upload {Path(plan.folder).name} with uniq-hub publish",
+        )
+
+
+def check_timeout(timeout: float) -> float:
+    if not (isinstance(timeout, (int, float)) and timeout > 0 and math.isfinite(timeout)):
+        raise PublishError(f"--timeout must be a positive number of seconds, got {timeout!r}")
+    return timeout
+
+
 def publish(
     folder: str | os.PathLike,
     repo_id: str,
@@ -532,34 +601,12 @@ def publish(
 ):
     """Verify ``folder`` and upload it to ``repo_id`` in one commit; returns the ``CommitInfo``
     (the verified plan on a dry run). ``timeout``: seconds for each Hub request."""
-    if not timeout > 0:
-        raise PublishError(f"--timeout must be a positive number of seconds, got {timeout!r}")
-    plan = plan_upload(folder, repo_id, zoo_name=zoo_name, results_file=results_file)
-    for warning in plan.warnings:
-        logger.warning(warning)
-    with tempfile.TemporaryDirectory(prefix="uniq-publish-") as tmp:
-        staged = plan.stage(Path(tmp))
-        try:
-            verify_folder(staged)
-            _verify_onnx(staged)
-        except PublishError as err:  # name the user's folder, not the staged copy
-            raise PublishError(str(err).replace(str(staged), str(plan.folder))) from None
+    check_timeout(timeout)
+    with prepare(folder, repo_id, zoo_name=zoo_name, results_file=results_file) as (plan, staged):
         if dry_run:
             return plan
-
-        api = HfApi(token=token)
-        names = list(plan.files) + list(plan.generated)
-        with hub_timeout(timeout), hub_errors(api.endpoint, timeout):
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            if private and not api.model_info(repo_id, timeout=timeout).private:  # existing public repo: switch
-                api.update_repo_settings(repo_id, private=True)
-            if revision and revision != "main":
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-            operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(staged / name)) for name in names]
-            return api.create_commit(
-                repo_id, operations, revision=revision,
-                commit_message=commit_message or f"Upload {Path(folder).name} with uniq-hub publish",
-            )
+        return upload(plan, staged, private=private, revision=revision, token=token,
+                      commit_message=commit_message, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------

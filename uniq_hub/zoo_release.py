@@ -10,6 +10,7 @@ those numbers. ``tests/test_zoo_release.py`` re-derives every number of every ca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -28,7 +29,7 @@ from .constants import BEST_DIR, RESULTS_FILE, TRAIN_CONFIG_FILE
 from .evaluate import evaluate
 from .modeling_uniq import UniQForImageClassification
 from .onnx_runtime import ONNX_FILE
-from .publish import publish
+from .publish import DEFAULT_TIMEOUT, PublishError, check_repo_id, check_timeout, prepare, upload
 from .quantize import rename_legacy
 from .train_config import TrainConfig, resolve_config
 from .zoo import ZooEntry, get_entry
@@ -191,7 +192,8 @@ def _onnx_results(folder: Path, entry: ZooEntry, num_workers: int) -> dict[str, 
 
 def publish_zoo(root: str | os.PathLike = RELEASE_DIR, only: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Upload every release folder under ``root`` to its ``uniq/<name>`` repo (``publish``'s
-    checks apply to each); ``kwargs`` go to :func:`uniq_hub.publish.publish`. Returns
+    checks apply to each, and every entry is verified before any is uploaded); ``kwargs``:
+    ``dry_run`` and :func:`uniq_hub.publish.upload`'s options. Returns
     ``{repo id: commit info or plan}``."""
     folders = release_folders(root)
     if only:
@@ -201,7 +203,21 @@ def publish_zoo(root: str | os.PathLike = RELEASE_DIR, only: list[str] | None = 
         folders = {k: v for k, v in folders.items() if k in only}
     if not folders:
         raise ValueError(f"no release folder (a folder with config.json) under {root}")
-    return {repo_id: publish(folder, repo_id, **kwargs) for repo_id, folder in folders.items()}
+    # Every repo id and every folder is checked before anything is uploaded: all or nothing.
+    dry_run = kwargs.pop("dry_run", False)
+    for repo_id in folders:
+        check_repo_id(repo_id)
+    check_timeout(kwargs.get("timeout", DEFAULT_TIMEOUT))
+    with contextlib.ExitStack() as stack:
+        prepared = {}
+        for repo_id, folder in folders.items():
+            try:
+                prepared[repo_id] = stack.enter_context(prepare(folder, repo_id))
+            except PublishError as err:
+                raise PublishError(f"{repo_id}: {err} (nothing was uploaded)") from None
+        if dry_run:
+            return {repo_id: plan for repo_id, (plan, _) in prepared.items()}
+        return {repo_id: upload(plan, staged, **kwargs) for repo_id, (plan, staged) in prepared.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,13 +230,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "uniq/resnet20-fashion-mnist-w2a2")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--dry-run", action="store_true", help="check every folder, print the plans, upload nothing")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help=f"seconds each Hub request may take (default {DEFAULT_TIMEOUT:g})")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        done = publish_zoo(args.root, args.only, token=args.token, dry_run=args.dry_run)
+        done = publish_zoo(args.root, args.only, token=args.token, dry_run=args.dry_run, timeout=args.timeout)
     except ValueError as err:
-        raise SystemExit(f"uniq-hub publish-zoo: {err}") from err
+        raise SystemExit(f"uniq-hub publish-zoo: {err}") from None
     for repo_id, out in done.items():
         print(f"{repo_id}: " + (f"would upload\n{out.describe()}" if args.dry_run else f"published {out.commit_url}"))
     return 0
