@@ -152,6 +152,9 @@ def test_saved_folder_carries_code_auto_map_and_preprocessor(tmp_path):
         "AutoConfig": "configuration_uniq.UniQConfig",
         "AutoModel": "modeling_uniq.UniQModel",
         "AutoModelForImageClassification": "modeling_uniq.UniQForImageClassification",
+        # AutoImageProcessor reads config.json for a local folder with timm's pretrained_cfg (uniq_hub/timm_models.py)
+        "AutoImageProcessor": {"torchvision": "image_processing_uniq.UniQImageProcessor",
+                               "pil": "image_processing_uniq.UniQImageProcessor"},
     }
     assert config["architectures"] == ["UniQForImageClassification"]
     code = {"configuration_uniq.py", "modeling_uniq.py", "image_processing_uniq.py", "packing.py", "quantize.py",

@@ -4,7 +4,9 @@ Names are imported on first use (``uniq_hub.quantize_`` ...), so that the torch-
 runtime (``uniq_hub.OnnxImageClassifier``, ``uniq_hub.onnx_runtime``) never imports torch.
 The transformers auto classes (AutoConfig, AutoModelForImageClassification, AutoImageProcessor)
 learn model_type "uniq" as soon as both uniq_hub and transformers are imported, in either order:
-``import uniq_hub`` is all ``from_pretrained`` / ``pipeline`` need.
+``import uniq_hub`` is all ``from_pretrained`` / ``pipeline`` need. Likewise timm learns the UniQ
+architectures (``uniq_resnet20`` ..., :mod:`uniq_hub.timm_models`) once both uniq_hub and timm are imported,
+so that ``timm.create_model("hf-hub:...")`` loads UniQ repos.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ _EXPORTS = {
 }
 _TORCH_FREE = {"onnx_runtime"}
 __all__ = sorted(_EXPORTS)
-_state = {"registered": False}
+_state = {"registered": False, "timm": False}
+_WATCHED = ("transformers", "timm")  # registration follows the import of these (see _register_when_ready)
 
 
 def register_auto_classes() -> None:
@@ -44,7 +47,21 @@ def register_auto_classes() -> None:
     AutoModelForImageClassification.register(UniQConfig, UniQForImageClassification, exist_ok=True)
     AutoModel.register(UniQConfig, UniQModel, exist_ok=True)
     AutoImageProcessor.register(UniQConfig, image_processor_classes={"torchvision": UniQImageProcessor}, exist_ok=True)
-    if _HOOK in sys.meta_path:
+    _drop_hook_when_done()
+
+
+def register_timm_models() -> None:
+    """Register the UniQ architectures with timm's model registry (idempotent; see uniq_hub.timm_models)."""
+    if _state["timm"]:
+        return
+    _state["timm"] = True
+    register_auto_classes()
+    importlib.import_module(".timm_models", __name__)
+    _drop_hook_when_done()
+
+
+def _drop_hook_when_done() -> None:
+    if _state["registered"] and _state["timm"] and _HOOK in sys.meta_path:
         sys.meta_path.remove(_HOOK)
 
 
@@ -69,13 +86,17 @@ def _initializing(name: str) -> bool:
 
 
 def _register_when_ready(just_loaded: str) -> None:
-    """Register once transformers is imported and no uniq_hub module is half-initialised
+    """Register once transformers (timm) is imported and no uniq_hub module is half-initialised
     (registering from inside a uniq_hub module's own import would be a circular import)."""
-    if _state["registered"] or "transformers" not in sys.modules:
+    flags = {"transformers": "registered", "timm": "timm"}
+    todo = [m for m, flag in flags.items() if m in sys.modules and not _state[flag]]
+    if not todo:
         return
-    busy = [n for n in list(sys.modules) if (n == "transformers" or n.startswith(__name__ + ".")) and n != just_loaded]
+    busy = [n for n in list(sys.modules) if (n in _WATCHED or n.startswith(__name__ + ".")) and n != just_loaded]
     if not any(_initializing(n) for n in busy) and not _initializing(__name__):
         register_auto_classes()
+        if "timm" in todo:
+            register_timm_models()
 
 
 class _Loader(importlib.abc.Loader):
@@ -96,10 +117,10 @@ class _Loader(importlib.abc.Loader):
 
 
 class _AfterImportHook(importlib.abc.MetaPathFinder):
-    """Watches the imports of transformers and of uniq_hub's modules (see register_auto_classes)."""
+    """Watches the imports of transformers, timm and uniq_hub's modules (see register_auto_classes)."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "transformers" and not (name.startswith(__name__ + ".") and name.count(".") == 1):
+        if name not in _WATCHED and not (name.startswith(__name__ + ".") and name.count(".") == 1):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -113,7 +134,8 @@ class _AfterImportHook(importlib.abc.MetaPathFinder):
 
 
 _HOOK = _AfterImportHook()
+sys.meta_path.insert(0, _HOOK)
 if "transformers" in sys.modules:
     register_auto_classes()
-else:
-    sys.meta_path.insert(0, _HOOK)
+if "timm" in sys.modules:
+    register_timm_models()
