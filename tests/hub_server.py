@@ -9,7 +9,7 @@ Repo state (repos, branches, commits) lives in memory; file contents live in a
 content-addressed temp dir. Every commit gets a fresh 40-hex sha; a revision is a
 branch name or a full commit sha. Every valid token has full access to every repo.
 
-Routes (`{repo}` is `namespace/name`; `models` may also be `datasets`):
+Routes (`{repo}` is `namespace/name`; `models` may also be `datasets` or `spaces`):
   GET        /api/whoami-v2
   POST       /api/repos/create                   DELETE /api/repos/delete
   POST       /api/validate-yaml                  GET    /api/agent-harnesses
@@ -61,8 +61,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 DEFAULT_TOKEN = "hf_uniqhub_test_write_token"
 DEFAULT_USER = "uniq-tester"
 
-API_REPO_TYPES = {"models": "model", "datasets": "dataset"}  # /api/{plural}/... -> repo type
-URL_PREFIXES = {"model": "", "dataset": "datasets/"}  # repo type -> prefix of web/resolve URLs
+API_REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}  # /api/{plural}/... -> repo type
+URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}  # repo type -> prefix of web/resolve URLs
 
 # Files stored through LFS, as in the Hub's default .gitattributes; also any binary or >10 MiB file.
 LFS_PATTERNS = (
@@ -585,8 +585,8 @@ class HubServer:
         self, method: str, parts: list[str], body: bytes, user: str | None, headers: Mapping[str, str]
     ) -> Response:
         repo_type = "model"
-        if parts[0] == "datasets":
-            repo_type, parts = "dataset", parts[1:]
+        if parts[0] in ("datasets", "spaces"):
+            repo_type, parts = API_REPO_TYPES[parts[0]], parts[1:]
         match method, parts:
             case ("GET" | "HEAD"), [namespace, name, "resolve", rev, *path] if path:
                 repo = self._visible_repo(repo_type, f"{unquote(namespace)}/{unquote(name)}", user)

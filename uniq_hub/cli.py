@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("uniq_hub.evaluate", "top-1 / top-5 of a model on a dataset split"),
     "publish": ("uniq_hub.publish", "upload an exported model folder to the Hub"),
     "publish-zoo": ("uniq_hub.zoo_release", "upload every release folder of zoo/ to its uniq/<name> repo"),
+    "publish-space": ("uniq_hub.space", "upload the demo Space (spaces/uniq-zoo-demo) to a Space repo"),
     "plot": ("uniq_hub.plot", "plot training dynamics and accuracy against bits"),
     "export-onnx": ("uniq_hub.onnx_export", "write the exact integer ONNX graph (onnx/model.onnx)"),
     "predict": ("uniq_hub.predict", "top classes of images with torch, ONNX Runtime or OpenVINO"),
