@@ -15,9 +15,10 @@ def test_facts_agree_with_the_built_model(name):
         model = create_model(name, num_classes=10, num_channels=3)
     # The granularity the registry reports is the one the model declares to quantize_.
     assert getattr(model, "weight_per_channel", True) == (info.weight_granularity == "channel")
-    # An ImageNet design downsamples its input 32x, a small-image design 4x (CIFAR ResNets).
+    # The recorded stride: ImageNet designs downsample 32x, CIFAR ResNets 4x, small-image MobileNetV2s 8x or 16x.
     features = model.forward_features(torch.empty(1, 3, info.input_size, info.input_size, device="meta"))
-    assert features.shape[-1] == (7 if info.imagenet else 8)
+    assert features.shape[-1] == info.input_size // info.stride
+    assert info.stride == {"resnet20": 4, "resnet32": 4, "mobilenetv2_cifar": 8, "mobilenetv2_small": 16}.get(name, 32)
 
 
 def test_known_facts():
@@ -46,6 +47,6 @@ def test_register_model_with_and_without_facts(monkeypatch):
         return torch.nn.Linear(2, 2)
 
     assert model_info("plain_net") == ArchInfo("plain_net", "plain_net")
-    assert model_info("small_net") == ArchInfo("small_net", "Small net", 16, "layer")
+    assert model_info("small_net") == ArchInfo("small_net", "Small net", 16, weight_granularity="layer")
     assert isinstance(create_model("small_net"), torch.nn.Linear)
     assert {"plain_net", "small_net"} <= set(list_models())

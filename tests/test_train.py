@@ -21,7 +21,7 @@ from uniq_hub.quickstart import run_quickstart
 from uniq_hub.train import build_model, load_data, load_init_weights
 from uniq_hub.train_config import resolve_config
 
-STEPS_PER_EPOCH = 4  # 64 training images, batch 16
+STEPS_PER_EPOCH = 4  # 72 training images less 7 held out for validation (a tenth), batch 16
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,12 @@ def test_quickstart_toy(quick):
     export = Path(result["export_dir"])
     assert export == work / "w2a2" / "export"
     record = json.loads((export / "eval_results.json").read_text())
-    assert set(record) == {"model_id", "dataset", "split", "top1", "top5", "num_examples", "command"}
+    assert set(record) == {"model_id", "dataset", "split", "top1", "top5", "num_examples", "command", "selection"}
     assert record["num_examples"] == 32 and record["split"] == "test"
+    # chosen on 7 training images held out (a tenth, class-stratified), not on the test split it reports
+    selection = record["selection"]
+    assert (selection["split"], selection["num_examples"]) == ("train[held-out 7]", 7)
+    assert selection["step"] in (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
     # evaluating the exported folder (its own image processor) reproduces the training-time number
     assert record["top1"] == pytest.approx(result["q_top1"])
     assert len(result["predictions"]) == 3 and all(p["predicted"] in ("top", "upper", "lower", "bottom")
@@ -79,7 +83,8 @@ def test_run_directory(quick):
     log = _lines(run / "log.jsonl")
     train_steps = [r["step"] for r in log if "train/loss" in r]
     assert train_steps == list(range(1, 2 * STEPS_PER_EPOCH + 1))
-    assert [r["step"] for r in log if "eval/top1" in r] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    assert [r["step"] for r in log if "val/top1" in r] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    assert [r["step"] for r in log if "test/top1" in r] == [2 * STEPS_PER_EPOCH]  # the test split once, at the end
     lrs = [r["train/lr"] for r in log if "train/lr" in r]
     assert lrs[0] < 0.01 and all(a > b for a, b in zip(lrs, lrs[1:]))  # cosine, stepped per iteration
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").rglob("*"))

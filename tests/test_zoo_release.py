@@ -154,3 +154,22 @@ def test_publish_zoo_then_load_every_entry_by_name(hub_server, hub_token, tmp_pa
         if ds is not None:
             scores = pipeline("image-classification", model=name)(ds[0]["image"], top_k=3)
             assert scores == pipeline("image-classification", model=str(folder))(ds[0]["image"], top_k=3)
+
+
+def test_readme_zoo_table_and_picture_come_from_the_release_folders(tmp_path):
+    """The README table is the one ``scripts/zoo_summary.py`` generates from the committed records, and
+    the picture draws every released entry."""
+    import runpy
+
+    from uniq_hub.plot import plot_zoo
+    from uniq_hub.zoo_release import release_records, zoo_table
+
+    script = runpy.run_path(str(REPO / "scripts" / "zoo_summary.py"))
+    assert script["main"](["--check"]) == 0, "stale: run scripts/zoo_summary.py"
+    table = zoo_table()
+    records = release_records()
+    assert sorted(records) == sorted(e.name for e in ENTRIES)
+    for name, record in records.items():
+        assert f"| `{name}` | {record['top1']:.2f} / {record['top5']:.2f} |" in table
+    png = plot_zoo(records, tmp_path / "zoo.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

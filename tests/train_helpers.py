@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["top", "upper", "lower", "bottom"]
 
 
-def make_tiny_dataset(path: Path, train: int = 64, test: int = 32, seed: int = 0) -> Path:
+def make_tiny_dataset(path: Path, train: int = 72, test: int = 32, seed: int = 0) -> Path:
     """28x28 grayscale images whose bright band's position is the class; saved with ``save_to_disk``
     under non-default column names (``img`` / ``target``), so column detection is exercised too."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image

@@ -219,9 +219,10 @@ def render_card(
     """``README.md`` text for ``entry``: ``ModelCard.from_template`` with ``model_card_template.md``.
 
     ``result``: a measured results record (default: ``entry.measured``); a record mapping may carry
-    ``training`` (:func:`uniq_hub.zoo_release.training_record`) and ``onnx`` (top-1 / top-5 per
-    runtime). ``repo_id``: the Hub id used in the snippets (default: the entry's name); ``folder``:
-    an exported model folder whose ``model.safetensors`` size is reported.
+    ``training`` (:func:`uniq_hub.zoo_release.training_record`), ``selection`` (the split and step the
+    checkpoint was chosen on, as training records it) and ``onnx`` (top-1 / top-5 per runtime).
+    ``repo_id``: the Hub id used in the snippets (default: the entry's name); ``folder``: an exported
+    model folder whose ``model.safetensors`` size is reported.
     """
     extra = result if isinstance(result, Mapping) else {}
     result = _as_result(result, entry)
@@ -263,7 +264,8 @@ def render_card(
     card = ModelCard.from_template(
         card_data(entry, result), template_path=str(TEMPLATE), repo_id=repo_id, summary=summary,
         policy=_policy(entry), size_lines=size_lines, measured=result, onnx=extra.get("onnx"),
-        paper_line=paper_line, training=extra.get("training"), train_commands=train_commands,
+        paper_line=paper_line, training=extra.get("training"), selection=extra.get("selection"),
+        train_commands=train_commands,
         recipe_lines=_recipe_lines(entry), citation=PAPER_CITATION,
     )
     return str(card).rstrip("\n") + "\n"

@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import logging
 import os
+import random
 import re
 import shutil
 import struct
@@ -35,6 +36,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset
 from datasets import Image as ImageFeature
 from huggingface_hub import constants
 from PIL import Image
+from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader, get_worker_info
 from torchvision.transforms import v2
 
@@ -52,7 +54,7 @@ __all__ = [
     "check_batch_fits", "check_training_split", "class_names", "decode_image", "detect_columns", "eval_transform",
     "fashion_mnist_from_idx", "hub_reachable", "label_mapping", "load_image_dataset", "make_dataloader",
     "make_transform", "normalization_stats", "per_channel", "processor_for", "read_idx", "resolve_split",
-    "train_transform",
+    "stratified_split", "train_transform", "validation_size",
 ]
 
 
@@ -165,6 +167,38 @@ def balanced_indices(labels: np.ndarray, limit: int) -> np.ndarray:
         rank[where] = np.arange(len(where))
     order = np.lexsort((labels, rank))  # by rank within class, then by class
     return np.sort(order[:limit])
+
+
+def validation_size(value: float | None, num_examples: int) -> int:
+    """Examples to hold out for model selection: ``value`` >= 1 is a count, 0 < ``value`` < 1 a fraction,
+    0 none; ``None`` (the default): 5000 or a tenth of the split, whichever is smaller."""
+    if value is None:
+        return min(5000, num_examples // 10)
+    if value < 0 or (value >= 1 and not float(value).is_integer()):
+        raise ValueError(f"val_split must be a count >= 1, a fraction in (0, 1) or 0 (none), got {value!r}")
+    size = int(value) if value >= 1 else round(value * num_examples)
+    if size >= num_examples:
+        raise ValueError(f"val_split {value!r} holds out {size} of the {num_examples} training examples; "
+                         "nothing would be left to train on")
+    return size
+
+
+def stratified_split(labels: Sequence[int], size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic class-stratified hold-out: ``(train_indices, val_indices)``, both sorted.
+
+    Each class gives its share of ``size`` (largest remainders get the rounding), drawn by a
+    permutation seeded by ``seed``, so the same labels, size and seed always give the same split."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * size / len(labels)
+    take = np.floor(exact).astype(np.int64)
+    take[np.argsort(-(exact - take), kind="stable")[: size - int(take.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    val = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+                         + [np.empty(0, dtype=np.int64)])
+    mask = np.ones(len(labels), dtype=bool)
+    mask[val] = False
+    return np.flatnonzero(mask), np.sort(val)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,12 +565,17 @@ TRANSFORM_STYLES: dict[str, Callable[[UniQImageProcessor], list[Callable]]] = {
 }
 
 
-def train_transform(processor: UniQImageProcessor, style: str) -> v2.Compose:
+def train_transform(processor: UniQImageProcessor, style: str, random_erasing: float = 0.0) -> v2.Compose:
     """The training transform of ``processor``: its input conversion, the ``style``'s random
-    geometry (:data:`TRANSFORM_STYLES`), its normalisation."""
+    geometry (:data:`TRANSFORM_STYLES`), its normalisation, then (``random_erasing`` > 0) timm's
+    ``RandomErasing`` with that probability on the normalised image (erased pixels set to 0, the mean)."""
     if style not in TRANSFORM_STYLES:
         raise ValueError(f"unknown transform style {style!r}; expected one of {sorted(TRANSFORM_STYLES)}")
-    return v2.Compose([ProcessorInput(processor), *TRANSFORM_STYLES[style](processor), ProcessorNormalize(processor)])
+    if not 0.0 <= random_erasing <= 1.0:
+        raise ValueError(f"random_erasing is a probability in [0, 1], got {random_erasing!r}")
+    erase = [RandomErasing(random_erasing, mode="const", device="cpu")] if random_erasing else []
+    return v2.Compose([ProcessorInput(processor), *TRANSFORM_STYLES[style](processor), ProcessorNormalize(processor),
+                       *erase])
 
 
 def eval_transform(processor: Any) -> ProcessorTransform:
@@ -653,9 +692,14 @@ class _Collate:
         if get_worker_info() is not None:
             return self._apply(rows)
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self._apply(rows)
+        python_state = random.getstate()  # timm's RandomErasing draws from Python's RNG
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                return self._apply(rows)
+        finally:
+            random.setstate(python_state)
 
 
 def make_dataloader(dataset: AnyDataset | torch.utils.data.Dataset, transform: Callable, batch_size: int,

@@ -20,7 +20,7 @@ from .constants import EXPORT_DIR, FP_BITS, RESULTS_FILE, SUMMARY_FILE, TRAIN_CO
 from .zoo import get_entry
 
 __all__ = ["RunResult", "read_dynamics", "pick_quantizers", "plot_dynamics", "run_results", "plot_accuracy",
-           "add_arguments", "run"]
+           "plot_zoo", "add_arguments", "run"]
 
 _STATS = ("step", "std", "sqnr", "sqnr_opt")
 
@@ -145,7 +145,7 @@ def _paper_top1(zoo_name: str | None) -> float | None:
 
 
 def run_results(run_dirs: list[str | Path]) -> list[RunResult]:
-    """Accuracy and bits of each run: ``export/eval_results.json`` (else ``summary.json``'s best)."""
+    """Accuracy and bits of each run: ``export/eval_results.json`` (else ``summary.json``'s test top-1)."""
     results = []
     for run_dir in map(Path, run_dirs):
         config_path = run_dir / TRAIN_CONFIG_FILE
@@ -153,10 +153,11 @@ def run_results(run_dirs: list[str | Path]) -> list[RunResult]:
             raise FileNotFoundError(f"{run_dir} is not a training run directory: {TRAIN_CONFIG_FILE} is missing")
         config = _read_json(config_path)
         top1 = None
-        for path, key in ((run_dir / EXPORT_DIR / RESULTS_FILE, "top1"), (run_dir / SUMMARY_FILE, "best_top1")):
-            if path.is_file() and _read_json(path).get(key) is not None:
-                top1 = float(_read_json(path)[key])
-                break
+        export, summary = run_dir / EXPORT_DIR / RESULTS_FILE, run_dir / SUMMARY_FILE
+        if export.is_file() and _read_json(export).get("top1") is not None:
+            top1 = float(_read_json(export)["top1"])
+        elif summary.is_file() and (_read_json(summary).get("test") or {}).get("top1") is not None:
+            top1 = float(_read_json(summary)["test"]["top1"])
         if top1 is None:
             raise ValueError(f"{run_dir}: no accuracy yet (neither export/eval_results.json nor summary.json)")
         results.append(RunResult(
@@ -199,6 +200,30 @@ def plot_accuracy(results: list[RunResult], out: str | Path) -> Path:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("accuracy against bits")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_zoo(records: dict[str, dict[str, Any]], out: str | Path) -> Path:
+    """Test top-1 against the size of ``model.safetensors`` (log scale), one line per architecture from
+    1 bit to FP, each point labelled with its bits; ``records``: :func:`uniq_hub.zoo_release.release_records`."""
+    plt = _agg()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    families: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for name, record in records.items():
+        family, bits = name.split("/", 1)[-1].rsplit("-", 1)
+        families[family].append((record["weights_bytes"] / 1e6, float(record["top1"]), bits))
+    for family, points in sorted(families.items()):
+        points.sort()
+        line = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=family)[0]
+        for size, top1, bits in points:
+            ax.annotate(bits.upper() if bits == "fp" else bits, (size, top1), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("model.safetensors (MB, log scale)")
+    ax.set_ylabel("top-1 on the 10k test images (%)")
+    ax.set_title("Fashion-MNIST zoo: accuracy against checkpoint size")
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, out)
 

@@ -72,6 +72,7 @@ def run_quickstart(
     export = Path(q["export_dir"])
     _say(f"3/5 evaluating the exported folder {export} as `uniq-hub evaluate` does")
     record = evaluate(str(export), dataset, "test", batch_size=256, max_samples=eval_samples, num_workers=num_workers)
+    record["selection"] = q["selection"]  # which split chose the checkpoint (the held-out validation images)
     write_json_atomic(export / RESULTS_FILE, record)
     _say(f"4/5 pipeline('image-classification') on {num_examples} test images")
     predictions = _classify(export, dataset, num_examples)
@@ -81,7 +82,7 @@ def run_quickstart(
     fp_size = (Path(fp["export_dir"]) / "model.safetensors").stat().st_size
     q_size = (export / "model.safetensors").stat().st_size
     result = {
-        "fp_top1": fp["best_top1"], "q_top1": q["best_top1"], "evaluate": record, "predictions": predictions,
+        "fp_top1": fp["test"]["top1"], "q_top1": q["test"]["top1"], "evaluate": record, "predictions": predictions,
         "export_dir": str(export), "repo_id": repo_id,
         "published": published.commit_url if repo_id else published.describe(),
         "fp_bytes": fp_size, "q_bytes": q_size, "seconds": time.perf_counter() - start,

@@ -52,13 +52,15 @@ def recipe_family(dataset: str | None, arch: str) -> str:
 
 def recipe_defaults(family: str, w_bits: int, a_bits: int) -> dict[str, Any]:
     """The training options of the recipe (:func:`uniq_hub.zoo.recipe_spec`) for these bits:
-    optimizer, lr, momentum, epochs, batch_size, weight_decay, warmup_epochs, warmup_lr, calib_batches."""
+    optimizer, lr, momentum, epochs, batch_size, weight_decay, warmup_epochs, warmup_lr, calib_batches,
+    label_smoothing, random_erasing (0 where the recipe has none), max_steps (None: whole epochs)."""
     spec = recipe_spec(family, w_bits, a_bits)
     return dict(
         optimizer=spec["optimizer"], lr=spec["lr"], momentum=spec.get("momentum") or 0.9,
         epochs=spec["epochs"], batch_size=spec["batch_size"], weight_decay=float(spec["weight_decay"]),
         warmup_epochs=spec.get("warmup_epochs", 0), warmup_lr=spec.get("warmup_lr"),
-        calib_batches=spec["calib_batches"],
+        calib_batches=spec["calib_batches"], label_smoothing=spec.get("label_smoothing", 0.0),
+        random_erasing=spec.get("random_erasing", 0.0), max_steps=spec.get("max_steps"),
     )
 
 

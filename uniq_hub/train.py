@@ -54,9 +54,12 @@ from .convert import load_pytorchcv
 from .distill import distillation_loss, load_teacher, teacher_logits
 from .dynamics import DynamicsRecorder
 from .evaluate import evaluate_model
-from .export import card_entry, export_model, load_trained, save_latent
+from .export import ExportIncomplete, card_entry, export_model, load_trained, save_latent
 from .modeling_uniq import UniQForImageClassification
+from .quantize import QuantConfig, layer_bits
 from .recipes import build_optimizer, build_scheduler
+from .registry import create_model
+from .run_record import ResumeError, check_resume, check_same_data, record_run
 from .train_config import TrainConfig, add_config_arguments, config_from_args
 
 logger = logging.getLogger("uniq_hub.train")
@@ -64,6 +67,7 @@ logger = logging.getLogger("uniq_hub.train")
 __all__ = ["DataBundle", "NonFiniteLossError", "Trainer", "load_data", "build_model", "load_init_weights", "train",
            "add_arguments", "run", "main"]
 
+VAL_SPLIT_SEED = 0  # the validation hold-out does not follow --seed: a zoo chain's stages share it
 _ONE_CHANNEL_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
@@ -86,6 +90,8 @@ class DataBundle:
     std: list[float]
     num_train: int
     processor: Any = None  # the UniQImageProcessor both transforms are built from
+    val: Any = None  # held out of the training split for model selection (None: select on ``eval``)
+    selection: dict[str, Any] | None = None  # what ``val`` is: split, size, seed, description
 
     @property
     def num_labels(self) -> int:
@@ -125,6 +131,8 @@ def load_data(cfg: TrainConfig) -> DataBundle:
         raise ValueError(f"dataset {cfg.dataset!r}: the label column has no class names (a ClassLabel feature)")
     num_train = _num_examples(train, cfg)
     data.check_training_split(train, names, cfg.dataset, cfg.train_split, num_train)
+    train, val, selection = _hold_out(train, num_train, cfg)
+    num_train -= 0 if val is None else len(val)
     if len(evaluation) == 0:
         raise ValueError(f"dataset {cfg.dataset!r} split {cfg.eval_split!r} has no examples to evaluate on")
     image = _first_image(train)
@@ -140,10 +148,34 @@ def load_data(cfg: TrainConfig) -> DataBundle:
     style = "imagenet" if image_size >= SMALL_IMAGE else "small"
     return DataBundle(
         train=train, eval=evaluation,
-        train_transform=data.train_transform(processor, style), eval_transform=data.eval_transform(processor),
+        train_transform=data.train_transform(processor, style, cfg.random_erasing),
+        eval_transform=data.eval_transform(processor),
         id2label=dict(enumerate(names)), num_channels=num_channels, image_size=image_size, mean=mean, std=std,
-        num_train=num_train, processor=processor,
+        num_train=num_train, processor=processor, val=val, selection=selection,
     )
+
+
+def _hold_out(train: Any, num_train: int, cfg: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """``(train, val, selection)``: the validation examples carved out of the training split
+    (:func:`uniq_hub.data.stratified_split`, seed :data:`VAL_SPLIT_SEED` whatever the run's seed, so every
+    stage of a zoo chain holds out the same images), or ``val`` None when ``val_split`` is 0."""
+    if cfg.val_split == 0:
+        return train, None, {"split": cfg.eval_split, "description": f"the `{cfg.eval_split}` split (no "
+                             "validation split held out: the test split chose the model)"}
+    if cfg.streaming:
+        raise ValueError("a streamed training split cannot hold out a validation split: load it map-style, or "
+                         "pass --val-split 0 to select the model on the evaluation split")
+    size = data.validation_size(cfg.val_split, num_train)
+    if size == 0:
+        raise ValueError(f"dataset {cfg.dataset!r} split {cfg.train_split!r} has {num_train} examples: too few to "
+                         "hold out a validation split (pass --val-split N, or 0 to select on the evaluation split)")
+    keep, held = data.stratified_split(list(train["label"]), size, VAL_SPLIT_SEED)
+    selection = {
+        "split": f"{cfg.train_split}[held-out {size}]", "num_examples": size, "seed": VAL_SPLIT_SEED,
+        "description": f"{size} images held out of the `{cfg.train_split}` split (class-stratified, seed "
+                       f"{VAL_SPLIT_SEED}; not trained on)",
+    }
+    return train.select(keep), train.select(held), selection
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,15 +296,18 @@ def _eval_record(cfg: TrainConfig, metrics: dict[str, Any], export_dir: Path) ->
     }
 
 
-def _save_best(accelerator, model, cfg: TrainConfig, metrics: dict[str, Any]) -> None:
-    if not accelerator.is_main_process:
-        return
-    unwrapped = accelerator.unwrap_model(model)
-    save_latent(unwrapped, cfg.run_dir / BEST_DIR)
-    if cfg.export:
-        export_dir = cfg.run_dir / EXPORT_DIR
-        entry = card_entry(unwrapped.config, cfg.zoo, cfg.run_name, cfg.dataset)
-        export_model(unwrapped, export_dir, _eval_record(cfg, metrics, export_dir), entry)
+def _check_overrides(cfg: TrainConfig) -> None:
+    """Per-layer overrides must each match a layer of the architecture (refused before anything is written)."""
+    if cfg.overrides:
+        net = create_model(cfg.arch, num_classes=2, num_channels=cfg.num_channels or 3)
+        layer_bits(net, QuantConfig(**cfg.quant_options()))
+
+
+def _data_record(bundle: DataBundle) -> dict[str, Any]:
+    """What a resumed run must find again: the split sizes and the classes."""
+    val = getattr(bundle, "val", None)
+    return {"num_train": bundle.num_train, "num_eval": len(bundle.eval), "num_val": 0 if val is None else len(val),
+            "labels": [bundle.id2label[i] for i in range(bundle.num_labels)]}
 
 
 class Trainer:
@@ -283,14 +318,20 @@ class Trainer:
         self.cfg = cfg
         self.accelerator = acc = _make_accelerator(cfg)
         check_run_dir(cfg.run_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite)  # every process, before any write
+        _check_overrides(cfg)
+        changes = check_resume(cfg) if cfg.resume else None  # a resume with other options is refused, writing nothing
         acc.wait_for_everyone()
         if acc.is_main_process:
             if cfg.overwrite:
                 clear_run_dir(cfg.run_dir)
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(cfg.run_dir / TRAIN_CONFIG_FILE, cfg.to_dict())
+            if not cfg.resume:  # a resume records its options once it is set up (run_record.record_run)
+                write_json_atomic(cfg.run_dir / TRAIN_CONFIG_FILE, cfg.to_dict())
         set_seed(cfg.seed)
         bundle = load_data(cfg)
+        run_data = _data_record(bundle)
+        if cfg.resume:
+            check_same_data(cfg.run_dir, run_data)
         data.check_batch_fits(bundle.num_train, cfg.batch_size, cfg.dataset, cfg.train_split)
         per_batch = _per_process_batch(cfg, acc.num_processes)
         train_loader = data.make_dataloader(bundle.train, bundle.train_transform, per_batch, shuffle=True,
@@ -298,6 +339,10 @@ class Trainer:
                                             source=cfg.dataset)
         eval_loader = data.make_dataloader(bundle.eval, bundle.eval_transform, cfg.eval_batch_size, shuffle=False,
                                            num_workers=cfg.num_workers, source=cfg.dataset)
+        val_loader = eval_loader if bundle.val is None else data.make_dataloader(
+            bundle.val, bundle.eval_transform, cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
+            source=cfg.dataset)
+        self.selection = bundle.selection
         self.shuffle_generator = train_loader.generator  # reseeded per epoch: order = f(seed, epoch)
         self.train_collate = train_loader.collate_fn  # its augmentation seeds too (see _train_epoch)
         self.train_dataset = train_loader.dataset  # streaming: its shuffle buffer follows set_epoch
@@ -315,8 +360,8 @@ class Trainer:
                 logger.info("calibrated the step sizes on %d batches", used)
         optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
         self.dynamics = DynamicsRecorder(model.model) if cfg.quantized and cfg.dynamics_every else None
-        self.model, self.optimizer, self.train_loader, self.eval_loader = acc.prepare(
-            model, optimizer, train_loader, eval_loader)
+        self.model, self.optimizer, self.train_loader, self.eval_loader, self.val_loader = acc.prepare(
+            model, optimizer, train_loader, eval_loader, val_loader)
         try:
             self.batches_per_epoch = len(self.train_loader)
         except TypeError:  # streaming: what the split size gives each process
@@ -328,10 +373,13 @@ class Trainer:
         self.state = self.checkpointer.load(resume_from, self.scheduler) if resume_from else TrainerState()
         if resume_from:
             acc.print(f"resumed from {resume_from}: epoch {self.state.epoch}, step {self.state.global_step}")
+        self.teacher = load_teacher(cfg.teacher, bundle.id2label, cfg.teacher_labels).to(acc.device) \
+            if cfg.teacher else None
+        if acc.is_main_process:  # the run is set up: its options and this invocation are recorded
+            record_run(cfg, run_data, changes)
         acc.init_trackers(cfg.run_name, config=_tracker_config(cfg))
         self.log = RunLog(acc, cfg.run_dir)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.teacher = load_teacher(cfg.teacher, bundle.num_labels).to(acc.device) if cfg.teacher else None
         self._reset_window()
 
     @property
@@ -357,10 +405,12 @@ class Trainer:
             self.checkpointer.save(state, self.scheduler)
         if not metrics and state.best_metric is None:  # nothing left to train, nothing evaluated yet
             metrics = self.evaluate()
+        test = self.test_selected()
         acc.end_training()
         summary = {
             "run_dir": str(cfg.run_dir), "export_dir": str(cfg.run_dir / EXPORT_DIR) if cfg.export else None,
             "best_top1": state.best_metric, "best_step": state.best_step, "last": metrics,
+            "selection": self._selection_record(), "test": test,
             "steps": state.global_step, "epochs": state.epoch,
         }
         if acc.is_main_process:
@@ -441,17 +491,42 @@ class Trainer:
         self._window_batches, self._window_images, self._window_start = 0, 0, time.perf_counter()
 
     def evaluate(self) -> dict[str, Any]:
-        """Top-1 / top-5 on the eval split; a new best is saved (``best/``) and exported (``export/``)."""
+        """Top-1 / top-5 on the selection split (held-out validation, else the eval split); a new best is
+        saved (``best/``)."""
         state, acc = self.state, self.accelerator
-        metrics = evaluate_model(self.model, self.eval_loader, acc)
-        self.log.log({"epoch": self.epoch_progress, "eval/top1": metrics["top1"], "eval/top5": metrics["top5"]},
+        metrics = evaluate_model(self.model, self.val_loader, acc)
+        self.log.log({"epoch": self.epoch_progress, "val/top1": metrics["top1"], "val/top5": metrics["top5"]},
                      state.global_step)
         if state.best_metric is None or metrics["top1"] > state.best_metric:
             state.best_metric, state.best_step = metrics["top1"], state.global_step
-            _save_best(acc, self.model, self.cfg, metrics)
+            if acc.is_main_process:
+                save_latent(acc.unwrap_model(self.model), self.cfg.run_dir / BEST_DIR)
         acc.wait_for_everyone()
         acc.print(f"step {state.global_step} (epoch {self.epoch_progress:.2f}): top-1 {metrics['top1']:.2f}% "
                   f"(best {state.best_metric:.2f}%)")
+        return metrics
+
+
+    def _selection_record(self) -> dict[str, Any]:
+        state = self.state
+        return {**self.selection, "top1": state.best_metric, "step": state.best_step,
+                "epoch": round(state.best_step / self.steps_per_epoch, 2)}
+
+    def test_selected(self) -> dict[str, Any]:
+        """The selected checkpoint (``best/``) evaluated once on the eval (test) split, then exported with
+        both numbers (``export/``)."""
+        acc, cfg = self.accelerator, self.cfg
+        best = load_trained(str(cfg.run_dir)).to(acc.device)
+        metrics = evaluate_model(best, self.eval_loader, acc)
+        self.log.log({"test/top1": metrics["top1"], "test/top5": metrics["top5"]}, self.state.global_step)
+        acc.print(f"selected step {self.state.best_step} (top-1 {self.state.best_metric:.2f}% on "
+                  f"{self.selection['split']}): top-1 {metrics['top1']:.2f}% on {cfg.eval_split}")
+        if acc.is_main_process and cfg.export:
+            export_dir = cfg.run_dir / EXPORT_DIR
+            entry = card_entry(best.config, cfg.zoo, cfg.run_name, cfg.dataset)
+            record = {**_eval_record(cfg, metrics, export_dir), "selection": self._selection_record()}
+            export_model(best, export_dir, record, entry)
+        acc.wait_for_everyone()
         return metrics
 
 
@@ -460,8 +535,24 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run the training ``cfg`` describes; returns a summary (best top-1, steps, directories)."""
-    return Trainer(cfg).fit()
+    """Run the training ``cfg`` describes; returns a summary (best top-1, steps, directories).
+
+    When the export's ONNX graph fails its verification (:class:`uniq_hub.export.ExportIncomplete`),
+    the checkpoints, ``best/`` and the PyTorch release are on disk already: the summary is written
+    with the error, then the error is raised."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    except ExportIncomplete as err:
+        state, acc = trainer.state, trainer.accelerator
+        summary = {
+            "run_dir": str(cfg.run_dir), "export_dir": str(err.folder), "best_top1": state.best_metric,
+            "best_step": state.best_step, "steps": state.global_step, "epochs": state.epoch,
+            "test": {k: err.record.get(k) for k in ("top1", "top5", "num_examples")}, "export_error": str(err),
+        }
+        if acc.is_main_process:
+            write_json_atomic(cfg.run_dir / SUMMARY_FILE, summary)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,7 +568,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("uniq_hub").setLevel(logging.INFO)
     try:
         summary = train(config_from_args(args))
-    except (NonFiniteLossError, RunDirectoryError, CheckpointError, CheckpointWriteError) as err:
+    except (NonFiniteLossError, RunDirectoryError, CheckpointError, CheckpointWriteError, ExportIncomplete,
+            ResumeError) as err:
         raise SystemExit(f"uniq-hub train: {err}") from err
 
     if PartialState().is_main_process:

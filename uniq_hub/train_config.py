@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .constants import FP_BITS, KD_TEMPERATURE, KD_WEIGHT
+from .constants import FP_BITS, KD_TEMPERATURE, KD_WEIGHT, MAX_IMAGE_SIZE
 from .quantize import QUANT_FIELD_HELP, QUANT_FIELDS, QuantConfig, check_quant_fields, rename_legacy
 from .recipes import recipe_defaults, recipe_family
 from .zoo import get_entry
@@ -62,7 +62,10 @@ class TrainConfig:
     # --- data
     dataset: str = _f("fashion_mnist", "HF dataset name, imagefolder dir, save_to_disk dir, or fashion_mnist")
     train_split: str = _f("train", "training split")
-    eval_split: str = _f("test", "evaluation split")
+    eval_split: str = _f("test", "test split: evaluated once, on the selected model, for the card")
+    val_split: float | None = _f(None, "examples held out of the training split to select the best epoch on: "
+                                 "a count (5000), a fraction (0.1), or 0 to select on the test split (not "
+                                 "recommended); default: 5000 or a tenth of the split, whichever is smaller")
     image_column: str | None = _f(None, "image column (default: detected)")
     label_column: str | None = _f(None, "label column (default: detected)")
     image_size: int | None = _f(None, "input size (default: 224 for images of 128 px and more, else native)")
@@ -83,8 +86,12 @@ class TrainConfig:
     warmup_epochs: float | None = _f(None, "warm-up epochs")
     warmup_lr: float | None = _f(None, "constant warm-up lr (unset: linear ramp to lr)")
     min_lr: float = _f(0.0, "final lr of the cosine schedule")
-    label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
+    label_smoothing: float | None = _f(None, "cross-entropy label smoothing (default: the recipe's, else 0)")
+    random_erasing: float | None = _f(None, "probability of timm's RandomErasing on training images "
+                                      "(default: the recipe's, else 0)")
     teacher: str | None = _f(None, "knowledge distillation: teacher model (folder, run dir or Hub id; same labels)")
+    teacher_labels: str = _f("same", "how the teacher's classes map to the dataset's: 'same' (its id2label must equal "
+                                     "them, names and order) or 'by-name' (its logits reordered by class name)")
     kd_temperature: float = _f(KD_TEMPERATURE, "distillation temperature T (the KL term is scaled by T^2)")
     kd_weight: float = _f(KD_WEIGHT, "distillation weight w: loss = (1 - w) CE + w T^2 KL(teacher || student)")
     calib_batches: int | None = _f(None, "batches for the activation step-size init (0: none)")
@@ -106,6 +113,9 @@ class TrainConfig:
     progress: bool = _f(True, "progress bars (main process only)")
     export: bool = _f(True, "export the best model in the release format to <run>/export")
     resume: str | None = _f(None, "resume: 'latest' (or the flag alone) or a checkpoint directory")
+    allow_changes: bool = _f(False, "with --resume: accept options that differ from the run's recorded ones where "
+                                    "changing them is safe (epochs, max_steps, logging, checkpointing); recorded in "
+                                    "the run's history")
     overwrite: bool = _f(False, "delete an existing run in the output directory and start over (else refused "
                                "without --resume)")
 
@@ -130,7 +140,7 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
 _RECIPE_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "epochs", "batch_size", "warmup_epochs",
-                  "warmup_lr", "calib_batches")
+                  "warmup_lr", "calib_batches", "label_smoothing", "random_erasing", "max_steps")
 
 
 def _base_type(name: str) -> type:
@@ -160,13 +170,16 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             return bool(value)
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
+        if kind in (int, float) and isinstance(value, bool):  # {"bits": true} is not 1 bit
+            raise ValueError(value)
         return kind(value)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: option {name!r} expects {kind.__name__}, got {value!r}") from None
 
 
 def _parse_overrides(text: str, where: str) -> dict[str, list[int]]:
-    """``"layer1.*=4,4;model.fc=8,8"`` -> ``{"layer1.*": [4, 4], "model.fc": [8, 8]}``."""
+    """``"layer1.*=4,4;fc=8,8"`` -> ``{"layer1.*": [4, 4], "fc": [8, 8]}`` (layer names as ``layer_bits`` shows
+    them, without a ``model.`` prefix; a pattern that matches no layer is refused when the model is built)."""
     out: dict[str, list[int]] = {}
     for item in filter(None, (part.strip() for part in text.split(";"))):
         pattern, sep, bits = item.partition("=")
@@ -246,6 +259,7 @@ def _zoo_options(name: str) -> dict[str, Any]:
         signed_inputs=entry.signed_inputs,
         optimizer=r.optimizer, lr=r.lr, epochs=r.epochs, batch_size=r.batch_size, weight_decay=r.weight_decay,
         warmup_epochs=r.warmup_epochs, warmup_lr=r.warmup_lr, calib_batches=r.calib_batches,
+        label_smoothing=r.label_smoothing, random_erasing=r.random_erasing, max_steps=r.max_steps,
         init_from=r.init_from, run_name=entry.short_name,
     )
     if r.momentum is not None:
@@ -298,7 +312,7 @@ def _fill_recipe(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-_CHOICES = {"mixed_precision": ("no", "bf16", "fp16")}
+_CHOICES = {"mixed_precision": ("no", "bf16", "fp16"), "teacher_labels": ("same", "by-name")}
 
 
 def _validate(cfg: TrainConfig) -> None:
@@ -314,10 +328,24 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.quantized and cfg.calib_batches < 1:
         raise ValueError("option 'calib_batches' must be >= 1 for a quantized run: the activation step sizes are "
                          "initialised from data")
-    for name in ("lr", "momentum", "weight_decay", "warmup_lr", "min_lr", "label_smoothing"):
+    if cfg.val_split is not None and (cfg.val_split < 0 or (cfg.val_split >= 1 and not cfg.val_split.is_integer())):
+        raise ValueError(f"option 'val_split' must be a count >= 1, a fraction in (0, 1) or 0, got {cfg.val_split}")
+    if not 0.0 <= cfg.random_erasing <= 1.0:
+        raise ValueError(f"option 'random_erasing' is a probability in [0, 1], got {cfg.random_erasing}")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise ValueError(f"option 'label_smoothing' must be in [0, 1), got {cfg.label_smoothing}")
+    for name in ("lr", "momentum", "weight_decay", "warmup_lr", "min_lr"):
         value = getattr(cfg, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ValueError(f"option {name!r} must be a finite number >= 0, got {value}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ValueError(f"option 'max_steps' must be >= 1 (or unset), got {cfg.max_steps}")
+    if not (math.isfinite(cfg.warmup_epochs) and cfg.warmup_epochs >= 0):
+        raise ValueError(f"option 'warmup_epochs' must be a finite number >= 0, got {cfg.warmup_epochs}")
+    if cfg.image_size is not None and not 1 <= cfg.image_size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"option 'image_size' must be in 1..{MAX_IMAGE_SIZE} pixels, got {cfg.image_size}")
+    if cfg.allow_changes and not cfg.resume:
+        raise ValueError("option 'allow_changes' applies to --resume only")
     if cfg.resume and cfg.overwrite:
         raise ValueError("options 'resume' and 'overwrite' exclude each other: continue the run or replace it")
     if cfg.num_channels not in (None, 1, 3):
