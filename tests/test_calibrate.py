@@ -45,3 +45,27 @@ def test_calibration_without_batches_is_an_error():
     model = U.quantize_(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)), U.QuantConfig(2, 2))
     with pytest.raises(ValueError, match="no batch"):
         U.calibrate(model, [])
+
+
+def test_reestimate_batchnorm_matches_the_batch_statistics_of_the_quantized_model():
+    """After re-estimation each BatchNorm's running mean is the average of what its input batches had
+    under the current quantized weights; steps and weights are unchanged, the mode restored."""
+    import uniq_hub as U
+
+    torch.manual_seed(0)
+    model = U.quantize_(U.create_model("resnet20", num_classes=4, num_channels=1), U.QuantConfig(2, 2))
+    batches = [torch.randn(16, 1, 28, 28) for _ in range(3)]
+    U.calibrate(model, batches, 3)
+    bn = model.layer1[0].bn2  # reads the output of a 2-bit conv
+    seen = []
+    hook = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].mean(dim=(0, 2, 3))))
+    params = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    model.eval()
+    assert U.reestimate_batchnorm(model, batches, num_batches=2) == 2
+    hook.remove()
+    assert not model.training
+    assert torch.allclose(bn.running_mean, torch.stack(seen).mean(0), atol=1e-6)
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 2
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in params.items())
+    with pytest.raises(ValueError, match="got no batch"):
+        U.reestimate_batchnorm(model, [], num_batches=2)

@@ -1,5 +1,6 @@
 """Step-size initialisation from data (Section 4.2): weights from the weights themselves,
-activations as the maximum per-batch estimate over the first N batches."""
+activations as the maximum per-batch estimate over the first N batches; and the re-estimation of
+BatchNorm statistics under the quantized weights (after quantized training)."""
 
 from __future__ import annotations
 
@@ -75,4 +76,36 @@ def calibrate(
             q.calibrating = False
     if act and used == 0:
         raise ValueError("calibrate() got no batch: the step sizes of the activation quantizers are not set")
+    return used
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batches: Iterable[Tensor | tuple | dict], num_batches: int) -> int:
+    """Recompute every BatchNorm's running mean / variance as the plain average over ``num_batches``
+    batches, with the model's current (quantized) weights; returns the batches used.
+
+    The running statistics that training accumulates follow latent weights whose quantized values
+    oscillate between levels, so they can disagree with the weights that are finally rounded (a
+    known cause of low-bit MobileNetV2 collapse). Steps and weights are left untouched."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    used = 0
+    try:
+        model.train()
+        device = next(model.parameters()).device
+        for batch in batches:
+            if used >= num_batches:
+                break
+            model(_inputs(batch).to(device))
+            used += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    if norms and used == 0:
+        raise ValueError("reestimate_batchnorm() got no batch: the running statistics were reset and not re-estimated")
     return used
