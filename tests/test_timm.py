@@ -139,6 +139,10 @@ def test_timm_local_dir_loads_a_saved_folder(pushed):
     x = _inputs(CASES["r20-w2a2"])
     with torch.no_grad():
         assert torch.equal(model(x), reference(x).logits)
+    relabelled = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=3).eval()
+    with torch.no_grad():
+        assert torch.equal(relabelled.forward_features(x), model.forward_features(x))
+    assert relabelled(x).shape == (3, 3)
 
 
 def test_new_num_classes_reinitialises_only_the_classifier(pushed):

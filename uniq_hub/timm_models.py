@@ -133,8 +133,10 @@ def _filter_local_dir(state: dict[str, Tensor], model: UniQTimmModel) -> dict[st
 
 def _create(arch: str, pretrained: bool = False, **kwargs: Any) -> UniQTimmModel:
     variant = f"{TIMM_PREFIX}{arch}"
+    # local-dir loads go through _filter_local_dir, whose load_checked_state_dict is the strict check (a new
+    # classifier's tensors are left out there, which timm's own strict load_state_dict would refuse)
     return build_model_with_cfg(UniQTimmModel, variant, pretrained, arch=arch,
-                                pretrained_filter_fn=_filter_local_dir, **kwargs)
+                                pretrained_filter_fn=_filter_local_dir, pretrained_strict=False, **kwargs)
 
 
 def _default_cfg(arch: str) -> dict[str, Any]:
