@@ -235,6 +235,38 @@ def _crop_shift(margin: int) -> int:
     return int(round(margin / 2.0)) - int(margin / 2.0)
 
 
+def _zoo_folder_w2a2() -> Path | None:
+    from uniq_hub.zoo_release import RELEASE_DIR
+
+    folder = RELEASE_DIR / "resnet20-fashion-mnist-w2a2"
+    return folder if (folder / "model.safetensors").is_file() else None
+
+
+def _readme_block(section: str) -> str:
+    text = (REPO / "README.md").read_text()
+    body = text[text.index(f"## {section}\n"):]
+    return body[body.index("```python\n") + len("```python\n"):body.index("```\n", body.index("```python\n") + 10)]
+
+
+@pytest.mark.skipif(_zoo_folder_w2a2() is None, reason="no released ResNet-20 w2a2 folder in zoo/")
+def test_readme_timm_snippet_runs_against_the_local_hub(hub_server, hub_token, tmp_path):
+    """README's "Use with timm" code, as written, with uniq/resnet20-fashion-mnist-w2a2 served by the local Hub."""
+    from uniq_hub.zoo_release import resave_release
+
+    folder = Path(shutil.copytree(_zoo_folder_w2a2(), tmp_path / "w2a2"))
+    if "architecture" not in json.loads((folder / "config.json").read_text()):
+        resave_release(folder)  # saved before config.json carried timm's keys
+    _upload(hub_token, "uniq/resnet20-fashion-mnist-w2a2", folder)
+    code = _readme_block("Use with timm")
+    assert 'timm.create_model("hf-hub:uniq/resnet20-fashion-mnist-w2a2", pretrained=True)' in code
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env() | {
+        "HF_HUB_OFFLINE": "0"}, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    label, score = out.stdout.split("\n")[-2].rsplit(" ", 1)
+    labels = json.loads((folder / "config.json").read_text())["label_names"]
+    assert label in labels and 0 < float(score) <= 1
+
+
 # ------------------------------------------------------------------------------------------------
 # Acceptance: one released zoo folder through three runtimes on the 10k test images
 # ------------------------------------------------------------------------------------------------
