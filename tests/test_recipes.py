@@ -27,8 +27,8 @@ def test_paper_recipes_by_bits():
     assert (cifar["weight_decay"], cifar["epochs"], cifar["batch_size"], cifar["calib_batches"]) == (
         5e-4, 350, 128, 100)
     assert recipe_defaults("imagenet", 32, 32)["calib_batches"] == 0
-    # epochs may depend on the bits too: the Fashion-MNIST zoo trains 2 bits longer than 4 and 3
-    assert [recipe_defaults("fashion-mnist", b, b)["epochs"] for b in (4, 3, 2, 1)] == [1, 1, 2, 2]
+    # max_steps (like epochs and weight decay) may depend on the bits: half an epoch at 4 and 3 bits here
+    assert [recipe_defaults("fashion-mnist", b, b)["max_steps"] for b in (4, 3, 2, 1)] == [215, 215, None, None]
     assert recipe_family("ILSVRC/imagenet-1k", "resnet20") == "imagenet"
     assert recipe_family("fashion_mnist", "resnet20") == "fashion-mnist"
     assert recipe_family("/data/my_imagefolder", "resnet18") == "imagenet"

@@ -130,7 +130,9 @@ def test_training_record_names_every_non_default_option(tmp_path):
                           "seed": 3, "output_dir": str(run)})
     (run / "train_config.json").write_text(json.dumps(cfg.to_dict()))
     (run / "wall_times.txt").write_text("60\n30\n")
+    (run / "machine.txt").write_text("AMD EPYC, 2 cores, 1 thread\n")
     record = training_record(run)
+    assert record["machine"] == "AMD EPYC, 2 cores, 1 thread"
     assert record["command"].startswith("uniq-hub train --zoo uniq/resnet20-fashion-mnist-w2a2 --output-dir ")
     for flag in ("--seed 3", "--teacher runs/zoo/fp", "--kd-weight 0.7"):
         assert flag in record["command"]
