@@ -20,7 +20,8 @@ from typing import Any
 _EXPORTS = {
     "QConv2d": "modules", "QLinear": "modules", "QuantSpec": "modules", "UniQQuantizer": "modules",
     "QuantConfig": "quantize", "layer_bits": "quantize", "quantize_": "quantize", "quantizers": "quantize",
-    "calibrate": "calibrate", "reestimate_batchnorm": "calibrate", "create_model": "registry", "list_models": "registry",
+    "calibrate": "calibrate", "reestimate_batchnorm": "calibrate",
+    "create_model": "registry", "list_models": "registry",
     "UniQConfig": "configuration_uniq", "UniQImageProcessor": "image_processing_uniq", "imagenet_id2label": "labels",
     "UniQForImageClassification": "modeling_uniq", "UniQModel": "modeling_uniq", "CheckpointError": "packing",
     "export_onnx": "onnx_export", "OnnxImageClassifier": "onnx_runtime",

@@ -76,8 +76,10 @@ def training_record(run_dir: str | os.PathLike) -> dict[str, Any]:
         args += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
     times = run_dir / "wall_times.txt"
     wall = sum(int(line) for line in times.read_text().split()) if times.is_file() else None
+    machine = run_dir / "machine.txt"  # written by scripts/train_fashion_mnist_zoo.sh
     return {
         "command": shlex.join(args), "wall_time_s": wall, "seed": used["seed"],
+        "machine": machine.read_text().strip() if machine.is_file() else None,
         "teacher": used.get("teacher"),
         "kd_temperature": used.get("kd_temperature") if used.get("teacher") else None,
         "kd_weight": used.get("kd_weight") if used.get("teacher") else None,
