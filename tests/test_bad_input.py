@@ -15,6 +15,7 @@ from transformers import AutoModelForImageClassification, pipeline
 
 from uniq_hub import CheckpointError, UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
 from uniq_hub.modeling_uniq import CHECKSUM_KEY, state_dict_checksum
+from uniq_hub.packing import allow_missing_metadata
 
 
 def _save(folder, **kwargs) -> str:
@@ -107,9 +108,12 @@ def test_w2_codes_under_a_w4_config(folder):
     _edit_config(folder, w_bits=4, a_bits=4)
     message = _load_error(folder, "metadata 'uniq_hub.w_bits' is 2 but config.json gives 4")
     assert "config.json and the weights disagree" in message
-    # a file from before the metadata existed: the byte counts still catch it
+    # a file without the metadata (older, or re-saved with plain safetensors) is refused as such ...
     _resave(folder, load_file(weights(folder)), {"format": "pt"})
-    message = _load_error(folder, "config.json and the weights disagree")
+    _load_error(folder, "no uniq_hub.* metadata")
+    # ... and `uniq-hub migrate`, which loads it by its byte counts, still catches the edited config
+    with allow_missing_metadata():
+        message = _load_error(folder, "config.json and the weights disagree")
     assert "~2 bits" in message and "gives this layer 4 bits" in message
 
 
@@ -201,10 +205,11 @@ def test_weights_of_another_shape(folder):
 
 
 def test_nan_weights(folder):
+    metadata = _metadata(folder)
     state = load_file(weights(folder))
     state["model.fc.bias"][0] = float("nan")
     state[CHECKSUM_KEY] = state_dict_checksum(state)
-    save_file(state, weights(folder), metadata={"format": "pt"})
+    save_file(state, weights(folder), metadata=metadata)
     _load_error(folder, "'model.fc.bias' holds NaN or infinite values")
 
 

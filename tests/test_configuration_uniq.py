@@ -63,7 +63,8 @@ def test_json_round_trip(tmp_path):
         (dict(w_bits=2.0), "w_bits"),
         (dict(arch="resnet50"), "unknown architecture 'resnet50'"),
         (dict(num_labels=3, id2label={0: "a", 1: "b"}), "id2label has 2 labels but num_labels=3"),
-        (dict(num_labels=0), "num_labels must be a positive int"),
+        (dict(num_labels=0), "num_labels must be an int in 1..100000"),
+        (dict(num_labels=5_000_000), "num_labels must be an int in 1..100000, got 5000000"),  # before allocating
         (dict(id2label={0: "a", 2: "b"}), "id2label keys must be 0..1"),
         (dict(num_channels=2), "num_channels must be 1 (grayscale) or 3 (RGB), got 2"),
         (dict(num_channels=1), "image_mean must hold 1 numbers"),  # ImageNet default of 3 given explicitly below
@@ -76,7 +77,8 @@ def test_json_round_trip(tmp_path):
         (dict(overrides={"layer1.*": [1, 2]}, method="lsq"), "method 'lsq' has no 1-bit weight quantizer"),
         (dict(overrides={"fc": [4]}), "overrides['fc'] must be [w_bits, a_bits]"),
         (dict(overrides={"fc": [4, 12]}), "overrides['fc']"),
-        (dict(image_size=0), "image_size must be a positive int"),
+        (dict(image_size=0), "image_size must be an int in 1..2048"),
+        (dict(image_size=20000), "image_size must be an int in 1..2048, got 20000"),
         (dict(crop_pct=1.5), "crop_pct must be in (0, 1]"),
         (dict(image_std=[0.2, 0.0, 0.2]), "image_std must be positive"),
         (dict(grad_scale="yes"), "grad_scale must be a bool"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,14 +28,52 @@ def distillation_loss(
     return (1.0 - weight) * hard + weight * soft
 
 
-def load_teacher(source: str, num_labels: int) -> nn.Module:
-    """The teacher: a model folder, a run directory (its ``best/``) or a Hub id, frozen in eval mode."""
+def load_teacher(source: str, labels: dict[int, str] | int, mapping: str = "same") -> nn.Module:
+    """The teacher: a model folder, a run directory (its ``best/``) or a Hub id, frozen in eval mode.
+
+    ``labels``: the student's ``id2label``. ``mapping="same"``: the teacher's ``id2label`` must be
+    equal (names and order), else ``ValueError`` listing the differences; ``"by-name"``: its logits
+    are reordered to the student's classes by name (each must be one of the teacher's)."""
     teacher = load_trained(source)
-    if teacher.config.num_labels != num_labels:
-        raise ValueError(f"--teacher {source}: it has {teacher.config.num_labels} labels, the dataset {num_labels}; "
-                         "distillation needs the same classes")
+    theirs = [str(teacher.config.id2label[i]) for i in range(teacher.config.num_labels)]
+    if isinstance(labels, int):  # a count only (older callers): names cannot be checked
+        if labels != len(theirs):
+            raise ValueError(f"--teacher {source}: it has {len(theirs)} labels, the dataset {labels}; "
+                             "distillation needs the same classes")
+        ours = theirs
+    else:
+        ours = [str(labels[i]) for i in range(len(labels))]
+    if mapping not in ("same", "by-name"):
+        raise ValueError(f"--teacher-labels must be 'same' or 'by-name', got {mapping!r}")
+    if mapping == "same" and theirs != ours:
+        if sorted(theirs) == sorted(ours):
+            what = "the same classes in another order"
+        else:
+            what = f"other classes (the teacher's not in the data: {sorted(set(theirs) - set(ours))[:5]}; the data's " \
+                   f"not in the teacher: {sorted(set(ours) - set(theirs))[:5]})"
+        raise ValueError(f"--teacher {source}: its id2label differs from the dataset's: {what}; distilling would "
+                         f"teach wrong targets. Teacher {theirs[:10]}, dataset {ours[:10]}. Pass --teacher-labels "
+                         "by-name to map its classes by name")
     teacher.eval().requires_grad_(False)
-    return teacher
+    if theirs == ours:
+        return teacher
+    missing = [name for name in ours if name not in theirs]
+    if missing:
+        raise ValueError(f"--teacher {source}: --teacher-labels by-name: classes {missing[:5]} of the dataset are not "
+                         f"among the teacher's {theirs[:10]}")
+    return _Relabeled(teacher, [theirs.index(name) for name in ours])
+
+
+class _Relabeled(nn.Module):
+    """A teacher whose logits are reordered (and subset) to the student's classes."""
+
+    def __init__(self, teacher: nn.Module, index: list[int]) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.register_buffer("index", torch.tensor(index, dtype=torch.long), persistent=False)
+
+    def forward(self, inputs: Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.teacher(inputs).logits.index_select(-1, self.index))
 
 
 @torch.no_grad()

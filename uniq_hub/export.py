@@ -20,8 +20,16 @@ from .modeling_uniq import UniQForImageClassification
 from .onnx_runtime import ONNX_FILE
 from .zoo import get_entry
 
-__all__ = ["BEST_DIR", "RESULTS_FILE", "card_entry", "export_model", "load_trained", "save_latent"]
+__all__ = ["BEST_DIR", "RESULTS_FILE", "ExportIncomplete", "card_entry", "export_model", "load_trained", "save_latent"]
 
+
+class ExportIncomplete(ValueError):
+    """The release folder was written (weights, config, code, card, results) but a secondary artifact,
+    the ONNX graph, failed its verification and was left out; the message says why (flip diagnostic)."""
+
+    def __init__(self, message: str, folder: Path, record: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.folder, self.record = folder, record
 
 
 def card_entry(model_config: Any, zoo_name: str | None, name: str, dataset: str):
@@ -43,16 +51,27 @@ def export_model(
     ``record``: the results record (zoo schema) stored as ``eval_results.json`` and shown in the
     card; ``entry``: the zoo entry for the card (None: no card); ``onnx``: also write the exact
     integer graph ``onnx/model.onnx`` (needs the ``onnx`` extra; skipped with a note without it).
+
+    The PyTorch release is written first and is complete on its own; the ONNX graph is added after
+    it. When the graph fails its verification the folder keeps the release without a graph, and
+    :class:`ExportIncomplete` says so with the flip diagnostic (a run never loses its work to it).
     """
     _quiet()
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, packed=True)
-        if onnx:
-            _export_onnx(model, tmp)
         write_json_atomic(tmp / RESULTS_FILE, record)
         if entry is not None:
             (tmp / "README.md").write_text(render_card(entry, record, repo_id=record.get("model_id"), folder=tmp))
-    return Path(folder)
+    folder = Path(folder)
+    if onnx:
+        try:
+            _export_onnx(model, folder)
+        except ValueError as err:  # OnnxExportError (the optional onnx module defines it)
+            raise ExportIncomplete(
+                f"{folder}: the PyTorch release is complete, but the ONNX export was left out: {err}. The model "
+                f"loads with from_pretrained and pipeline; retry the graph with `uniq-hub export-onnx {folder}` "
+                "(or --no-verify to write it unverified)", folder, record) from err
+    return folder
 
 
 def _export_onnx(model: Any, folder: Path) -> None:

@@ -52,7 +52,7 @@ META_FORMAT = "uniq_hub.format"  # metadata_props key: the graph format ("exact-
 META_SOURCE = "uniq_hub.source_sha256"  # hex sha256 checksum of the weights it was exported from
 META_EXACT_BACKENDS = "uniq_hub.exact_backends"  # JSON list of the backends verified exact at export
 META_GRAPH = "uniq_hub.graph_sha256"  # hex sha256 of the graph itself (graph_checksum: all but the metadata)
-MAX_IMAGE_SIZE = 4096  # pixels, a side of the model input (constants.MAX_IMAGE_SIZE)
+MAX_IMAGE_SIZE = 2048  # pixels, a side of the model input (constants.MAX_IMAGE_SIZE; this module is torch-free)
 EXACT_FORMAT = "exact-qdq-1"  # META_FORMAT of the graphs onnx_export writes
 CHECKSUM_KEY = "uniq_hub.sha256"  # the weights' checksum tensor (modeling_uniq.CHECKSUM_KEY)
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -463,15 +463,18 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _resolve(folder_or_repo: str | os.PathLike, revision: str | None, token: Any, timeout: float | None = None) -> Path:
     """A local folder as is, else the three files the classifier needs from the Hub (each request
-    within ``timeout`` seconds, :data:`uniq_hub.network.DEFAULT_TIMEOUT` by default)."""
+    within ``timeout`` seconds, :func:`uniq_hub.network.default_timeout` by default)."""
     if os.path.isdir(folder_or_repo):
         return Path(folder_or_repo)
+    name = os.fspath(folder_or_repo)
+    if os.path.isabs(name) or name.startswith(".") or name.count("/") > 1 or os.path.exists(name):
+        raise FileNotFoundError(f"{name}: no such model folder (and not a Hub repo id ORG/NAME)")
     from huggingface_hub import snapshot_download
 
-    from .network import DEFAULT_TIMEOUT, hub_timeout
+    from .network import default_timeout, hub_timeout
 
     files = ["config.json", "preprocessor_config.json", ONNX_FILE]
-    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+    timeout = default_timeout() if timeout is None else timeout
     with hub_timeout(timeout):
         return Path(snapshot_download(os.fspath(folder_or_repo), revision=revision, token=token, allow_patterns=files,
                                       etag_timeout=timeout))

@@ -25,13 +25,15 @@ logits are bit-identical. A file is recognised as packed by its ``.weight.packed
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import math
 import os
 import struct
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from safetensors import safe_open
@@ -343,13 +345,40 @@ def _head_prefix(model: nn.Module, prefix: str) -> str | None:
     return f"{prefix}{last}." if last else None
 
 
+_ALLOW_MISSING_METADATA: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_missing_metadata",
+                                                                                default=False)
+
+
+@contextlib.contextmanager
+def allow_missing_metadata() -> Iterator[None]:
+    """While active, packed files without the computation metadata load (checked by their byte counts
+    only): what ``uniq-hub migrate`` needs to re-save an older release with its metadata."""
+    token = _ALLOW_MISSING_METADATA.set(True)
+    try:
+        yield
+    finally:
+        _ALLOW_MISSING_METADATA.reset(token)
+
+
 def check_metadata(
-    path: str | os.PathLike | None, metadata: Mapping[str, str], config: Any, model: nn.Module, prefix: str = ""
+    path: str | os.PathLike | None,
+    metadata: Mapping[str, str],
+    config: Any,
+    model: nn.Module,
+    prefix: str = "",
+    packed: bool = True,
 ) -> None:
     """Compare a file's recorded computation (:func:`computation_metadata`) with what ``config``
     builds; the first difference raises :class:`CheckpointError` naming file, key, value and the
-    expected value. A file without the metadata passes (it predates it)."""
+    expected value. The metadata is mandatory for a packed release file (without it an edited
+    ``config.json`` could decode the codes as another model); a latent (training) file without it,
+    or any file inside :func:`allow_missing_metadata`, is checked by its byte counts only."""
     if not any(k.startswith(METADATA_PREFIX) for k in metadata):
+        if packed and not _ALLOW_MISSING_METADATA.get():
+            folder = os.path.dirname(os.fspath(path)) if path else "FOLDER"
+            raise CheckpointError(path, f"no {METADATA_PREFIX}* metadata (re-saved without it, or written by an older "
+                                        "uniq_hub): config.json cannot be checked against the weights, so the file is "
+                                        f"refused; re-save it with this version: `uniq-hub migrate {folder}`")
         logger.warning("%s: no %s* metadata (written by an older uniq_hub); the quantization recorded in config.json "
                        "cannot be checked against the weights beyond their byte counts", path, METADATA_PREFIX)
         return
@@ -413,7 +442,7 @@ def check_header(
             path, f"{'; '.join(problems)}; does the file belong to this config.json ({what})? "
             "(refused from the header; no tensor data was read)",
         )
-    check_metadata(path, metadata, config, model)
+    check_metadata(path, metadata, config, model, packed=is_packed(keys))
     return metadata
 
 
@@ -468,7 +497,8 @@ def check_values(
 
 
 __all__ = [
-    "CheckpointError", "METADATA_PREFIX", "PACKED_SUFFIX", "POLICY_FIELDS", "QUANTIZERS_KEY", "add_metadata",
+    "CheckpointError", "METADATA_PREFIX", "allow_missing_metadata", "PACKED_SUFFIX", "POLICY_FIELDS",
+    "QUANTIZERS_KEY", "add_metadata",
     "check_header", "check_inside", "check_processor_config", "record_computation", "weight_files", "check_metadata",
     "check_values",
     "computation_metadata", "describe_quantizer", "expected_layout", "information_bytes", "is_packed", "pack_bits",

@@ -285,6 +285,10 @@ def plan_upload(
     check_repo_id(repo_id)
     if not folder.is_dir():
         raise PublishError(f"{folder}: not a directory (expected an exported model folder)")
+    try:
+        weight_files(folder)  # an index or link leading out of the folder is refused
+    except CheckpointError as err:
+        raise PublishError(str(err)) from None
     for name, what in REQUIRED_FILES.items():
         if not (folder / name).is_file():
             raise PublishError(f"{folder / name}: missing ({what}); the folder is not a complete export")
@@ -302,10 +306,6 @@ def plan_upload(
         warnings = check_processor_config(preprocessor, config, folder / "preprocessor_config.json")
     except CheckpointError as err:
         raise PublishError(str(err)) from err
-    try:
-        weight_files(folder)  # an index or link leading out of the folder is refused
-    except CheckpointError as err:
-        raise PublishError(str(err)) from None
     _check_weights(folder / "model.safetensors")
     code_files = _code_files(folder, {"config.json": config, "preprocessor_config.json": preprocessor})
     entry = _zoo_entry(config, repo_id, zoo_name)
