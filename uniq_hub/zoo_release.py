@@ -47,7 +47,7 @@ NOT_RELEASED: dict[str, str] = {
     "(scripts/train_fashion_mnist_zoo.sh)" for tag in ("fp", "w4a4", "w3a3", "w2a2", "w1a1")
 }
 # bookkeeping, not results
-_NOT_OPTIONS = {"output_dir", "run_name", "progress", "log_with", "resume", "export", "overwrite"}
+_NOT_OPTIONS = {"output_dir", "run_name", "progress", "log_with", "resume", "allow_changes", "export", "overwrite"}
 
 
 def release_folders(root: str | os.PathLike = RELEASE_DIR) -> dict[str, Path]:
