@@ -193,13 +193,19 @@ class UniQConfig(PreTrainedConfig):
                 "interpolation": "bilinear",
                 "crop_pct": crop_pct,
                 "crop_mode": "center",
-                "mean": list(self.image_mean),
-                "std": list(self.image_std),
+                "mean": self._per_channel(self.image_mean),
+                "std": self._per_channel(self.image_std),
                 "num_classes": self.num_labels,
                 "hf_hub_filename": "model.safetensors",
                 "custom_load": "hf",
             },
         }
+
+    def _per_channel(self, value: Any) -> list[float]:
+        """A float (set after construction, as transformers allows) or a list, as one value per channel."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return [float(value)] * int(self.num_channels)
+        return [float(v) for v in value]
 
     def _fill_timm_keys(self) -> None:
         for name, value in self.timm_keys().items():
