@@ -100,27 +100,29 @@ def validation_selection(run_dir: str | os.PathLike, eval_split: str) -> dict[st
     return selection
 
 
-def _save_release(source: Path, out: Path) -> None:
+def _save_release(source: Path, out: Path, limit: int) -> None:
     """A trained model saved by this code in the release format (packed codes, the steps the forward
-    uses, this version's safetensors metadata and remote code) with its exact ONNX graph."""
+    uses, this version's safetensors metadata and remote code) with its exact ONNX graph, unless the
+    graph (about a byte per weight) would take the folder over ``limit`` bytes."""
     from .onnx_export import export_onnx
 
     model = UniQForImageClassification.from_pretrained(source)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
-        export_onnx(model, tmp / ONNX_FILE)
+        if _folder_bytes(tmp) + sum(p.numel() for p in model.parameters()) <= limit:
+            export_onnx(model, tmp / ONNX_FILE)
 
 
 def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str | os.PathLike = RELEASE_DIR,
                   num_workers: int = 2) -> dict[str, Any]:
     """Save the run's best model (``best/``, latent weights; saving packs them) into ``root/<name>``
-    with its exact ONNX graph, evaluate it on the entry's whole eval split (PyTorch and every ONNX
-    runtime), write ``eval_results.json`` and the card; returns the record."""
+    with its exact ONNX graph (where it fits the folder's size limit), evaluate it on the entry's whole
+    eval split (PyTorch and every ONNX runtime), write ``eval_results.json`` and the card; returns the record."""
     entry = get_entry(entry) if isinstance(entry, str) else entry
     out = Path(root) / entry.short_name
-    _save_release(Path(run_dir) / BEST_DIR, out)
     limit = LARGE_RELEASES.get(entry.name, MAX_FOLDER_BYTES)
-    if _folder_bytes(out) > limit:  # e.g. MobileNetV2: its int8 graph alone takes 2.2 MB
+    _save_release(Path(run_dir) / BEST_DIR, out, limit)
+    if _folder_bytes(out) > limit and (out / ONNX_FILE).is_file():
         shutil.rmtree((out / ONNX_FILE).parent)
     if _folder_bytes(out) > limit:
         shutil.rmtree(out)
