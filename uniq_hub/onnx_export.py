@@ -43,6 +43,7 @@ from .atomic import atomic_path
 from .modeling_uniq import UniQForImageClassification, state_dict_checksum
 from .modules import _MIN_STEP, QConv2d, QLinear, UniQQuantizer
 from .onnx_runtime import (
+    EXACT_BOUNDS,
     EXACT_FORMAT,
     INPUT_NAME,
     MAX_IMAGE_SIZE,
@@ -514,9 +515,7 @@ def export_onnx(
             onnx.save(onnx_model, tmp)
             x = np.random.default_rng(seed).standard_normal((num_check_images, *shape), dtype=np.float32)
             stats = compare_logits(torch_logits(model, x), load_backend(tmp, "reference")(x))
-            if not within_bounds(stats):
-                raise OnnxExportError(f"{path}: the exported graph does not match the PyTorch model: {stats}; "
-                                      f"{_describe_flips(model, tmp, x)}")
+            _check_matches(model, tmp, x, stats, f"{path}: the exported graph does not match the PyTorch model")
             exact = ["reference"] + [b for b, s in verify_backends(tmp, x).items() if within_bounds(s)]
         meta[META_EXACT_BACKENDS] = json.dumps(exact)
         helper.set_model_props(onnx_model, {**meta, META_GRAPH: graph_checksum(onnx_model)})
@@ -524,12 +523,26 @@ def export_onnx(
     return path
 
 
-def _describe_flips(model: nn.Module, path: Path, x: np.ndarray) -> str:
-    """:func:`flip_diagnostic` in one sentence (what the verification failure looks like inside)."""
+def _check_matches(model: nn.Module, path: Path, x: np.ndarray, stats: dict[str, float], what: str) -> None:
+    """The graph computes the PyTorch model: within :data:`EXACT_BOUNDS`, or else every differing
+    quantizer code is a one-level flip at a rounding boundary (the flip diagnostic) with the argmax
+    bound met. Measured (tests/test_guards_train.py's setting, 1-epoch 2-bit ResNet-20s): a single
+    boundary flip moves a barely trained model's small logits (max |logit| ~0.3) by up to 3% of
+    their maximum, so the median over the 4 check images can exceed 1e-3 with no error anywhere."""
+    if within_bounds(stats):
+        return
     try:
-        d = flip_diagnostic(model, path, x)
+        flips = flip_diagnostic(model, path, x)
     except Exception as err:  # noqa: BLE001 (a diagnostic must not hide the failure it explains)
-        return f"flip diagnostic unavailable ({type(err).__name__}: {err})"
+        raise OnnxExportError(f"{what}: {stats}; flip diagnostic unavailable ({type(err).__name__}: {err})") from err
+    argmax_ok = stats["argmax_agreement"] >= EXACT_BOUNDS["argmax_agreement"]
+    if argmax_ok and flips["first_layer"] is not None and flips["all_at_boundary"]:
+        return  # only float-order ties rounded the other way: exact in the sense DESIGN.md defines
+    raise OnnxExportError(f"{what}: {stats}; {_describe_flips(flips)}")
+
+
+def _describe_flips(d: dict[str, Any]) -> str:
+    """:func:`flip_diagnostic`'s result in one sentence (what a verification failure looks like inside)."""
     if d["first_layer"] is None:
         return "no quantizer code differs: the difference is in float arithmetic after the last quantizer"
     where = "all at rounding boundaries (float-order ties)" if d["all_at_boundary"] else "NOT all at boundaries"
@@ -569,8 +582,7 @@ def verify_onnx(
         stats = compare_logits(torch_logits(model, x), load_backend(path, "reference")(x))
     except Exception as err:
         raise OnnxExportError(f"{path}: cannot run it on the model's input shape {shape}: {err}") from err
-    if not within_bounds(stats):
-        raise OnnxExportError(f"{path}: its logits do not match the PyTorch model in {folder}: {stats}")
+    _check_matches(model, path, x, stats, f"{path}: its logits do not match the PyTorch model in {folder}")
     return stats
 
 
