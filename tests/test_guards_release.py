@@ -293,3 +293,14 @@ def test_publish_zoo_is_all_or_nothing(tmp_path, hub_server, hub_token):
     with pytest.raises(PublishError, match="'uniq/bad name' is not a valid Hub repo id"):
         publish_zoo(root, token=hub_token)
     assert time.monotonic() - start < 5 and hub_server.request_count == before
+
+
+def test_misspelled_config_keys_are_refused(m0):
+    with pytest.raises(ValueError, match=r"unknown key 'abits' \(did you mean 'a_bits'\?\); it would be ignored"):
+        UniQConfig(arch="resnet20", abits=4)
+    config = json.loads((m0 / "config.json").read_text())
+    (m0 / "config.json").write_text(json.dumps({**config, "wbits": 4}))
+    with pytest.raises(ValueError, match=r"unknown key 'wbits' \(did you mean 'w_bits'\?\)"):
+        UniQForImageClassification.from_pretrained(m0)
+    (m0 / "config.json").write_text(json.dumps({**config, "my_note": "kept"}))  # other extra keys stay allowed
+    assert UniQForImageClassification.from_pretrained(m0).config.my_note == "kept"

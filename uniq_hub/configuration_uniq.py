@@ -9,6 +9,7 @@ with older key names (``init``, ``in_chans``) loads under the current ones.
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any
 
@@ -78,6 +79,7 @@ class UniQConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs: Any) -> None:
         self._take_legacy_names(kwargs)
+        self._refuse_misspelled_fields(kwargs)
         num_labels = kwargs.get("num_labels")
         if num_labels is not None:
             if isinstance(num_labels, bool) or not isinstance(num_labels, int) or not 1 <= num_labels <= MAX_NUM_LABELS:
@@ -102,6 +104,20 @@ class UniQConfig(PreTrainedConfig):
         if self.label2id is None and self.id2label is not None:
             self.label2id = {label: i for i, label in self.id2label.items()}
         self._validate_and_fill()
+
+    def _refuse_misspelled_fields(self, kwargs: dict[str, Any]) -> None:
+        """An unknown key that is a near miss of a field (``abits`` for ``a_bits``) would be kept and
+        ignored, the model built with the default instead: refused, naming the field meant."""
+        fields = [name for name in vars(type(self)) if not name.startswith("_") and name in self.__annotations__]
+        for key in kwargs:
+            if key in fields or hasattr(PreTrainedConfig, key):
+                continue
+            squashed = key.replace("_", "").replace("-", "").lower()
+            meant = [f for f in fields if f.replace("_", "") == squashed] or difflib.get_close_matches(key, fields, 1,
+                                                                                                      0.85)
+            if meant:
+                raise ValueError(f"UniQConfig: unknown key {key!r} (did you mean {meant[0]!r}?); it would be ignored "
+                                 f"and the model built with {meant[0]}={getattr(self, meant[0])!r}")
 
     def _take_legacy_names(self, kwargs: dict[str, Any]) -> None:
         """Older key names (``init``, ``in_chans``) set the current field, through ``rename_legacy``; a
