@@ -6,6 +6,7 @@ folder through timm, transformers and the ONNX classifier on the 10k Fashion-MNI
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -280,45 +281,30 @@ def _zoo_folder_with_onnx() -> Path | None:
     return (preferred or folders or [None])[0]
 
 
+def _three_runtimes_module():
+    spec = importlib.util.spec_from_file_location("three_runtimes", REPO / "benchmarks" / "three_runtimes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_released_zoo_folder_same_top1_in_timm_transformers_and_onnx(hub_server, hub_token, tmp_path):
-    from uniq_hub.data import load_image_dataset
-    from uniq_hub.onnx_export import export_onnx
-    from uniq_hub.onnx_runtime import GraphError, OnnxImageClassifier, check_graph
-    from uniq_hub.zoo_release import resave_release
-
+    """benchmarks/three_runtimes.py's code on 1000 test images (the script runs all 10k: README, Use with timm)."""
     source = _zoo_folder_with_onnx()
     if source is None:
         pytest.skip("no released zoo folder with onnx/model.onnx")
-    folder = Path(shutil.copytree(source, tmp_path / source.name))
-    if "architecture" not in json.loads((folder / "config.json").read_text()):
-        resave_release(folder)  # a folder saved before config.json carried timm's keys: this version's config
-    try:
-        check_graph(folder)
-    except GraphError:  # a graph exported before this version's checks: export it again (the weights are the same)
-        export_onnx(UniQForImageClassification.from_pretrained(folder).eval(), folder / "onnx" / "model.onnx")
+    bench = _three_runtimes_module()
+    folder, _ = bench.prepare_folder(source, tmp_path / source.name)
     repo_id = f"uniq-timm/{source.name}"
-    _upload(hub_token, repo_id, folder)  # (uniq-hub publish-zoo's own round trip: tests/test_zoo_release.py)
-
-    ds = load_image_dataset("fashion_mnist", "test")
-    images, labels = list(ds["image"]), np.asarray(ds["label"])
-    model = timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()
-    transform = create_transform(**resolve_data_config(model=model))
-    reference = AutoModelForImageClassification.from_pretrained(repo_id).eval()
-    processor = UniQImageProcessor.from_pretrained(repo_id)
-    onnx = OnnxImageClassifier.from_pretrained(repo_id)
-    preds = {"timm": [], "transformers": []}
-    with torch.no_grad():
-        for i in range(0, len(images), 1000):
-            batch = images[i:i + 1000]
-            preds["timm"].append(model(torch.stack([transform(im) for im in batch])).argmax(1).numpy())
-            pixels = processor(batch, return_tensors="pt").pixel_values
-            preds["transformers"].append(reference(pixels).logits.argmax(1).numpy())
-    preds = {k: np.concatenate(v) for k, v in preds.items()}
-    preds["onnx"] = onnx.logits(images, batch_size=1000).argmax(1)
-    top1 = {k: round(100.0 * float((v == labels).mean()), 2) for k, v in preds.items()}
-    record = json.loads((folder / "eval_results.json").read_text())
-    print(f"\n{source.name}: top-1 {top1} on {len(labels)} images (card {record['top1']}, ONNX on {onnx.backend})")
-    assert len(labels) == 10_000
-    assert np.array_equal(preds["timm"], preds["transformers"])  # identical tensors in, identical logits out
-    assert top1["onnx"] == top1["transformers"] or abs(top1["onnx"] - top1["transformers"]) <= 0.02
+    _upload(hub_token, repo_id, folder)
+    record = bench.three_runtimes(repo_id, limit=1000)
+    print(f"\n{source.name}: {record}")
+    assert record["num_examples"] == 1000
+    # timm's tensors equal the processor's to float rounding (1e-6): identical predictions but for a rounding
+    # flip at a quantization boundary, which one ulp can cause (none measured on the 10k images of the w2a2 entry)
+    assert record["predictions_differing_from_transformers"]["timm"] <= 1
+    top1 = record["top1"]
+    assert abs(top1["timm"] - top1["transformers"]) <= 0.1
+    # the exact graph: rare one-level rounding flips (the zoo's ONNX top-1 is within 0.02 points, 2 images, on 10k)
+    assert record["predictions_differing_from_transformers"]["onnx"] <= 4
