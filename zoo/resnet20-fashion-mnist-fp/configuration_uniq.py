@@ -9,11 +9,13 @@ with older key names (``init``, ``in_chans``) loads under the current ones.
 
 from __future__ import annotations
 
+import difflib
+import math
 from typing import Any
 
 from transformers import PreTrainedConfig
 
-from .constants import FP_BITS, IMAGENET_MEAN, IMAGENET_STD, SMALL_IMAGE
+from .constants import FP_BITS, IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_SIZE, MAX_NUM_LABELS, SMALL_IMAGE
 
 # Imported for their side effect: they fill the architecture registry (kept explicit so that
 # the copy of this file saved next to a checkpoint, loaded as remote code, sees every arch).
@@ -23,6 +25,7 @@ from .quantize import LEGACY_NAMES, QUANT_FIELDS, QuantConfig, check_quant_field
 from .registry import list_models
 
 GRAY_MEAN, GRAY_STD = (0.5,), (0.5,)
+TIMM_PREFIX = "uniq_"  # timm model names: uniq_resnet20, ... (uniq_hub.timm_models registers them)
 
 
 class UniQConfig(PreTrainedConfig):
@@ -43,6 +46,8 @@ class UniQConfig(PreTrainedConfig):
     num_labels / id2label / label2id / problem_type: as in every transformers classifier. Passed to
         ``from_pretrained``, a ``num_labels`` or ``id2label`` that differs from the saved labels
         replaces them (with ``ignore_mismatched_sizes=True``, for a new classifier).
+    architecture, num_classes, label_names, pretrained_cfg, model_args: timm's keys (:meth:`timm_keys`),
+        derived from the fields above and written into every ``config.json``; given values are replaced.
     """
 
     model_type = "uniq"
@@ -64,13 +69,21 @@ class UniQConfig(PreTrainedConfig):
     crop_pct: float | None = None
     image_mean: list | None = None
     image_std: list | None = None
+    # timm's keys, which timm.create_model("hf-hub:...") reads from config.json (see timm_keys): derived
+    # from the fields above on construction and on every save; values read from a file are replaced.
+    architecture: str | None = None
+    num_classes: int | None = None
+    label_names: list | None = None
+    pretrained_cfg: dict | None = None
+    model_args: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         self._take_legacy_names(kwargs)
+        self._refuse_misspelled_fields(kwargs)
         num_labels = kwargs.get("num_labels")
         if num_labels is not None:
-            if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
-                raise ValueError(f"UniQConfig.num_labels must be a positive int, got {num_labels!r}")
+            if isinstance(num_labels, bool) or not isinstance(num_labels, int) or not 1 <= num_labels <= MAX_NUM_LABELS:
+                raise ValueError(f"UniQConfig.num_labels must be an int in 1..{MAX_NUM_LABELS}, got {num_labels!r}")
             if self.id2label is not None and len(self.id2label) != num_labels:
                 raise ValueError(
                     f"UniQConfig: id2label has {len(self.id2label)} labels but num_labels={num_labels}"
@@ -78,6 +91,8 @@ class UniQConfig(PreTrainedConfig):
         if self.id2label is not None:
             if not self.id2label:
                 raise ValueError("UniQConfig.id2label is empty; a classifier needs at least one label")
+            if len(self.id2label) > MAX_NUM_LABELS:
+                raise ValueError(f"UniQConfig.id2label has {len(self.id2label)} labels, more than {MAX_NUM_LABELS}")
             try:
                 ids = sorted(int(k) for k in self.id2label)
             except (TypeError, ValueError) as err:
@@ -89,6 +104,20 @@ class UniQConfig(PreTrainedConfig):
         if self.label2id is None and self.id2label is not None:
             self.label2id = {label: i for i, label in self.id2label.items()}
         self._validate_and_fill()
+
+    def _refuse_misspelled_fields(self, kwargs: dict[str, Any]) -> None:
+        """An unknown key that is a near miss of a field (``abits`` for ``a_bits``) would be kept and
+        ignored, the model built with the default instead: refused, naming the field meant."""
+        fields = [name for name in vars(type(self)) if not name.startswith("_") and name in self.__annotations__]
+        for key in kwargs:
+            if key in fields or hasattr(PreTrainedConfig, key):
+                continue
+            squashed = key.replace("_", "").replace("-", "").lower()
+            meant = [f for f in fields if f.replace("_", "") == squashed] or difflib.get_close_matches(key, fields, 1,
+                                                                                                      0.85)
+            if meant:
+                raise ValueError(f"UniQConfig: unknown key {key!r} (did you mean {meant[0]!r}?); it would be ignored "
+                                 f"and the model built with {meant[0]}={getattr(self, meant[0])!r}")
 
     def _take_legacy_names(self, kwargs: dict[str, Any]) -> None:
         """Older key names (``init``, ``in_chans``) set the current field, through ``rename_legacy``; a
@@ -110,8 +139,9 @@ class UniQConfig(PreTrainedConfig):
             raise ValueError(f"UniQConfig.num_channels must be 1 (grayscale) or 3 (RGB), got {self.num_channels!r}")
         if self.image_size is None:
             self.image_size = 224
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
-            raise ValueError(f"UniQConfig.image_size must be a positive int, got {self.image_size!r}")
+        if (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                or not 1 <= self.image_size <= MAX_IMAGE_SIZE):
+            raise ValueError(f"UniQConfig.image_size must be an int in 1..{MAX_IMAGE_SIZE}, got {self.image_size!r}")
         if self.crop_pct is None:
             self.crop_pct = 0.875 if self.image_size >= SMALL_IMAGE else 1.0
         if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float)) or not 0 < self.crop_pct <= 1:
@@ -121,6 +151,7 @@ class UniQConfig(PreTrainedConfig):
         self.image_std = self._checked_stats("image_std", self.image_std, IMAGENET_STD if rgb else GRAY_STD)
         if min(self.image_std) <= 0:
             raise ValueError(f"UniQConfig.image_std must be positive, got {self.image_std}")
+        self._fill_timm_keys()
 
     def _checked_stats(self, name: str, value: Any, default: tuple[float, ...]) -> list[float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -158,6 +189,57 @@ class UniQConfig(PreTrainedConfig):
             )
         return config_dict, kwargs
 
+    def timm_keys(self) -> dict[str, Any]:
+        """The keys timm's Hub loader reads from ``config.json`` (``timm.models._hub``), beside transformers':
+        the registered architecture (``uniq_<arch>``, see ``uniq_hub.timm_models``), the classes, the
+        preprocessing (``timm.data.resolve_data_config``) and the quantization as ``model_args``; the
+        weights are the packed ``model.safetensors``, read by the model's own ``load_pretrained``
+        (timm's ``custom_load``)."""
+        side = int(self.image_size)
+        crop_pct = float(self.crop_pct)
+        if math.floor(side / crop_pct) != self.resize_size:  # timm floors side / crop_pct where we round it
+            crop_pct = side / (self.resize_size + 1e-6)
+        return {
+            "architecture": f"{TIMM_PREFIX}{self.arch}",
+            "num_classes": self.num_labels,
+            "label_names": [str(self.id2label[i]) for i in range(self.num_labels)],
+            "model_args": {name: getattr(self, name) for name in QUANT_FIELDS},
+            "pretrained_cfg": {
+                "input_size": [int(self.num_channels), side, side],
+                "interpolation": "bilinear",
+                "crop_pct": crop_pct,
+                "crop_mode": "center",
+                "mean": self._per_channel(self.image_mean),
+                "std": self._per_channel(self.image_std),
+                "num_classes": self.num_labels,
+                "hf_hub_filename": "model.safetensors",
+                "custom_load": "hf",
+            },
+        }
+
+    def _per_channel(self, value: Any) -> list[float]:
+        """A float (set after construction, as transformers allows) or a list, as one value per channel."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return [float(value)] * int(self.num_channels)
+        return [float(v) for v in value]
+
+    def _fill_timm_keys(self) -> None:
+        for name, value in self.timm_keys().items():
+            setattr(self, name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the base class, with timm's keys brought up to date (labels may have changed since construction).
+
+        A config saved with remote code (``auto_map``) also names the image processor there: transformers'
+        ``AutoImageProcessor`` takes a local folder whose config.json has timm's ``pretrained_cfg`` for a
+        timm checkpoint and reads the processor from config.json (``UniQImageProcessor.from_dict`` reads it)."""
+        self._fill_timm_keys()
+        out = super().to_dict()
+        if out.get("auto_map") and "AutoImageProcessor" not in out["auto_map"]:
+            ref = "image_processing_uniq.UniQImageProcessor"  # per-backend form, as preprocessor_config.json's
+            out["auto_map"] = {**out["auto_map"], "AutoImageProcessor": {"torchvision": ref, "pil": ref}}
+        return out
+
     @property
     def full_precision(self) -> bool:
         return self.w_bits == FP_BITS and self.a_bits == FP_BITS
@@ -176,4 +258,4 @@ class UniQConfig(PreTrainedConfig):
 
 UniQConfig.register_for_auto_class()
 
-__all__ = ["FP_BITS", "UniQConfig"]
+__all__ = ["FP_BITS", "TIMM_PREFIX", "UniQConfig"]

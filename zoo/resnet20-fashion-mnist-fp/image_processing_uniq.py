@@ -46,7 +46,7 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_utils import ChannelDimension, PILImageResampling, infer_channel_dimension_format
 from transformers.processing_utils import ImagesKwargs
 
-from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .constants import IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_SIZE
 
 _LUMA = (299.0, 587.0, 114.0)  # ITU-R 601 in PIL's integer form, divided by 1000 after the sum
 # 8-bit PIL modes that are gray: read as "L" (alpha dropped); every other 8-bit mode is read as
@@ -179,6 +179,24 @@ def match_channels(x: Tensor, num_channels: int) -> Tensor:
     return (torch.tensordot(torch.tensor(_LUMA, dtype=x.dtype), x, dims=1) / 1000.0)[None]
 
 
+def processor_fields(config: Any) -> dict[str, Any]:
+    """The processor settings a model config (``UniQConfig`` or its ``config.json`` dict) describes."""
+    get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
+    side = int(get("image_size"))
+    channels = int(get("num_channels"))
+
+    def per_channel(value: Any) -> list[float]:  # a float or a list, as transformers allows
+        return [value] * channels if isinstance(value, (int, float)) and not isinstance(value, bool) else list(value)
+
+    return {
+        "size": {"shortest_edge": int(round(side / get("crop_pct")))},
+        "crop_size": {"height": side, "width": side},
+        "image_mean": per_channel(get("image_mean")),
+        "image_std": per_channel(get("image_std")),
+        "num_channels": channels,
+    }
+
+
 class UniQImageProcessor(TorchvisionBackend):
     """Resize, centre-crop and normalise images of any mode for a UniQ classifier."""
 
@@ -202,6 +220,9 @@ class UniQImageProcessor(TorchvisionBackend):
         if self.num_channels not in (1, 3):
             raise ValueError(f"UniQImageProcessor.num_channels must be 1 or 3, got {self.num_channels!r}")
         for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):  # one number for every channel
+                setattr(self, name, [float(value)] * self.num_channels)
             if len(getattr(self, name)) != self.num_channels:
                 raise ValueError(
                     f"UniQImageProcessor.{name} must hold {self.num_channels} values, got {getattr(self, name)!r}"
@@ -210,18 +231,28 @@ class UniQImageProcessor(TorchvisionBackend):
             raise ValueError(f"UniQImageProcessor.image_std must be positive and finite, got {self.image_std!r}")
         if not all(math.isfinite(v) for v in self.image_mean):
             raise ValueError(f"UniQImageProcessor.image_mean must be finite, got {self.image_mean!r}")
+        sides = {"size.shortest_edge": getattr(self.size, "shortest_edge", None),
+                 "crop_size.height": getattr(self.crop_size, "height", None),
+                 "crop_size.width": getattr(self.crop_size, "width", None)}
+        for name, side in sides.items():  # refused before an image of that size is ever allocated
+            if side is not None and not (isinstance(side, int) and 1 <= side <= MAX_IMAGE_SIZE):
+                raise ValueError(f"UniQImageProcessor.{name} must be in 1..{MAX_IMAGE_SIZE} pixels, got {side!r}")
 
     @classmethod
     def from_model_config(cls, config: Any) -> "UniQImageProcessor":
         """The processor a ``UniQConfig`` describes (sizes, channels, mean / std)."""
-        side = int(config.image_size)
-        return cls(
-            size={"shortest_edge": int(round(side / config.crop_pct))},
-            crop_size={"height": side, "width": side},
-            image_mean=list(config.image_mean),
-            image_std=list(config.image_std),
-            num_channels=int(config.num_channels),
-        )
+        return cls(**processor_fields(config))
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """As the base class; a model ``config.json`` (model_type "uniq") gives the processor it describes.
+
+        transformers' ``AutoImageProcessor`` (and so ``pipeline``) reads a local folder's ``config.json``
+        instead of its ``preprocessor_config.json`` when the config carries timm's ``pretrained_cfg``
+        (it takes the folder for a timm checkpoint); every UniQ config.json carries it (timm loading)."""
+        if image_processor_dict.get("model_type") == "uniq":
+            image_processor_dict = processor_fields(image_processor_dict)
+        return super().from_dict(image_processor_dict, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """As the base class, with ``auto_map`` in its per-backend form.
@@ -292,4 +323,7 @@ class UniQImageProcessor(TorchvisionBackend):
 
 UniQImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-__all__ = ["FETCH_TIMEOUT", "UniQImageProcessor", "fetch_url", "load_image_file", "match_channels", "to_image_tensor"]
+__all__ = [
+    "FETCH_TIMEOUT", "UniQImageProcessor", "fetch_url", "load_image_file", "match_channels", "processor_fields",
+    "to_image_tensor",
+]

@@ -108,13 +108,13 @@ def resnet34(**kwargs) -> PreActResNet:
     return PreActResNet((3, 4, 6, 3), (64, 128, 256, 512), **kwargs)
 
 
-@register_model(display_name="pre-activation ResNet-20", input_size=32)
+@register_model(display_name="pre-activation ResNet-20", input_size=32, stride=4)
 def resnet20(**kwargs) -> PreActResNet:
     """Pre-activation ResNet-20 for small images, as pytorchcv ``preresnet20_cifar10``."""
     return PreActResNet((3, 3, 3), (16, 32, 64), stem="cifar", stem_chs=16, **kwargs)
 
 
-@register_model(display_name="pre-activation ResNet-32", input_size=32)
+@register_model(display_name="pre-activation ResNet-32", input_size=32, stride=4)
 def resnet32(**kwargs) -> PreActResNet:
     """Pre-activation ResNet-32 for small images (the paper's CIFAR-100 model)."""
     return PreActResNet((5, 5, 5), (16, 32, 64), stem="cifar", stem_chs=16, **kwargs)

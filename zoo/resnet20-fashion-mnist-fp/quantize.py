@@ -169,6 +169,11 @@ def layer_bits(model: nn.Module, config: QuantConfig) -> dict[str, tuple[int, in
             if fnmatch.fnmatchcase(name, pattern):
                 bits = override
         plan[name] = bits
+    unmatched = [p for p in config.overrides if not any(fnmatch.fnmatchcase(name, p) for name in names)]
+    if unmatched:  # an override that changes nothing is a mistake, never a silent no-op
+        hint = " (layer names have no 'model.' prefix)" if any(p.startswith("model.") for p in unmatched) else ""
+        raise ValueError(f"overrides {unmatched} match no layer of {type(model).__name__}{hint}; its quantizable "
+                         f"layers are: {', '.join(names)}")
     return plan
 
 

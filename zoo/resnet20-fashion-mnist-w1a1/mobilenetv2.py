@@ -1,4 +1,8 @@
-"""MobileNetV2 width 1.0 (Sandler et al., 2018), laid out as pytorchcv's ``mobilenetv2_w1``.
+"""MobileNetV2 width 1.0 (Sandler et al., 2018), laid out as pytorchcv's ``mobilenetv2_w1``, and its
+small-image variants: ``mobilenetv2_cifar`` (stride 1 at the stem and at the first strided stage, as
+kuangliu/pytorch-cifar's: total stride 8, a 28 px input ends at 4x4 maps instead of 1x1) and
+``mobilenetv2_small`` (stride 1 at the stem only: total stride 16, 2x2 maps at 28 px; 22.6 M
+multiply-adds per 28 px image against 73.7 M, which made it the one trainable on 2 CPU cores).
 
 As in pytorchcv, the first bottleneck keeps a 1x1 (32 -> 32) expansion conv. Expansion convs
 after the first block and the head conv read a linear bottleneck (signed) output: they are
@@ -44,12 +48,17 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, num_classes: int = 1000, num_channels: int = 3, stem_chs: int = 32, head_chs: int = 1280):
+    """MobileNetV2; ``stem_stride`` and ``stage2_stride`` (the first strided stage) are 1 in the
+    small-image variants."""
+
+    def __init__(self, num_classes: int = 1000, num_channels: int = 3, stem_chs: int = 32, head_chs: int = 1280,
+                 stem_stride: int = 2, stage2_stride: int = 2):
         super().__init__()
         self.num_classes, self.num_channels = num_classes, num_channels
-        self.stem = ConvBN(num_channels, stem_chs, 3, 2)
+        self.stem = ConvBN(num_channels, stem_chs, 3, stem_stride)
+        stages = tuple((t, c, n, stage2_stride if i == 1 else s) for i, (t, c, n, s) in enumerate(_STAGES))
         blocks, in_chs = [], stem_chs
-        for t, c, n, s in _STAGES:
+        for t, c, n, s in stages:
             for j in range(n):
                 blocks.append(InvertedResidual(in_chs, c, s if j == 0 else 1, t))
                 in_chs = c
@@ -89,3 +98,17 @@ class MobileNetV2(nn.Module):
 def mobilenetv2(**kwargs) -> MobileNetV2:
     """MobileNetV2, width 1.0."""
     return MobileNetV2(**kwargs)
+
+
+@register_model(display_name="MobileNetV2 (width 1.0, CIFAR stem: stride 1 at the stem and stage 2)",
+                input_size=32, stride=8, weight_granularity="layer")
+def mobilenetv2_cifar(**kwargs) -> MobileNetV2:
+    """MobileNetV2, width 1.0, kuangliu/pytorch-cifar's small-image strides (total stride 8: 28 px -> 4x4 maps)."""
+    return MobileNetV2(stem_stride=1, stage2_stride=1, **kwargs)
+
+
+@register_model(display_name="MobileNetV2 (width 1.0, small-image stem: stride 1 at the stem)",
+                input_size=32, stride=16, weight_granularity="layer")
+def mobilenetv2_small(**kwargs) -> MobileNetV2:
+    """MobileNetV2, width 1.0, stride 1 at the stem only (total stride 16: 28 px -> 2x2 maps)."""
+    return MobileNetV2(stem_stride=1, **kwargs)

@@ -23,13 +23,15 @@ class ArchInfo:
     """Facts about a registered architecture.
 
     ``input_size``: side of the square input it was designed for (224: ImageNet stem, 32: CIFAR
-    stem). ``weight_granularity``: the step-size granularity of its weights the paper used, which
-    the model also declares to ``quantize_`` (``weight_per_channel``).
+    stem). ``stride``: how much the features are downsampled (input side / feature map side).
+    ``weight_granularity``: the step-size granularity of its weights the paper used, which the model
+    also declares to ``quantize_`` (``weight_per_channel``).
     """
 
     name: str
     display_name: str
     input_size: int = 224
+    stride: int = 32
     weight_granularity: Literal["channel", "layer"] = "channel"
 
     @property

@@ -6,8 +6,15 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -16,7 +23,11 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     step (``os.replace``; ``fsync`` first flushes it to disk), on an error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # A fresh name, created exclusively (O_EXCL): a planted file or symlink is never written through.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())  # the mode a plain open() gives (mkstemp's is 0600)
+    os.close(fd)
+    tmp = Path(name)
     try:
         yield tmp
         if fsync:
@@ -47,15 +58,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """An empty temporary folder beside ``path`` to fill. On a normal exit it takes ``path``'s place
     (the old folder is renamed aside, then removed), on an error it is removed."""
     final = Path(path)
-    tmp, old = final.with_name(f".tmp-{final.name}"), final.with_name(f".old-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Fresh temporary folders (mkdtemp: created exclusively), never names that may already exist.
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    os.chmod(tmp, 0o777 & ~_umask())  # the mode a plain mkdir gives (mkdtemp's is 0700)
+    old = None
     try:
         yield tmp
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
+        if final.exists() or final.is_symlink():  # (a link is moved aside itself, never followed)
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".old-{final.name}-"))
+            os.replace(final, old / final.name)
         os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

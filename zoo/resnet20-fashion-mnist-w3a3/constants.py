@@ -6,6 +6,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Side (pixels) from which an input is ImageNet-sized: random-resized-crop training and
 # resize + centre-crop evaluation; below it a small image (CIFAR-style transforms, no crop).
 SMALL_IMAGE = 128
+# Bounds checked before anything is allocated (a typo of 5e6 labels or a 30000-pixel crop would
+# otherwise take gigabytes before failing): a side of the model input, the number of classes.
+MAX_IMAGE_SIZE = 2048
+MAX_NUM_LABELS = 100_000
 # A run directory's files (uniq-hub train): the resolved config, the summary, the best model's latent
 # weights (--init-from of a next stage) and its release-format export with the results record.
 TRAIN_CONFIG_FILE = "train_config.json"

@@ -20,6 +20,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import logging
 import os
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
@@ -49,11 +51,13 @@ from .packing import (
     pack_state_dict,
     record_computation,
     unpack_state_dict,
+    weight_files,
 )
 from .preresnet import resnet18  # noqa: F401
 from .quantize import quantize_
 from .registry import create_model
 
+logger = logging.getLogger(__name__)
 CHECKSUM_KEY = "uniq_hub.sha256"  # uint8[32]: sha256 over every other tensor (see state_dict_checksum)
 _PREFIX = "model."
 # Written into every saved config.json, so that the remote code serves both auto classes.
@@ -91,6 +95,24 @@ def read_safetensors(files: Iterable[str | os.PathLike]) -> tuple[dict[str, Tens
         except Exception as err:  # safetensors raises its own error type for every format problem
             raise CheckpointError(path, f"not a valid safetensors file (truncated or corrupted?): {err}") from err
     return state, origin
+
+
+def _drop_stale_graph(folder: str | os.PathLike) -> None:
+    """After new weights were saved into ``folder``: an ``onnx/model.onnx`` there that was not
+    exported from them is removed (it would run other weights), and the log says so; one exported
+    from these very weights is kept. Without uniq_hub's ONNX tools (remote code) it is removed."""
+    path = os.path.join(folder, "onnx", "model.onnx")
+    if not os.path.lexists(path):
+        return
+    try:  # by name, as the export above (optional dependencies)
+        importlib.import_module("uniq_hub.onnx_runtime").check_graph(folder)
+        logger.info("%s: kept; it was exported from the weights just saved", path)
+        return
+    except Exception as err:  # noqa: BLE001 (any failure: stale, corrupted, or the tools missing)
+        reason = str(err).splitlines()[0]
+    os.remove(path)
+    logger.warning("%s: removed: it was not exported from the weights just saved (%s); re-export it with "
+                   "`uniq-hub export-onnx %s` or save_pretrained(..., onnx=True)", path, reason, folder)
 
 
 def build_architecture(config: UniQConfig) -> nn.Module:
@@ -240,10 +262,11 @@ class UniQPreTrainedModel(PreTrainedModel):
         if is_main_process:  # bits, method, granularity, policy into the safetensors metadata (packing.py)
             record_computation(save_directory, self.config, self.model)
         if is_main_process and onnx:  # by name: remote code copies relative imports, and this one needs onnx
-            import importlib
-
             exporter = importlib.import_module("uniq_hub.onnx_export")
             exporter.export_onnx(self, os.path.join(save_directory, "onnx", "model.onnx"))
+            logger.info("%s: wrote onnx/model.onnx, exported from these weights", save_directory)
+        elif is_main_process:
+            _drop_stale_graph(save_directory)
         return out
 
     def push_to_hub(self, *args: Any, packed: bool = True, onnx: bool = False, **kwargs: Any) -> Any:
@@ -271,6 +294,9 @@ class UniQPreTrainedModel(PreTrainedModel):
         if kwargs.get("gguf_file"):
             raise ValueError("UniQ checkpoints are safetensors only; gguf files are not supported")
         kwargs["use_safetensors"] = True
+        name = pretrained_model_name_or_path
+        if isinstance(name, (str, os.PathLike)) and os.path.isdir(os.path.join(name, kwargs.get("subfolder") or "")):
+            weight_files(os.path.join(name, kwargs.get("subfolder") or ""))  # nothing read from outside the folder
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @staticmethod

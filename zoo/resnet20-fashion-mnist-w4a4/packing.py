@@ -25,13 +25,15 @@ logits are bit-identical. A file is recognised as packed by its ``.weight.packed
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import math
 import os
 import struct
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from safetensors import safe_open
@@ -287,14 +289,48 @@ def _sort_header_metadata(path: Path) -> None:
         f.write(text.ljust(length, b" "))
 
 
+def _allowed_roots(folder: Path) -> list[Path]:
+    """Where a file of ``folder`` may resolve to: the folder, and for a snapshot of the Hub cache
+    (``.../snapshots/<revision>``, whose files are links to ``../../blobs/``) its blobs."""
+    root = folder.resolve()
+    roots = [root]
+    if folder.parent.name == "snapshots":
+        roots.append(folder.parent.parent.resolve() / "blobs")
+    return roots
+
+
+def check_inside(folder: str | os.PathLike, path: str | os.PathLike, what: str = "file") -> Path:
+    """``path`` when it (links followed) lies inside ``folder`` (or the Hub cache's blobs of a
+    snapshot folder), else :class:`CheckpointError`: no read or write leaves a model folder."""
+    folder, path = Path(folder), Path(path)
+    target = path.resolve()
+    if not any(target.is_relative_to(root) for root in _allowed_roots(folder)):
+        raise CheckpointError(path, f"the {what} resolves to {target}, outside the model folder {folder}; refused "
+                                    "(copy the file into the folder, or remove the link)")
+    return path
+
+
 def weight_files(folder: str | os.PathLike) -> list[Path]:
     """The safetensors weight files of a saved folder (transformers' names: one file, or the shards
-    its index lists)."""
+    its index lists). Each must lie inside the folder: an index naming a path (``../x.safetensors``,
+    an absolute path) or a link leading out of it is a :class:`CheckpointError`."""
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    return [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
+        check_inside(folder, index, "weights index")
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(index, f"not a readable weights index ({type(err).__name__}: {err})") from None
+        bad = [n for n in names if not isinstance(n, str) or os.path.basename(n) != n or n in ("", ".", "..")
+               or "\\" in n]
+        if bad:
+            raise CheckpointError(index, f"names the weight file {bad[0]!r}, which is not a file name inside the "
+                                         "folder; an index may only name files beside it (refused)")
+        files = [folder / name for name in names]
+    else:
+        files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
+    return [check_inside(folder, f, "weight file") for f in files]
 
 
 def record_computation(folder: str | os.PathLike, config: Any, model: nn.Module) -> None:
@@ -309,13 +345,40 @@ def _head_prefix(model: nn.Module, prefix: str) -> str | None:
     return f"{prefix}{last}." if last else None
 
 
+_ALLOW_MISSING_METADATA: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_missing_metadata",
+                                                                                default=False)
+
+
+@contextlib.contextmanager
+def allow_missing_metadata() -> Iterator[None]:
+    """While active, packed files without the computation metadata load (checked by their byte counts
+    only): what ``uniq-hub migrate`` needs to re-save an older release with its metadata."""
+    token = _ALLOW_MISSING_METADATA.set(True)
+    try:
+        yield
+    finally:
+        _ALLOW_MISSING_METADATA.reset(token)
+
+
 def check_metadata(
-    path: str | os.PathLike | None, metadata: Mapping[str, str], config: Any, model: nn.Module, prefix: str = ""
+    path: str | os.PathLike | None,
+    metadata: Mapping[str, str],
+    config: Any,
+    model: nn.Module,
+    prefix: str = "",
+    packed: bool = True,
 ) -> None:
     """Compare a file's recorded computation (:func:`computation_metadata`) with what ``config``
     builds; the first difference raises :class:`CheckpointError` naming file, key, value and the
-    expected value. A file without the metadata passes (it predates it)."""
+    expected value. The metadata is mandatory for a packed release file (without it an edited
+    ``config.json`` could decode the codes as another model); a latent (training) file without it,
+    or any file inside :func:`allow_missing_metadata`, is checked by its byte counts only."""
     if not any(k.startswith(METADATA_PREFIX) for k in metadata):
+        if packed and not _ALLOW_MISSING_METADATA.get():
+            folder = os.path.dirname(os.fspath(path)) if path else "FOLDER"
+            raise CheckpointError(path, f"no {METADATA_PREFIX}* metadata (re-saved without it, or written by an older "
+                                        "uniq_hub): config.json cannot be checked against the weights, so the file is "
+                                        f"refused; re-save it with this version: `uniq-hub migrate {folder}`")
         logger.warning("%s: no %s* metadata (written by an older uniq_hub); the quantization recorded in config.json "
                        "cannot be checked against the weights beyond their byte counts", path, METADATA_PREFIX)
         return
@@ -379,7 +442,7 @@ def check_header(
             path, f"{'; '.join(problems)}; does the file belong to this config.json ({what})? "
             "(refused from the header; no tensor data was read)",
         )
-    check_metadata(path, metadata, config, model)
+    check_metadata(path, metadata, config, model, packed=is_packed(keys))
     return metadata
 
 
@@ -434,8 +497,10 @@ def check_values(
 
 
 __all__ = [
-    "CheckpointError", "METADATA_PREFIX", "PACKED_SUFFIX", "POLICY_FIELDS", "QUANTIZERS_KEY", "add_metadata",
-    "check_header", "check_processor_config", "record_computation", "weight_files", "check_metadata", "check_values",
+    "CheckpointError", "METADATA_PREFIX", "allow_missing_metadata", "PACKED_SUFFIX", "POLICY_FIELDS",
+    "QUANTIZERS_KEY", "add_metadata",
+    "check_header", "check_inside", "check_processor_config", "record_computation", "weight_files", "check_metadata",
+    "check_values",
     "computation_metadata", "describe_quantizer", "expected_layout", "information_bytes", "is_packed", "pack_bits",
     "pack_state_dict", "packed_nbytes", "quantized_layers", "unpack_bits", "unpack_state_dict",
 ]
