@@ -575,6 +575,7 @@ def check_threads(threads: Any) -> int:
     """``threads`` when it is an integer in 1..the CPUs this process may use, else ``ValueError``
     (a runtime asked for thousands of threads stalls instead of failing)."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    available = max(available, 2)  # the default (2) stays valid on a 1-CPU machine
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= available:
         raise ValueError(f"threads must be an integer in 1..{available} (the CPUs available), got {threads!r}")
     return int(threads)

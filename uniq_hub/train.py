@@ -584,7 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="uniq_hub.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from .network import default_timeout, hub_timeout
+
+    with hub_timeout(default_timeout()):  # `accelerate launch -m uniq_hub.train` bypasses the CLI's timeout
+        return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
