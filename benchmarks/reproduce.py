@@ -147,6 +147,9 @@ def train_options(protocol: Protocol, row: Row, seed: int, runs_root: Path) -> d
         max_eval_samples=protocol.eval_samples, epochs=protocol.epochs, batch_size=protocol.batch_size,
         eval_every=protocol.epochs, seed=seed, num_workers=0, log_with="none", progress=False, export=False,
         save_every=0, keep_checkpoints=1, dynamics_every=0, run_name=f"{row.name}-seed{seed}",
+        # the protocol's own: no hold-out (the eval subset is evaluated once, after the last epoch, so nothing
+        # is selected on it) and whole epochs (not the zoo recipe's max_steps)
+        val_split=0, max_steps=protocol.epochs * (protocol.train_samples // protocol.batch_size),
         output_dir=str(run_dir(protocol, row.name, seed, runs_root)),
     )
     own: dict[str, Any] = dict(w_bits=row.bits, a_bits=row.bits, **row.overrides)

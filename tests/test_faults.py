@@ -43,7 +43,7 @@ from uniq_hub.train_config import resolve_config
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny", train=32, test=16)
+    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny", train=36, test=16)  # 32 after the hold-out
 
 
 def _checkpointer(run_dir: Path, keep: int = 2):
@@ -217,24 +217,27 @@ def _imagefolder(root: Path, counts: dict[str, int]) -> Path:
 
 
 def test_degenerate_datasets_are_refused_naming_the_dataset_or_file(tmp_path):
-    def config(source: Path, batch: int = 4):
+    def config(source: Path, batch: int = 4, **extra):
         return resolve_config({"dataset": str(source), "bits": 32, "batch_size": batch, "epochs": 1,
                                "num_workers": 0, "output_dir": str(tmp_path / "run" / source.name),
-                               "log_with": "none", "progress": False, "cpu": True})
+                               "log_with": "none", "progress": False, "cpu": True, **extra})
 
     one = _imagefolder(tmp_path / "one", {"cat": 6})
     with pytest.raises(ValueError, match=f"dataset '{one}' split 'train' has a single class \\['cat'\\]"):
         load_data(config(one))
     few = _imagefolder(tmp_path / "few", {"cat": 2, "dog": 1})
+    with pytest.raises(ValueError, match=f"dataset '{few}' split 'train' has 3 examples: too few to hold out a "
+                                         "validation split .pass --val-split N, or 0"):
+        load_data(config(few))
     with pytest.raises(ValueError, match=f"dataset '{few}' split 'train' has 3 examples, fewer than one batch of 4"):
-        train(config(few))
+        train(config(few, val_split=0))
     empty = _imagefolder(tmp_path / "empty", {"train/cat": 0, "train/dog": 0, "test/cat": 1, "test/dog": 1})
     with pytest.raises(ValueError, match=f"dataset '{empty}' split 'train' has no examples .no files under"):
         load_data(config(empty))
     corrupt = _imagefolder(tmp_path / "corrupt", {"cat": 4, "dog": 4})
     (corrupt / "dog" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ValueError, match=f"{corrupt / 'dog' / '3.png'} .dataset '{corrupt}'.: not a readable image"):
-        train(config(corrupt))
+        train(config(corrupt, val_split=0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +296,7 @@ def test_sigkill_at_random_points_resumes_to_the_uninterrupted_weights(tiny, tmp
     assert _run([*common, "--output-dir", str(reference)]) == 0
     uninterrupted = time.monotonic() - start
     expected = _weights(reference)
-    assert read_trainer_state(latest_checkpoint(reference)).global_step == 8  # 32 images, batch 8, 2 epochs
+    assert read_trainer_state(latest_checkpoint(reference)).global_step == 8  # 32 training images, batch 8, 2 epochs
 
     run = tmp_path / "killed"
     rng = random.Random(0)

@@ -42,10 +42,7 @@ MAX_FOLDER_BYTES = 2 * 1024 * 1024  # a release folder kept in git; larger ONNX 
 # Entries allowed a larger folder, committed once: float weights that cannot be packed.
 LARGE_RELEASES = {"uniq/mobilenetv2-fashion-mnist-fp": 10 * 1024 * 1024}
 # Zoo entries trained here but not released, with the reason.
-NOT_RELEASED: dict[str, str] = {
-    f"uniq/mobilenetv2-fashion-mnist-{tag}": "the small-image MobileNetV2 is being trained "
-    "(scripts/train_fashion_mnist_zoo.sh)" for tag in ("fp", "w4a4", "w3a3", "w2a2", "w1a1")
-}
+NOT_RELEASED: dict[str, str] = {}
 # bookkeeping, not results
 _NOT_OPTIONS = {"output_dir", "run_name", "progress", "log_with", "resume", "allow_changes", "export", "overwrite"}
 
