@@ -54,7 +54,7 @@ __all__ = [
     "check_batch_fits", "check_training_split", "class_names", "decode_image", "detect_columns", "eval_transform",
     "fashion_mnist_from_idx", "hub_reachable", "label_mapping", "load_image_dataset", "make_dataloader",
     "make_transform", "normalization_stats", "per_channel", "processor_for", "read_idx", "resolve_split",
-    "stratified_split", "train_transform", "validation_size",
+    "check_val_split", "stratified_split", "train_transform", "validation_size",
 ]
 
 
@@ -169,13 +169,18 @@ def balanced_indices(labels: np.ndarray, limit: int) -> np.ndarray:
     return np.sort(order[:limit])
 
 
+def check_val_split(value: float) -> None:
+    """``val_split`` is a count >= 1, a fraction in (0, 1) or 0 (no hold-out)."""
+    if value < 0 or (value >= 1 and not float(value).is_integer()):
+        raise ValueError(f"val_split must be a count >= 1, a fraction in (0, 1) or 0 (none), got {value!r}")
+
+
 def validation_size(value: float | None, num_examples: int) -> int:
     """Examples to hold out for model selection: ``value`` >= 1 is a count, 0 < ``value`` < 1 a fraction,
     0 none; ``None`` (the default): 5000 or a tenth of the split, whichever is smaller."""
     if value is None:
         return min(5000, num_examples // 10)
-    if value < 0 or (value >= 1 and not float(value).is_integer()):
-        raise ValueError(f"val_split must be a count >= 1, a fraction in (0, 1) or 0 (none), got {value!r}")
+    check_val_split(value)
     size = int(value) if value >= 1 else round(value * num_examples)
     if size >= num_examples:
         raise ValueError(f"val_split {value!r} holds out {size} of the {num_examples} training examples; "

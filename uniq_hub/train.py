@@ -305,8 +305,8 @@ def _check_overrides(cfg: TrainConfig) -> None:
 
 def _data_record(bundle: DataBundle) -> dict[str, Any]:
     """What a resumed run must find again: the split sizes and the classes."""
-    val = getattr(bundle, "val", None)
-    return {"num_train": bundle.num_train, "num_eval": len(bundle.eval), "num_val": 0 if val is None else len(val),
+    return {"num_train": bundle.num_train, "num_eval": len(bundle.eval),
+            "num_val": 0 if bundle.val is None else len(bundle.val),
             "labels": [bundle.id2label[i] for i in range(bundle.num_labels)]}
 
 
@@ -339,9 +339,10 @@ class Trainer:
                                             source=cfg.dataset)
         eval_loader = data.make_dataloader(bundle.eval, bundle.eval_transform, cfg.eval_batch_size, shuffle=False,
                                            num_workers=cfg.num_workers, source=cfg.dataset)
-        val_loader = eval_loader if bundle.val is None else data.make_dataloader(
-            bundle.val, bundle.eval_transform, cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
-            source=cfg.dataset)
+        loaders = [train_loader, eval_loader]
+        if bundle.val is not None:
+            loaders.append(data.make_dataloader(bundle.val, bundle.eval_transform, cfg.eval_batch_size, shuffle=False,
+                                                num_workers=cfg.num_workers, source=cfg.dataset))
         self.selection = bundle.selection
         self.shuffle_generator = train_loader.generator  # reseeded per epoch: order = f(seed, epoch)
         self.train_collate = train_loader.collate_fn  # its augmentation seeds too (see _train_epoch)
@@ -360,8 +361,9 @@ class Trainer:
                 logger.info("calibrated the step sizes on %d batches", used)
         optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
         self.dynamics = DynamicsRecorder(model.model) if cfg.quantized and cfg.dynamics_every else None
-        self.model, self.optimizer, self.train_loader, self.eval_loader, self.val_loader = acc.prepare(
-            model, optimizer, train_loader, eval_loader, val_loader)
+        self.model, self.optimizer, *prepared = acc.prepare(model, optimizer, *loaders)
+        self.train_loader, self.eval_loader = prepared[:2]
+        self.val_loader = prepared[-1]  # the held-out validation split, else the eval split selects
         try:
             self.batches_per_epoch = len(self.train_loader)
         except TypeError:  # streaming: what the split size gives each process
@@ -505,7 +507,6 @@ class Trainer:
         acc.print(f"step {state.global_step} (epoch {self.epoch_progress:.2f}): top-1 {metrics['top1']:.2f}% "
                   f"(best {state.best_metric:.2f}%)")
         return metrics
-
 
     def _selection_record(self) -> dict[str, Any]:
         state = self.state

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .constants import FP_BITS, KD_TEMPERATURE, KD_WEIGHT, MAX_IMAGE_SIZE
+from .data import check_val_split
 from .quantize import QUANT_FIELD_HELP, QUANT_FIELDS, QuantConfig, check_quant_fields, rename_legacy
 from .recipes import recipe_defaults, recipe_family
 from .zoo import get_entry
@@ -328,8 +329,8 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.quantized and cfg.calib_batches < 1:
         raise ValueError("option 'calib_batches' must be >= 1 for a quantized run: the activation step sizes are "
                          "initialised from data")
-    if cfg.val_split is not None and (cfg.val_split < 0 or (cfg.val_split >= 1 and not cfg.val_split.is_integer())):
-        raise ValueError(f"option 'val_split' must be a count >= 1, a fraction in (0, 1) or 0, got {cfg.val_split}")
+    if cfg.val_split is not None:
+        check_val_split(cfg.val_split)
     if not 0.0 <= cfg.random_erasing <= 1.0:
         raise ValueError(f"option 'random_erasing' is a probability in [0, 1], got {cfg.random_erasing}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
