@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Random erasing and label smoothing on a short ResNet-20 FP schedule (the zoo's regime): each setting
-trained by `uniq_hub.train` (the code behind `uniq-hub train`) on the same class-balanced subset, the
+trained by `uniq_hub.training.train` (the code behind `uniq-hub train`) on the same class-balanced subset, the
 checkpoint chosen on the held-out validation images, the 10k test images evaluated once. One JSON.
 
     python benchmarks/augment_study.py --out benchmarks/results/augment-fashion-mnist.json
@@ -25,8 +25,8 @@ def _run(name: str, runs: str, train_samples: int, epochs: int, seed: int) -> di
     import torch
 
     torch.set_num_threads(1)
-    from uniq_hub.train import train
-    from uniq_hub.train_config import resolve_config
+    from uniq_hub.training.train import train
+    from uniq_hub.training.train_config import resolve_config
 
     cfg = resolve_config(arch="resnet20", dataset="fashion_mnist", bits=32, max_train_samples=train_samples,
                          val_split=0.1, epochs=epochs, seed=seed, num_workers=0, log_with="none", progress=False,

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from uniq_hub.modules import QConv2d, QLinear, UniQQuantizer
-from uniq_hub.quant import grad_scale_factor
+from uniq_hub.model.modules import QConv2d, QLinear, UniQQuantizer
+from uniq_hub.model.quant import grad_scale_factor
 
 _MIN_STEP = 1e-8
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from uniq_hub import reestimate_batchnorm
-from uniq_hub.constants import TRAIN_CONFIG_FILE
-from uniq_hub.data import make_dataloader
-from uniq_hub.evaluate import evaluate_model
-from uniq_hub.export import load_trained
-from uniq_hub.train import load_data
-from uniq_hub.train_config import TrainConfig
+from uniq_hub.hub.release import load_trained
+from uniq_hub.model.constants import TRAIN_CONFIG_FILE
+from uniq_hub.training.data import make_dataloader
+from uniq_hub.training.evaluate import evaluate_model
+from uniq_hub.training.train import load_data
+from uniq_hub.training.train_config import TrainConfig
 
 
 def measure(run_dir: Path, batches: int, batch_size: int) -> dict:

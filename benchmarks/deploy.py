@@ -96,7 +96,7 @@ def runners(model, path: str, rows: tuple[str, ...], threads: int, x: np.ndarray
     """``{row: fn()}`` running ``x`` through each variant."""
     import torch
 
-    from uniq_hub.onnx_runtime import openvino_model, ort_session
+    from uniq_hub.deploy.onnx_runtime import openvino_model, ort_session
 
     out = {}
     xt = torch.from_numpy(x)
@@ -147,7 +147,7 @@ if kind == "torch":
         for _ in range(3):
             model(torch.from_numpy(x))
 else:
-    from uniq_hub.onnx_runtime import load_backend
+    from uniq_hub.deploy.onnx_runtime import load_backend
     run = load_backend(path, kind, threads)
     for _ in range(3):
         run(x)
@@ -178,7 +178,7 @@ def peak_rss_mb(kind: str, path: str, shape: tuple[int, ...], threads: int) -> f
 def measure(
     arch: str, chans: int, size: int, batch: int, bits_list, rounds: int, threads: int, tmp: Path, memory: bool
 ) -> list[dict]:
-    from uniq_hub.onnx_export import export_onnx
+    from uniq_hub.deploy.onnx_export import export_onnx
 
     x = np.random.default_rng(1).standard_normal((batch, chans, size, size), dtype=np.float32)
     rows = []
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     import torch
 
-    from uniq_hub.quant_kernels import set_compile
+    from uniq_hub.model.quant_kernels import set_compile
 
     set_compile(False)  # eager quantizer kernels: the PyTorch fake-quant row without compile warm-up
     torch.set_num_threads(args.threads)

@@ -35,7 +35,8 @@ def pixel_values(folder: Path, dataset: str, split: str, limit: int | None) -> t
     """All images of the split through the model's image processor, and their labels (model ids)."""
     import torch
 
-    from uniq_hub import UniQConfig, UniQImageProcessor, data
+    from uniq_hub import UniQConfig, UniQImageProcessor
+    from uniq_hub.training import data
 
     config = UniQConfig.from_pretrained(folder)
     processor = UniQImageProcessor.from_pretrained(folder)
@@ -74,8 +75,8 @@ def check(folder: Path, dataset: str, split: str, limit: int | None, reference_i
     import torch
 
     from uniq_hub import UniQForImageClassification
-    from uniq_hub.onnx_export import export_onnx, flip_diagnostic, torch_logits
-    from uniq_hub.onnx_runtime import available_backends, compare_logits, load_backend
+    from uniq_hub.deploy.onnx_export import export_onnx, flip_diagnostic, torch_logits
+    from uniq_hub.deploy.onnx_runtime import available_backends, compare_logits, load_backend
 
     x, labels = pixel_values(folder, dataset, split, limit)
     with tempfile.TemporaryDirectory(prefix="uniq_deploy_acc_") as tmp:
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reference-images", type=int, default=500)
     p.add_argument("--output", default=str(ROOT / "benchmarks/results/deploy-fashion-mnist.json"))
     args = p.parse_args(argv)
-    from uniq_hub.quant_kernels import set_compile
+    from uniq_hub.model.quant_kernels import set_compile
 
     set_compile(False)  # eager quantizer kernels: no compile warm-up inside the measured loop
     report = {

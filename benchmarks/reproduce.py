@@ -1,6 +1,6 @@
 """Reproduction study of the UniQ paper's claims on Fashion-MNIST (issue 5; paper Tables 4-6).
 
-Pre-activation ResNet-20 (1x28x28), every row trained by :func:`uniq_hub.train.train` (Accelerate,
+Pre-activation ResNet-20 (1x28x28), every row trained by :func:`uniq_hub.training.train.train` (Accelerate,
 the same code as ``uniq-hub train``) under one protocol: the same training subset, epochs, batch
 size, calibration batches and evaluation set for every row, several seeds, mean and std.
 
@@ -49,9 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from uniq_hub.atomic import write_json_atomic  # noqa: E402
-from uniq_hub.constants import BEST_DIR  # noqa: E402
-from uniq_hub.constants import FP_BITS as FP  # noqa: E402
+from uniq_hub.model.atomic import write_json_atomic  # noqa: E402
+from uniq_hub.model.constants import BEST_DIR  # noqa: E402
+from uniq_hub.model.constants import FP_BITS as FP  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs" / "reproduce.md"
@@ -193,7 +193,7 @@ def resolve_rows(names: list[str] | None) -> list[Row]:
 
 def plan(protocol: Protocol, rows: list[Row], seeds: tuple[int, ...], runs_root: Path) -> list[dict[str, Any]]:
     """Every (row, seed) run with its resolved TrainConfig (aliases have ``config`` None)."""
-    from uniq_hub.train_config import resolve_config
+    from uniq_hub.training.train_config import resolve_config
 
     jobs = []
     for seed in seeds:
@@ -322,7 +322,7 @@ def run_seed(protocol_name: str, row_names: list[str], seed: int, output: str, r
     """Run one seed's rows in order (a worker process); returns the number of runs trained."""
     import torch
 
-    from uniq_hub.train import train
+    from uniq_hub.training.train import train
 
     saved_threads = torch.get_num_threads()
     if threads:

@@ -46,7 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from baseline_quant import to_baseline  # noqa: E402
 from uniq_hub import QuantConfig, calibrate, create_model, quantize_  # noqa: E402
-from uniq_hub.quant_kernels import set_compile, set_recompute  # noqa: E402
+from uniq_hub.model.quant_kernels import set_compile, set_recompute  # noqa: E402
 
 # name -> (input channels, image size, batch, classes)
 MODELS = {"resnet20": (1, 28, 128, 10), "resnet18": (3, 224, 16, 1000)}

@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 def prepare_folder(source: str | os.PathLike, target: str | os.PathLike) -> tuple[Path, list[str]]:
     """A copy of a release folder that this version loads in every runtime; returns it and what was redone."""
     from uniq_hub import UniQForImageClassification
-    from uniq_hub.onnx_export import export_onnx
-    from uniq_hub.onnx_runtime import GraphError, check_graph
-    from uniq_hub.zoo_release import resave_release
+    from uniq_hub.deploy.onnx_export import export_onnx
+    from uniq_hub.deploy.onnx_runtime import GraphError, check_graph
+    from uniq_hub.hub.zoo_release import resave_release
 
     folder, redone = Path(shutil.copytree(source, target)), []
     if "architecture" not in json.loads((folder / "config.json").read_text()):
@@ -58,8 +58,8 @@ def three_runtimes(repo_id: str, limit: int | None = None, batch_size: int = 100
     from transformers import AutoModelForImageClassification
 
     from uniq_hub import UniQImageProcessor
-    from uniq_hub.data import load_image_dataset
-    from uniq_hub.onnx_runtime import OnnxImageClassifier
+    from uniq_hub.deploy.onnx_runtime import OnnxImageClassifier
+    from uniq_hub.training.data import load_image_dataset
 
     ds = load_image_dataset("fashion_mnist", "test", limit=limit)
     images, labels = list(ds["image"]), np.asarray(ds["label"])

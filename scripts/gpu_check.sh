@@ -19,19 +19,19 @@ print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'transformers', 
 make_tiny_dataset(Path('$WORK/tiny'), train=4096, test=1024)"
 common=(--dataset "$WORK/tiny" --epochs 2 --batch-size 256 --num-workers 4 --log-with none --no-progress
         --mixed-precision bf16 --log-every 8)
-"$PY" -m uniq_hub.train "${common[@]}" --bits 32 --output-dir "$WORK/fp"
+"$PY" -m uniq_hub.training.train "${common[@]}" --bits 32 --output-dir "$WORK/fp"
 cat > "$WORK/mixed.json" <<JSON
 {"bits": 2, "init": "lsq", "overrides": {"layer1.*": [4, 4], "layer3.*": [32, 3], "fc": [32, 32]},
  "init_from": "$WORK/fp"}
 JSON
-"$PY" -m uniq_hub.train "${common[@]}" --config "$WORK/mixed.json" --output-dir "$WORK/mixed"
+"$PY" -m uniq_hub.training.train "${common[@]}" --config "$WORK/mixed.json" --output-dir "$WORK/mixed"
 "$PY" - "$WORK" "$OUT" <<'PY'
 import json, sys
 import numpy as np, torch
 from uniq_hub import UniQForImageClassification, create_model
-from uniq_hub.onnx_export import export_onnx
-from uniq_hub.onnx_runtime import load_backend
-from uniq_hub.quantize import layer_bits
+from uniq_hub.deploy.onnx_export import export_onnx
+from uniq_hub.deploy.onnx_runtime import load_backend
+from uniq_hub.model.quantize import layer_bits
 
 work, out = sys.argv[1:]
 report = {name: json.load(open(f"{work}/{name}/summary.json")) for name in ("fp", "mixed")}

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from uniq_hub import UniQConfig, UniQForImageClassification  # noqa: E402
-from uniq_hub.packing import information_bytes  # noqa: E402
+from uniq_hub.model.packing import information_bytes  # noqa: E402
 
 BITS = (32, 4, 3, 2, 1)
 

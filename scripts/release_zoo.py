@@ -16,9 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from uniq_hub.constants import SUMMARY_FILE  # noqa: E402
-from uniq_hub.zoo import list_entries  # noqa: E402
-from uniq_hub.zoo_release import (  # noqa: E402
+from uniq_hub.hub.zoo import list_entries  # noqa: E402
+from uniq_hub.hub.zoo_release import (  # noqa: E402
     NOT_RELEASED,
     RELEASE_DIR,
     refresh_card,
@@ -26,6 +25,7 @@ from uniq_hub.zoo_release import (  # noqa: E402
     release_folders,
     resave_release,
 )
+from uniq_hub.model.constants import SUMMARY_FILE  # noqa: E402
 
 GOLDEN_ENTRY = "uniq/resnet20-fashion-mnist-w2a2"
 GOLDEN_FILE = REPO / "tests" / "golden_logits.json"
@@ -37,7 +37,7 @@ def golden_logits(folder: Path) -> dict:
     import torch
 
     from uniq_hub import UniQForImageClassification, UniQImageProcessor
-    from uniq_hub.data import load_image_dataset
+    from uniq_hub.training.data import load_image_dataset
 
     model = UniQForImageClassification.from_pretrained(folder).eval()
     processor = UniQImageProcessor.from_pretrained(folder)

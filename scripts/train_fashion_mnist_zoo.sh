@@ -20,7 +20,7 @@ PY=${PYTHON:-.venv/bin/python}
 local_sources() {  # ZOO_SHORT_NAME -> the recipe's --init-from / --teacher as local run directories
   "$PY" - "$1" <<'PYEOF'
 import sys
-from uniq_hub.zoo import get_entry
+from uniq_hub.hub.zoo import get_entry
 recipe = get_entry("uniq/" + sys.argv[1]).recipe
 for flag, source in (("--init-from", recipe.init_from), ("--teacher", recipe.teacher)):
     if source and source.startswith("uniq/"):

@@ -14,8 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from uniq_hub.hub.zoo_release import release_records, zoo_table  # noqa: E402
 from uniq_hub.plot import plot_zoo  # noqa: E402
-from uniq_hub.zoo_release import release_records, zoo_table  # noqa: E402
 
 README = REPO / "README.md"
 PICTURE = REPO / "docs" / "zoo-accuracy-size.png"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from uniq_hub.atomic import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
+from uniq_hub.model.atomic import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
 
 
 @pytest.mark.parametrize("fsync", [False, True])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import uniq_hub as U
-from uniq_hub.quant import optimal_step
+from uniq_hub.model.quant import optimal_step
 
 
 def test_calibration_sets_steps_to_the_formula_on_known_inputs():

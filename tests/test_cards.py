@@ -8,9 +8,9 @@ from pathlib import Path
 import yaml
 from huggingface_hub import ModelCard
 
-from uniq_hub import cards, zoo
-from uniq_hub.quantize import QuantConfig, layer_bits
-from uniq_hub.registry import create_model
+from uniq_hub.hub import cards, zoo
+from uniq_hub.model.quantize import QuantConfig, layer_bits
+from uniq_hub.model.registry import create_model
 
 REPO = Path(__file__).resolve().parent.parent
 MEASURED = dict(model_id="uniq/resnet18-w2a2", dataset="ILSVRC/imagenet-1k", split="validation", top1=66.12,

@@ -8,8 +8,14 @@ from accelerate import Accelerator
 from torch import nn
 
 from uniq_hub import QuantConfig, calibrate, quantize_
-from uniq_hub.checkpoint import Checkpointer, TrainerState, latest_checkpoint, list_checkpoints, read_trainer_state
-from uniq_hub.recipes import build_optimizer, build_scheduler
+from uniq_hub.training.checkpoint import (
+    Checkpointer,
+    TrainerState,
+    latest_checkpoint,
+    list_checkpoints,
+    read_trainer_state,
+)
+from uniq_hub.training.recipes import build_optimizer, build_scheduler
 
 
 def _setup(seed: int = 0):

@@ -7,7 +7,7 @@ import torch
 from pytorchcv.model_provider import get_model
 
 from uniq_hub import create_model
-from uniq_hub.convert import convert_pytorchcv_model, convert_state_dict
+from uniq_hub.training.convert import convert_pytorchcv_model, convert_state_dict
 
 
 def _randomised(name: str) -> torch.nn.Module:

@@ -18,8 +18,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from uniq_hub import data
-from uniq_hub.data import (
+from uniq_hub.training import data
+from uniq_hub.training.data import (
     FASHION_MNIST_CLASSES,
     DatasetUnavailableError,
     class_names,
@@ -60,7 +60,7 @@ def _raw(name: str, offset: int, start: int, count: int) -> bytes:
     ("fashion_mnist", "test", 10_000, "t10k-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"),
 ])
 def test_fashion_mnist_fallback_matches_idx(cache, caplog, source, split, n, labels, images):
-    with caplog.at_level(logging.WARNING, logger="uniq_hub.data"):
+    with caplog.at_level(logging.WARNING, logger="uniq_hub.training.data"):
         ds = load_image_dataset(source, split, cache_dir=cache)
     assert "not reachable" in caplog.text
     assert isinstance(ds, Dataset) and len(ds) == n
@@ -78,7 +78,7 @@ def test_fashion_mnist_fallback_matches_idx(cache, caplog, source, split, n, lab
 def test_fashion_mnist_fallback_is_cached_and_maps_validation(cache, caplog):
     load_image_dataset("fashion_mnist", "test", cache_dir=cache)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="uniq_hub.data"):
+    with caplog.at_level(logging.WARNING, logger="uniq_hub.training.data"):
         start = time.perf_counter()
         ds = load_image_dataset("Zalando-Datasets/Fashion-MNIST", "validation", cache_dir=cache)
         elapsed = time.perf_counter() - start

@@ -9,8 +9,8 @@ import torch
 
 from train_helpers import eager_kernels  # noqa: F401
 from uniq_hub import QuantConfig, calibrate, create_model, quantize_, quantizers
-from uniq_hub.dynamics import DynamicsRecorder, quantizer_stats
-from uniq_hub.quant import optimal_step
+from uniq_hub.model.quant import optimal_step
+from uniq_hub.training.dynamics import DynamicsRecorder, quantizer_stats
 
 
 def test_quantizer_stats_by_hand():

@@ -22,8 +22,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from train_helpers import eager_kernels, make_tiny_dataset  # noqa: F401
-from uniq_hub import QuantConfig, calibrate, checkpoint, quantize_
-from uniq_hub.checkpoint import (
+from uniq_hub import QuantConfig, calibrate, quantize_
+from uniq_hub.training import checkpoint
+from uniq_hub.training.checkpoint import (
     Checkpointer,
     CheckpointError,
     CheckpointWriteError,
@@ -35,10 +36,10 @@ from uniq_hub.checkpoint import (
     read_trainer_state,
     verify_checkpoint,
 )
-from uniq_hub.recipes import build_optimizer, build_scheduler
-from uniq_hub.train import load_data, train
-from uniq_hub.train import main as train_main
-from uniq_hub.train_config import resolve_config
+from uniq_hub.training.recipes import build_optimizer, build_scheduler
+from uniq_hub.training.train import load_data, train
+from uniq_hub.training.train import main as train_main
+from uniq_hub.training.train_config import resolve_config
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog)
     newest = latest_checkpoint(tmp_path / "run")
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # truncated
-    with caplog.at_level(logging.WARNING, logger="uniq_hub.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="uniq_hub.training.checkpoint"):
         chosen = ckpt.resolve("latest")
     assert chosen.name == "step-00000004"
     assert str(weights) in caplog.text and "truncated" in caplog.text
@@ -151,7 +152,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog)
     data[len(data) // 2] ^= 1  # one flipped bit, same size
     middle.write_bytes(bytes(data))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="uniq_hub.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="uniq_hub.training.checkpoint"):
         assert ckpt.resolve(str(tmp_path / "run")).name == "step-00000002"
     assert f"{middle}: SHA-256 mismatch" in caplog.text
     with pytest.raises(CheckpointError, match=f"{middle}: SHA-256 mismatch"):

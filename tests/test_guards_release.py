@@ -24,11 +24,11 @@ from test_publish import real_export
 
 from uniq_hub import OnnxImageClassifier, UniQConfig, UniQForImageClassification, UniQImageProcessor
 from uniq_hub.cli import main
-from uniq_hub.onnx_export import OnnxExportError, OnnxModule, export_onnx, verify_onnx
-from uniq_hub.onnx_runtime import ONNX_FILE, GraphError, check_graph
-from uniq_hub.packing import CheckpointError
-from uniq_hub.publish import PublishError, plan_upload
-from uniq_hub.zoo_release import publish_zoo
+from uniq_hub.deploy.onnx_export import OnnxExportError, OnnxModule, export_onnx, verify_onnx
+from uniq_hub.deploy.onnx_runtime import ONNX_FILE, GraphError, check_graph
+from uniq_hub.hub.publish import PublishError, plan_upload
+from uniq_hub.hub.zoo_release import publish_zoo
+from uniq_hub.model.packing import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -132,13 +132,13 @@ def test_an_edited_graph_is_refused_with_or_without_weights(m0):
 
 def test_save_pretrained_removes_a_stale_graph_and_says_so(m0, caplog):
     model = UniQForImageClassification.from_pretrained(m0)
-    with caplog.at_level(logging.INFO, logger="uniq_hub.modeling_uniq"):
+    with caplog.at_level(logging.INFO, logger="uniq_hub.model.modeling_uniq"):
         model.save_pretrained(m0)  # the same weights: the graph still belongs to them
     assert (m0 / ONNX_FILE).is_file() and "kept" in caplog.text
     with torch.no_grad():
         model.model.fc.bias.add_(1.0)  # new weights
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="uniq_hub.modeling_uniq"):
+    with caplog.at_level(logging.WARNING, logger="uniq_hub.model.modeling_uniq"):
         model.save_pretrained(m0)
     assert not (m0 / ONNX_FILE).exists()
     assert "removed: it was not exported from the weights just saved" in caplog.text

@@ -14,15 +14,16 @@ import torch
 from test_onnx_runtime import _model
 
 from train_helpers import CLASSES, eager_kernels, make_tiny_dataset  # noqa: F401
-from uniq_hub import UniQForImageClassification, onnx_runtime
+from uniq_hub import UniQForImageClassification
 from uniq_hub.cli import main
-from uniq_hub.constants import EXPORT_DIR, SUMMARY_FILE, TRAIN_CONFIG_FILE
-from uniq_hub.distill import load_teacher
-from uniq_hub.export import ExportIncomplete
-from uniq_hub.onnx_runtime import ONNX_FILE
-from uniq_hub.run_record import HISTORY_FILE, ResumeError
-from uniq_hub.train import train
-from uniq_hub.train_config import load_config_file, resolve_config
+from uniq_hub.deploy import onnx_runtime
+from uniq_hub.deploy.onnx_runtime import ONNX_FILE
+from uniq_hub.hub.release import ExportIncomplete
+from uniq_hub.model.constants import EXPORT_DIR, SUMMARY_FILE, TRAIN_CONFIG_FILE
+from uniq_hub.training.distill import load_teacher
+from uniq_hub.training.run_record import HISTORY_FILE, ResumeError
+from uniq_hub.training.train import train
+from uniq_hub.training.train_config import load_config_file, resolve_config
 
 
 @pytest.fixture(scope="module")

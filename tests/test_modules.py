@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uniq_hub.modules import QConv2d, QLinear, QuantSpec, UniQQuantizer
-from uniq_hub.quant import fake_quant_activation, fake_quant_weight, grad_scale_factor, optimal_step
+from uniq_hub.model.modules import QConv2d, QLinear, QuantSpec, UniQQuantizer
+from uniq_hub.model.quant import fake_quant_activation, fake_quant_weight, grad_scale_factor, optimal_step
 
 
 def test_weight_init_is_optimal_unit_step_times_channel_std():

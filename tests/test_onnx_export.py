@@ -1,4 +1,4 @@
-"""uniq_hub.onnx_export: the exact integer ONNX graph against PyTorch and the reference evaluator."""
+"""uniq_hub.deploy.onnx_export: the exact integer ONNX graph against PyTorch and the reference evaluator."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from sklearn.datasets import load_sample_images
 
 from train_helpers import eager_kernels  # noqa: F401  (autouse: no torch.compile for a few batches)
 from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
-from uniq_hub.onnx_export import OnnxExportError, export_onnx, flip_diagnostic, torch_logits
-from uniq_hub.onnx_runtime import (
+from uniq_hub.deploy.onnx_export import OnnxExportError, export_onnx, flip_diagnostic, torch_logits
+from uniq_hub.deploy.onnx_runtime import (
     META_EXACT_BACKENDS,
     available_backends,
     compare_logits,
@@ -22,7 +22,7 @@ from uniq_hub.onnx_runtime import (
     openvino_model,
     within_bounds,
 )
-from uniq_hub.packing import PACKED_SUFFIX, pack_state_dict, quantized_layers, unpack_bits
+from uniq_hub.model.packing import PACKED_SUFFIX, pack_state_dict, quantized_layers, unpack_bits
 
 SIZE = 32
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)

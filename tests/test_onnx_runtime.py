@@ -14,8 +14,8 @@ from PIL import Image
 from train_helpers import CLASSES, eager_kernels, make_tiny_dataset, subprocess_env  # noqa: F401
 from uniq_hub import OnnxImageClassifier, UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
 from uniq_hub.cli import main
-from uniq_hub.onnx_export import OnnxExportError, export_onnx, verify_onnx
-from uniq_hub.onnx_runtime import ONNX_FILE, available_backends, compare_logits, within_bounds
+from uniq_hub.deploy.onnx_export import OnnxExportError, export_onnx, verify_onnx
+from uniq_hub.deploy.onnx_runtime import ONNX_FILE, available_backends, compare_logits, within_bounds
 
 BACKENDS = [b for b in available_backends() if b != "reference"]
 
@@ -191,7 +191,7 @@ def test_save_and_push_carry_the_onnx_model(hub_server, hub_token, tmp_path):
 
 
 def test_training_export_writes_the_onnx_model(tmp_path):
-    from uniq_hub.export import export_model
+    from uniq_hub.hub.release import export_model
 
     model = _model(seed=3)
     folder = export_model(model, tmp_path / "export", record={"top1": 50.0})

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 
 from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
-from uniq_hub.packing import (
+from uniq_hub.model.packing import (
     PACKED_SUFFIX,
     information_bytes,
     is_packed,

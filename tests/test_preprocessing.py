@@ -14,9 +14,10 @@ from transformers import pipeline
 from transformers.image_utils import load_image
 
 from train_helpers import eager_kernels  # noqa: F401
-from uniq_hub import UniQConfig, UniQForImageClassification, calibrate, data
+from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
+from uniq_hub.training import data
 from uniq_hub.cli import main
-from uniq_hub.evaluate import evaluate
+from uniq_hub.training.evaluate import evaluate
 
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "F"]
 EIGHT_BIT = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK"]  # the modes the pipeline converts without loss
@@ -93,7 +94,7 @@ def test_read_only_image_buffers_are_copied_not_shared():
     such image otherwise, once per data-loader worker) and leave the image untouched."""
     import warnings
 
-    from uniq_hub.image_processing_uniq import to_image_tensor
+    from uniq_hub.model.image_processing_uniq import to_image_tensor
 
     pixels = np.arange(64, dtype=np.uint8).reshape(8, 8)
     frozen = pixels.copy()

@@ -14,10 +14,10 @@ from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import save_file
 
 import uniq_hub
-from uniq_hub.cards import checkpoint_size
 from uniq_hub.cli import main
-from uniq_hub.publish import PublishError, plan_upload
-from uniq_hub.zoo import get_entry
+from uniq_hub.hub.cards import checkpoint_size
+from uniq_hub.hub.publish import PublishError, plan_upload
+from uniq_hub.hub.zoo import get_entry
 
 CONFIG = {
     "model_type": "uniq", "arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 10, "num_channels": 1,

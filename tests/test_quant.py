@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uniq_hub.quant import (
+from uniq_hub.model.quant import (
     code_range,
     dequantize_codes,
     fake_quant,
@@ -22,7 +22,7 @@ from uniq_hub.quant import (
     quantize_codes,
     scale_grad,
 )
-from uniq_hub.quant_kernels import fake_quant_learnable
+from uniq_hub.model.quant_kernels import fake_quant_learnable
 
 # Table 1 of the paper: N -> (D_w^u, SQNR_w dB, D_a^u, SQNR_a dB).
 TABLE1 = {2: (1.596, 4.4, 1.224, 5.5), 4: (0.996, 9.3, 0.651, 11.6), 8: (0.586, 14.3, 0.353, 17.2),

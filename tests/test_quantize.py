@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import uniq_hub as U
-from uniq_hub.modules import QConv2d, QLinear
+from uniq_hub.model.modules import QConv2d, QLinear
 
 R18_CONVS = ["stem.conv"] + [
     f"layer{s}.{b}.{c}"

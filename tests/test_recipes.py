@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from uniq_hub import QuantConfig, create_model, quantize_, quantizers
-from uniq_hub.recipes import build_optimizer, build_scheduler, param_groups, recipe_defaults, recipe_family
-from uniq_hub.train_config import resolve_config
+from uniq_hub.training.recipes import build_optimizer, build_scheduler, param_groups, recipe_defaults, recipe_family
+from uniq_hub.training.train_config import resolve_config
 
 
 def test_paper_recipes_by_bits():
@@ -124,7 +124,7 @@ def test_config_merge_order(tmp_path):
 def test_per_layer_overrides_from_cli_and_config_file(tmp_path):
     """Mixed precision is trainable: overrides from the command line (PATTERN=W,A;...) or a config file
     reach the model's quantization plan."""
-    from uniq_hub.train import DataBundle, build_model
+    from uniq_hub.training.train import DataBundle, build_model
 
     cli = resolve_config({"arch": "resnet20", "bits": 2, "overrides": "layer1.*=4,4; fc=32,32"})
     assert cli.overrides == {"layer1.*": [4, 4], "fc": [32, 32]}
@@ -150,9 +150,9 @@ def test_one_schema_for_the_quantization_options(tmp_path):
     from dataclasses import fields
 
     from uniq_hub import QuantConfig, UniQConfig
-    from uniq_hub.quantize import QUANT_FIELD_HELP, QUANT_FIELDS
-    from uniq_hub.train import DataBundle, build_model
-    from uniq_hub.train_config import TrainConfig
+    from uniq_hub.model.quantize import QUANT_FIELD_HELP, QUANT_FIELDS
+    from uniq_hub.training.train import DataBundle, build_model
+    from uniq_hub.training.train_config import TrainConfig
 
     train_fields = {f.name: f for f in fields(TrainConfig)}
     assert set(QUANT_FIELDS) == set(QUANT_FIELD_HELP) and set(QUANT_FIELDS) <= set(train_fields)

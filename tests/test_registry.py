@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from uniq_hub import registry
-from uniq_hub.registry import ArchInfo, create_model, list_models, model_info
+from uniq_hub.model import registry
+from uniq_hub.model.registry import ArchInfo, create_model, list_models, model_info
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from uniq_hub import QuantConfig, create_model, quantize_
-from uniq_hub.data import make_dataloader, processor_for, stratified_split, train_transform, validation_size
-from uniq_hub.registry import model_info
-from uniq_hub.train_config import resolve_config
-from uniq_hub.zoo import get_entry
-from uniq_hub.zoo_release import validation_selection
+from uniq_hub.hub.zoo import get_entry
+from uniq_hub.hub.zoo_release import validation_selection
+from uniq_hub.model.registry import model_info
+from uniq_hub.training.data import make_dataloader, processor_for, stratified_split, train_transform, validation_size
+from uniq_hub.training.train_config import resolve_config
 
 
 def test_validation_size_counts_fractions_and_default():

@@ -48,7 +48,7 @@ def _free_port() -> int:
 
 def _demo_folders() -> list[Path]:
     """The full-precision ResNet-20 (PyTorch in the app) and up to two quantized ones with an ONNX graph."""
-    from uniq_hub.zoo_release import release_folders
+    from uniq_hub.hub.zoo_release import release_folders
 
     folders = sorted(f for name, f in release_folders().items() if "resnet20" in name)
     fp = [f for f in folders if f.name.endswith("-fp")]
@@ -60,8 +60,8 @@ def _demo_folders() -> list[Path]:
 def space_models(hub_server, hub_token, tmp_path_factory):
     """Released zoo folders pushed to the local Hub: {repo id: local folder}."""
     from uniq_hub import UniQForImageClassification
-    from uniq_hub.onnx_export import export_onnx
-    from uniq_hub.onnx_runtime import GraphError, check_graph
+    from uniq_hub.deploy.onnx_export import export_onnx
+    from uniq_hub.deploy.onnx_runtime import GraphError, check_graph
 
     out = {}
     api = HfApi(token=hub_token)
@@ -96,7 +96,7 @@ def running_app(space_models):
 def _direct_top3(folder: Path, image: Image.Image) -> list[dict]:
     """What each model says without the app: the ONNX classifier where the folder has a graph, else pipeline."""
     if (folder / "onnx" / "model.onnx").is_file():
-        from uniq_hub.onnx_runtime import OnnxImageClassifier
+        from uniq_hub.deploy.onnx_runtime import OnnxImageClassifier
 
         return OnnxImageClassifier(folder)(image, top_k=3)
     from transformers import pipeline
@@ -174,7 +174,7 @@ def test_publish_space_to_the_local_hub_and_its_runtime_runs_without_torch(space
     repo_id, folder = next((r, f) for r, f in space_models.items() if (f / "onnx" / "model.onnx").is_file())
     code = (
         f"import sys; sys.path.insert(0, {str(space)!r})\n"
-        "import uniq_hub.onnx_runtime as runtime\n"
+        "import uniq_hub.deploy.onnx_runtime as runtime\n"
         f"assert runtime.__file__.startswith({str(space)!r}), runtime.__file__\n"
         f"print(runtime.OnnxImageClassifier({str(folder)!r})({str(PHOTO)!r}, top_k=3))\n"
         "assert 'torch' not in sys.modules\n"

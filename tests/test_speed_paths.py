@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from uniq_hub import quant_kernels
-from uniq_hub.modules import QConv2d, QLinear, QuantSpec
-from uniq_hub.quant import code_range, fake_quant, scale_grad
-from uniq_hub.quant_kernels import fake_quant_learnable, set_compile, set_recompute
+from uniq_hub.model import quant_kernels
+from uniq_hub.model.modules import QConv2d, QLinear, QuantSpec
+from uniq_hub.model.quant import code_range, fake_quant, scale_grad
+from uniq_hub.model.quant_kernels import fake_quant_learnable, set_compile, set_recompute
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,7 +219,7 @@ def test_fallback_without_compile_and_when_compile_fails(tmp_path):
     script = textwrap.dedent(
         """
         import warnings, torch
-        from uniq_hub.quant_kernels import fake_quant_learnable, set_compile
+        from uniq_hub.model.quant_kernels import fake_quant_learnable, set_compile
         x = torch.randn(64, 256).relu()
         s = torch.tensor(0.3, requires_grad=True)
         assert not set_compile(False)

@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from train_helpers import REPO, subprocess_env
 from uniq_hub import CheckpointError, UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
-from uniq_hub.registry import list_models
+from uniq_hub.model.registry import list_models
 from uniq_hub.timm_models import UniQTimmModel
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -86,7 +86,7 @@ def test_import_uniq_hub_registers_every_architecture():
 def test_registration_in_either_import_order_and_the_onnx_runtime_stays_torch_free(order):
     first, second = ("uniq_hub", "timm") if order == "uniq_hub first" else ("timm", "uniq_hub")
     code = (
-        "import sys\nimport uniq_hub.onnx_runtime\nassert 'torch' not in sys.modules and 'timm' not in sys.modules\n"
+        "import sys\nimport uniq_hub.deploy.onnx_runtime\nassert 'torch' not in sys.modules and 'timm' not in sys.modules\n"
         f"import {first}\nimport {second}\nimport timm\nprint(len(timm.list_models('uniq_*')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
@@ -237,7 +237,7 @@ def _crop_shift(margin: int) -> int:
 
 
 def _zoo_folder_w2a2() -> Path | None:
-    from uniq_hub.zoo_release import RELEASE_DIR
+    from uniq_hub.hub.zoo_release import RELEASE_DIR
 
     folder = RELEASE_DIR / "resnet20-fashion-mnist-w2a2"
     return folder if (folder / "model.safetensors").is_file() else None
@@ -252,7 +252,7 @@ def _readme_block(section: str) -> str:
 @pytest.mark.skipif(_zoo_folder_w2a2() is None, reason="no released ResNet-20 w2a2 folder in zoo/")
 def test_readme_timm_snippet_runs_against_the_local_hub(hub_server, hub_token, tmp_path):
     """README's "Use with timm" code, as written, with uniq/resnet20-fashion-mnist-w2a2 served by the local Hub."""
-    from uniq_hub.zoo_release import resave_release
+    from uniq_hub.hub.zoo_release import resave_release
 
     folder = Path(shutil.copytree(_zoo_folder_w2a2(), tmp_path / "w2a2"))
     if "architecture" not in json.loads((folder / "config.json").read_text()):
@@ -274,7 +274,7 @@ def test_readme_timm_snippet_runs_against_the_local_hub(hub_server, hub_token, t
 
 
 def _zoo_folder_with_onnx() -> Path | None:
-    from uniq_hub.zoo_release import release_folders
+    from uniq_hub.hub.zoo_release import release_folders
 
     folders = sorted(f for f in release_folders().values() if (f / "onnx" / "model.onnx").is_file())
     preferred = [f for f in folders if f.name == "resnet20-fashion-mnist-w2a2"]  # the cheapest to run 3 times

@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 
 from train_helpers import accelerate_command, eager_kernels, make_tiny_dataset, subprocess_env, train_command  # noqa: F401
 from uniq_hub import UniQForImageClassification, quantizers
-from uniq_hub.checkpoint import latest_checkpoint, read_trainer_state
-from uniq_hub.quant import optimal_step
+from uniq_hub.model.quant import optimal_step
 from uniq_hub.quickstart import run_quickstart
-from uniq_hub.train import build_model, load_data, load_init_weights
-from uniq_hub.train_config import resolve_config
+from uniq_hub.training.checkpoint import latest_checkpoint, read_trainer_state
+from uniq_hub.training.train import build_model, load_data, load_init_weights
+from uniq_hub.training.train_config import resolve_config
 
 STEPS_PER_EPOCH = 4  # 72 training images less 7 held out for validation (a tenth), batch 16
 
@@ -140,7 +140,7 @@ def test_train_config_file_with_overrides_trains_mixed_precision(quick, tiny, tm
     the current ones): the run trains the mixed-precision plan and its export reloads with it."""
     from uniq_hub import QuantConfig, create_model
     from uniq_hub.cli import main as cli_main
-    from uniq_hub.quantize import layer_bits
+    from uniq_hub.model.quantize import layer_bits
 
     work, _ = quick
     options = {"dataset": str(tiny), "w-bits": 2, "a_bits": 2, "init": "lsq", "in_chans": 1,

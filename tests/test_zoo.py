@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from uniq_hub import zoo
 from uniq_hub.cli import main
-from uniq_hub.registry import list_models
+from uniq_hub.hub import zoo
+from uniq_hub.model.registry import list_models
 
 PAPER = {  # Tables 2 / 3 (ImageNet) and 4 (CIFAR-100 ResNet-32), bits -> top-1
     "resnet18": {4: 71.5, 3: 70.5, 2: 67.8, 1: 60.5},

@@ -12,11 +12,8 @@ from huggingface_hub import ModelCard
 from transformers import pipeline
 
 from uniq_hub import UniQForImageClassification, UniQImageProcessor
-from uniq_hub.data import load_image_dataset
-from uniq_hub.evaluate import evaluate
-from uniq_hub.quantize import LEGACY_NAMES
-from uniq_hub.zoo import list_entries
-from uniq_hub.zoo_release import (
+from uniq_hub.hub.zoo import list_entries
+from uniq_hub.hub.zoo_release import (
     LARGE_RELEASES,
     MAX_FOLDER_BYTES,
     NOT_RELEASED,
@@ -26,6 +23,9 @@ from uniq_hub.zoo_release import (
     resave_release,
     training_record,
 )
+from uniq_hub.model.quantize import LEGACY_NAMES
+from uniq_hub.training.data import load_image_dataset
+from uniq_hub.training.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -125,7 +125,7 @@ def test_golden_logits():
 def test_training_record_names_every_non_default_option(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    from uniq_hub.train_config import resolve_config
+    from uniq_hub.training.train_config import resolve_config
 
     cfg = resolve_config({"zoo": "uniq/resnet20-fashion-mnist-w2a2", "teacher": "runs/zoo/fp", "kd_weight": 0.7,
                           "seed": 3, "output_dir": str(run)})
@@ -164,8 +164,8 @@ def test_readme_zoo_table_and_picture_come_from_the_release_folders(tmp_path):
     the picture draws every released entry."""
     import runpy
 
+    from uniq_hub.hub.zoo_release import release_records, zoo_table
     from uniq_hub.plot import plot_zoo
-    from uniq_hub.zoo_release import release_records, zoo_table
 
     script = runpy.run_path(str(REPO / "scripts" / "zoo_summary.py"))
     assert script["main"](["--check"]) == 0, "stale: run scripts/zoo_summary.py"

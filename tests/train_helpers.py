@@ -1,5 +1,5 @@
 """Shared by the training tests: a tiny on-disk image dataset and how to run the trainer in a
-subprocess (``python -m uniq_hub.train`` / ``accelerate launch``) offline."""
+subprocess (``python -m uniq_hub.training.train`` / ``accelerate launch``) offline."""
 
 from __future__ import annotations
 
@@ -55,21 +55,21 @@ def free_port() -> int:
 
 
 def train_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "uniq_hub.train", *args]
+    return [sys.executable, "-m", "uniq_hub.training.train", *args]
 
 
 def accelerate_command(num_processes: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--cpu",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
-            "-m", "uniq_hub.train", *args]
+            "-m", "uniq_hub.training.train", *args]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def eager_kernels():
     """Import into a test module: toy runs take a few steps, compiling the quantizer kernels
     (after ``UNIQ_COMPILE_AFTER`` calls) would cost more than it saves."""
-    from uniq_hub.quant_kernels import set_compile
+    from uniq_hub.model.quant_kernels import set_compile
 
     enabled = set_compile(False)
     yield

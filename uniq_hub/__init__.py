@@ -1,7 +1,7 @@
 """uniq_hub: UniQ low-bit image classifiers for the Hugging Face Hub.
 
 Names are imported on first use (``uniq_hub.quantize_`` ...), so that the torch-free deployment
-runtime (``uniq_hub.OnnxImageClassifier``, ``uniq_hub.onnx_runtime``) never imports torch.
+runtime (``uniq_hub.OnnxImageClassifier``, ``uniq_hub.deploy.onnx_runtime``) never imports torch.
 The transformers auto classes (AutoConfig, AutoModelForImageClassification, AutoImageProcessor)
 learn model_type "uniq" as soon as both uniq_hub and transformers are imported, in either order:
 ``import uniq_hub`` is all ``from_pretrained`` / ``pipeline`` need. Likewise timm learns the UniQ
@@ -18,15 +18,16 @@ from typing import Any
 
 # public name -> submodule that defines it
 _EXPORTS = {
-    "QConv2d": "modules", "QLinear": "modules", "QuantSpec": "modules", "UniQQuantizer": "modules",
-    "QuantConfig": "quantize", "layer_bits": "quantize", "quantize_": "quantize", "quantizers": "quantize",
-    "calibrate": "calibrate", "reestimate_batchnorm": "calibrate",
-    "create_model": "registry", "list_models": "registry",
-    "UniQConfig": "configuration_uniq", "UniQImageProcessor": "image_processing_uniq", "imagenet_id2label": "labels",
-    "UniQForImageClassification": "modeling_uniq", "UniQModel": "modeling_uniq", "CheckpointError": "packing",
-    "export_onnx": "onnx_export", "OnnxImageClassifier": "onnx_runtime",
+    "QConv2d": "model.modules", "QLinear": "model.modules", "QuantSpec": "model.modules",
+    "UniQQuantizer": "model.modules", "QuantConfig": "model.quantize", "layer_bits": "model.quantize",
+    "quantize_": "model.quantize", "quantizers": "model.quantize", "create_model": "model.registry",
+    "list_models": "model.registry", "UniQConfig": "model.configuration_uniq",
+    "UniQImageProcessor": "model.image_processing_uniq", "UniQForImageClassification": "model.modeling_uniq",
+    "UniQModel": "model.modeling_uniq", "CheckpointError": "model.packing",
+    "calibrate": "training.calibrate", "reestimate_batchnorm": "training.calibrate", "imagenet_id2label": "labels",
+    "export_onnx": "deploy.onnx_export", "OnnxImageClassifier": "deploy.onnx_runtime",
 }
-_TORCH_FREE = {"onnx_runtime"}
+_TORCH_FREE = {"deploy.onnx_runtime"}
 __all__ = sorted(_EXPORTS)
 _state = {"registered": False, "timm": False}
 _WATCHED = ("transformers", "timm")  # registration follows the import of these (see _register_when_ready)
@@ -39,10 +40,10 @@ def register_auto_classes() -> None:
     _state["registered"] = True
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
-    from . import mobilenetv2, preresnet  # noqa: F401  (register the architectures)
-    from .configuration_uniq import UniQConfig
-    from .image_processing_uniq import UniQImageProcessor
-    from .modeling_uniq import UniQForImageClassification, UniQModel
+    from .model import mobilenetv2, preresnet  # noqa: F401  (register the architectures)
+    from .model.configuration_uniq import UniQConfig
+    from .model.image_processing_uniq import UniQImageProcessor
+    from .model.modeling_uniq import UniQForImageClassification, UniQModel
 
     AutoConfig.register(UniQConfig.model_type, UniQConfig, exist_ok=True)
     AutoModelForImageClassification.register(UniQConfig, UniQForImageClassification, exist_ok=True)
@@ -121,7 +122,7 @@ class _AfterImportHook(importlib.abc.MetaPathFinder):
     """Watches the imports of transformers, timm and uniq_hub's modules (see register_auto_classes)."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name not in _WATCHED and not (name.startswith(__name__ + ".") and name.count(".") == 1):
+        if name not in _WATCHED and not name.startswith(__name__ + "."):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):

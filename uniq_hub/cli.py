@@ -10,16 +10,16 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "zoo": ("uniq_hub.zoo", "list the model zoo"),
-    "train": ("uniq_hub.train", "train a UniQ model with Accelerate"),
-    "evaluate": ("uniq_hub.evaluate", "top-1 / top-5 of a model on a dataset split"),
-    "publish": ("uniq_hub.publish", "upload an exported model folder to the Hub"),
-    "publish-zoo": ("uniq_hub.zoo_release", "upload every release folder of zoo/ to its uniq/<name> repo"),
+    "zoo": ("uniq_hub.hub.zoo", "list the model zoo"),
+    "train": ("uniq_hub.training.train", "train a UniQ model with Accelerate"),
+    "evaluate": ("uniq_hub.training.evaluate", "top-1 / top-5 of a model on a dataset split"),
+    "publish": ("uniq_hub.hub.publish", "upload an exported model folder to the Hub"),
+    "publish-zoo": ("uniq_hub.hub.zoo_release", "upload every release folder of zoo/ to its uniq/<name> repo"),
     "publish-space": ("uniq_hub.space", "upload the demo Space (spaces/uniq-zoo-demo) to a Space repo"),
     "plot": ("uniq_hub.plot", "plot training dynamics and accuracy against bits"),
-    "export-onnx": ("uniq_hub.onnx_export", "write the exact integer ONNX graph (onnx/model.onnx)"),
-    "predict": ("uniq_hub.predict", "top classes of images with torch, ONNX Runtime or OpenVINO"),
-    "migrate": ("uniq_hub.migrate", "re-save model folders of older versions with this one (metadata, code, ONNX)"),
+    "export-onnx": ("uniq_hub.deploy.onnx_export", "write the exact integer ONNX graph (onnx/model.onnx)"),
+    "predict": ("uniq_hub.deploy.predict", "top classes of images with torch, ONNX Runtime or OpenVINO"),
+    "migrate": ("uniq_hub.hub.migrate", "re-save model folders of older versions with this one (metadata, code, ONNX)"),
 }
 
 
@@ -29,7 +29,7 @@ DEBUG_ENV = "UNIQ_HUB_DEBUG"  # set to 1: tracebacks instead of one-line errors 
 def _known_errors() -> tuple[type[BaseException], ...]:
     """What a command raises for bad input or an unreachable Hub (one line); anything else is a bug
     and keeps its traceback."""
-    from .network import network_errors
+    from .hub.network import network_errors
 
     return (ValueError, OSError, ImportError, KeyError, FloatingPointError, *network_errors())
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == chosen:
             importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
-    from .network import default_timeout, hub_timeout
+    from .hub.network import default_timeout, hub_timeout
 
     try:
         with hub_timeout(default_timeout()):

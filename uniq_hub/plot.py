@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .constants import EXPORT_DIR, FP_BITS, RESULTS_FILE, SUMMARY_FILE, TRAIN_CONFIG_FILE
-from .zoo import get_entry
+from .hub.zoo import get_entry
+from .model.constants import EXPORT_DIR, FP_BITS, RESULTS_FILE, SUMMARY_FILE, TRAIN_CONFIG_FILE
 
 __all__ = ["RunResult", "read_dynamics", "pick_quantizers", "plot_dynamics", "run_results", "plot_accuracy",
            "plot_zoo", "add_arguments", "run"]
@@ -206,7 +206,7 @@ def plot_accuracy(results: list[RunResult], out: str | Path) -> Path:
 
 def plot_zoo(records: dict[str, dict[str, Any]], out: str | Path) -> Path:
     """Test top-1 against the size of ``model.safetensors`` (log scale), one line per architecture from
-    1 bit to FP, each point labelled with its bits; ``records``: :func:`uniq_hub.zoo_release.release_records`."""
+    1 bit to FP, each point labelled with its bits; ``records``: :func:`uniq_hub.hub.zoo_release.release_records`."""
     plt = _agg()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     families: dict[str, list[tuple[float, float, str]]] = defaultdict(list)

@@ -19,13 +19,13 @@ from typing import Any
 from transformers import pipeline
 
 from . import register_auto_classes
-from .atomic import write_json_atomic
-from .constants import RESULTS_FILE
-from .data import class_names, load_image_dataset
-from .evaluate import evaluate
-from .publish import publish
-from .train import train
-from .train_config import resolve_config
+from .hub.publish import publish
+from .model.atomic import write_json_atomic
+from .model.constants import RESULTS_FILE
+from .training.data import class_names, load_image_dataset
+from .training.evaluate import evaluate
+from .training.train import train
+from .training.train_config import resolve_config
 
 __all__ = ["run_quickstart", "main"]
 

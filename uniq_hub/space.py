@@ -4,7 +4,7 @@ The Space folder is staged first, and the staged copy is what goes up: ``app.py`
 YAML front matter: ``sdk: gradio``, ``app_file``, the ``models:`` it shows, replaced by ``--models``),
 ``requirements.txt``, ``examples/``; plus the torch-free ONNX runtime, ``uniq_hub/onnx_runtime.py``
 with the modules it imports relatively, bundled as a package ``uniq_hub`` (uniq_hub is not on PyPI; the
-app imports ``uniq_hub.onnx_runtime`` and falls back to PyTorch through transformers' remote code for
+app imports ``uniq_hub.deploy.onnx_runtime`` and falls back to PyTorch through transformers' remote code for
 models without a graph). ``--dry-run`` stages and lists, uploading nothing.
 """
 

@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from .configuration_uniq import TIMM_PREFIX, UniQConfig
-from .modeling_uniq import CHECKSUM_KEY, build_architecture, load_checked_state_dict, read_safetensors
-from .packing import CheckpointError, check_header
-from .registry import list_models, model_info
+from .model.configuration_uniq import TIMM_PREFIX, UniQConfig
+from .model.modeling_uniq import CHECKSUM_KEY, build_architecture, load_checked_state_dict, read_safetensors
+from .model.packing import CheckpointError, check_header
+from .model.registry import list_models, model_info
 
 __all__ = ["UniQTimmModel", "timm_model_names"]
 

@@ -1,7 +1,7 @@
 """UniQ zoo demo (a Hugging Face Space): one image, every bit-width's top-3 side by side, with each
 model's size on disk and its measured latency.
 
-Each model runs on its exact integer ONNX graph (``onnx/model.onnx``, through ``uniq_hub.onnx_runtime``:
+Each model runs on its exact integer ONNX graph (``onnx/model.onnx``, through ``uniq_hub.deploy.onnx_runtime``:
 numpy, PIL and ONNX Runtime / OpenVINO, no torch) where the repo has one, otherwise on PyTorch through
 transformers' remote code (``trust_remote_code=True``: the repo carries its code, uniq_hub is not needed).
 
@@ -74,7 +74,7 @@ def _onnx_classifier(folder: Path) -> tuple[Callable, str] | None:
     if not (folder / "onnx" / "model.onnx").is_file():
         return None
     try:
-        from uniq_hub.onnx_runtime import OnnxImageClassifier
+        from uniq_hub.deploy.onnx_runtime import OnnxImageClassifier
 
         clf = OnnxImageClassifier(folder)
     except (ImportError, ValueError) as err:  # GraphError is a ValueError: refused graphs fall back to PyTorch

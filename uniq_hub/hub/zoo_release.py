@@ -23,21 +23,21 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .atomic import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
+from ..deploy.onnx_runtime import ONNX_FILE
+from ..model.atomic import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
+from ..model.constants import BEST_DIR, RESULTS_FILE, SUMMARY_FILE, TRAIN_CONFIG_FILE
+from ..model.modeling_uniq import UniQForImageClassification
+from ..model.quantize import rename_legacy
+from ..training.evaluate import evaluate
+from ..training.train_config import TrainConfig, resolve_config
 from .cards import render_card
-from .constants import BEST_DIR, RESULTS_FILE, SUMMARY_FILE, TRAIN_CONFIG_FILE
-from .evaluate import evaluate
-from .modeling_uniq import UniQForImageClassification
-from .onnx_runtime import ONNX_FILE
 from .publish import DEFAULT_TIMEOUT, PublishError, check_repo_id, check_timeout, prepare, upload
-from .quantize import rename_legacy
-from .train_config import TrainConfig, resolve_config
 from .zoo import ZooEntry, get_entry, list_entries
 
 __all__ = ["NOT_RELEASED", "RELEASE_DIR", "release_folders", "release_records", "training_record",
            "validation_selection", "release_entry", "zoo_table", "publish_zoo"]
 
-RELEASE_DIR = Path(__file__).resolve().parent.parent / "zoo"
+RELEASE_DIR = Path(__file__).resolve().parents[2] / "zoo"
 MAX_FOLDER_BYTES = 2 * 1024 * 1024  # a release folder kept in git; larger ONNX graphs are left out
 # Entries allowed a larger folder, committed once: float weights that cannot be packed.
 LARGE_RELEASES = {"uniq/mobilenetv2-fashion-mnist-fp": 10 * 1024 * 1024}
@@ -101,7 +101,7 @@ def _save_release(source: Path, out: Path, limit: int) -> None:
     """A trained model saved by this code in the release format (packed codes, the steps the forward
     uses, this version's safetensors metadata and remote code) with its exact ONNX graph, unless the
     graph (about a byte per weight) would take the folder over ``limit`` bytes."""
-    from .onnx_export import export_onnx
+    from ..deploy.onnx_export import export_onnx
 
     model = UniQForImageClassification.from_pretrained(source)
     with atomic_dir(out) as tmp:
@@ -253,7 +253,7 @@ def _onnx_results(folder: Path, entry: ZooEntry, num_workers: int) -> dict[str, 
 def publish_zoo(root: str | os.PathLike = RELEASE_DIR, only: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Upload every release folder under ``root`` to its ``uniq/<name>`` repo (``publish``'s
     checks apply to each, and every entry is verified before any is uploaded); ``kwargs``:
-    ``dry_run`` and :func:`uniq_hub.publish.upload`'s options. Returns
+    ``dry_run`` and :func:`uniq_hub.hub.publish.upload`'s options. Returns
     ``{repo id: commit info or plan}``."""
     folders = release_folders(root)
     if only:

@@ -22,9 +22,9 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_json_atomic
-from .constants import TRAIN_CONFIG_FILE
-from .quantize import rename_legacy
+from ..model.atomic import write_json_atomic
+from ..model.constants import TRAIN_CONFIG_FILE
+from ..model.quantize import rename_legacy
 
 __all__ = ["HISTORY_FILE", "SAFE_TO_CHANGE", "ResumeError", "check_resume", "check_same_data", "config_changes",
            "record_run"]

@@ -17,8 +17,8 @@ def _torch_predictor(model: str) -> Any:
     import numpy as np
     import torch
 
-    from .image_processing_uniq import UniQImageProcessor
-    from .modeling_uniq import UniQForImageClassification
+    from ..model.image_processing_uniq import UniQImageProcessor
+    from ..model.modeling_uniq import UniQForImageClassification
 
     net = UniQForImageClassification.from_pretrained(model).eval()
     processor = UniQImageProcessor.from_pretrained(model)

@@ -16,7 +16,7 @@ Images with NaN / infinite pixels or no pixels are refused; URLs are fetched wit
 (``fetch_timeout`` seconds).
 
 This is the one preprocessing contract: the training and evaluation transforms of
-:mod:`uniq_hub.data` are built from it, so ``uniq-hub evaluate``, ``pipeline`` and training see
+:mod:`uniq_hub.training.data` are built from it, so ``uniq-hub evaluate``, ``pipeline`` and training see
 the same tensor for the same image.
 
 Value ranges (what maps to white): uint8 255; uint16 / int16 and PIL "I;16*" 65535; PIL "I"

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .constants import FP_BITS
+from ..model.constants import FP_BITS
 
 ORG = "uniq"
 RESULTS_ENV = "UNIQ_HUB_RESULTS"
-DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+DEFAULT_RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 RESULT_KEYS = ("model_id", "dataset", "split", "top1", "top5", "num_examples", "command")
 
 
@@ -215,7 +215,7 @@ FAMILIES: tuple[_Family, ...] = (
 )
 
 # Recipes per family kind: "fp", "multi" (2..4 bits; weight_decay and epochs may be dicts over bits), "binary".
-# The one table of hyperparameters: uniq_hub.recipes reads RECIPES / FAMILIES / DATASETS for training.
+# The one table of hyperparameters: uniq_hub.training.recipes reads RECIPES / FAMILIES / DATASETS for training.
 _ADAM_WARMUP = dict(optimizer="adam", lr=0.004, warmup_epochs=5, warmup_lr=0.001)
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "imagenet": {

@@ -21,9 +21,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..model.modules import UniQQuantizer
+from ..model.quant import optimal_step
 from .calibrate import train_mode_keeping_norm_stats
-from .modules import UniQQuantizer
-from .quant import optimal_step
 
 __all__ = ["quantizer_stats", "DynamicsRecorder"]
 

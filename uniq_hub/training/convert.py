@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .registry import create_model
+from ..model.registry import create_model
 
 __all__ = ["PYTORCHCV_ARCHS", "convert_state_dict", "convert_pytorchcv_model", "load_pytorchcv"]
 

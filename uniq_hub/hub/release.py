@@ -13,11 +13,11 @@ from typing import Any
 
 from transformers.utils import logging as hf_logging
 
-from .atomic import atomic_dir, write_json_atomic
+from ..deploy.onnx_runtime import ONNX_FILE
+from ..model.atomic import atomic_dir, write_json_atomic
+from ..model.constants import BEST_DIR, RESULTS_FILE
+from ..model.modeling_uniq import UniQForImageClassification
 from .cards import entry_from_config, render_card
-from .constants import BEST_DIR, RESULTS_FILE
-from .modeling_uniq import UniQForImageClassification
-from .onnx_runtime import ONNX_FILE
 from .zoo import get_entry
 
 __all__ = ["BEST_DIR", "RESULTS_FILE", "ExportIncomplete", "card_entry", "export_model", "load_trained", "save_latent"]
@@ -78,7 +78,7 @@ def _export_onnx(model: Any, folder: Path) -> None:
     if importlib.util.find_spec("onnx") is None:
         print("onnx is not installed: no onnx/model.onnx (pip install 'uniq_hub[onnx]')")
         return
-    from .onnx_export import export_onnx  # needs the optional onnx package
+    from ..deploy.onnx_export import export_onnx  # needs the optional onnx package
 
     export_onnx(model, folder / ONNX_FILE)
 

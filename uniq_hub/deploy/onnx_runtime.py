@@ -188,7 +188,7 @@ def within_bounds(stats: dict[str, float]) -> bool:
 # Preprocessing: UniQImageProcessor's contract in numpy / PIL
 # ---------------------------------------------------------------------------------------------
 
-# Same input conventions as uniq_hub.image_processing_uniq (which needs torch; keep the two in step):
+# Same input conventions as uniq_hub.model.image_processing_uniq (which needs torch; keep the two in step):
 # 8-bit PIL modes are read as PIL's convert("L") / convert("RGB") give them (alpha dropped), deep
 # modes and arrays with the value that maps to white, colour -> gray with PIL's integer luma weights.
 _GRAY_PIL_MODES = frozenset({"1", "L", "LA"})
@@ -463,7 +463,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _resolve(folder_or_repo: str | os.PathLike, revision: str | None, token: Any, timeout: float | None = None) -> Path:
     """A local folder as is, else the three files the classifier needs from the Hub (each request
-    within ``timeout`` seconds, :func:`uniq_hub.network.default_timeout` by default)."""
+    within ``timeout`` seconds, :func:`uniq_hub.hub.network.default_timeout` by default)."""
     if os.path.isdir(folder_or_repo):
         return Path(folder_or_repo)
     name = os.fspath(folder_or_repo)
@@ -471,7 +471,7 @@ def _resolve(folder_or_repo: str | os.PathLike, revision: str | None, token: Any
         raise FileNotFoundError(f"{name}: no such model folder (and not a Hub repo id ORG/NAME)")
     from huggingface_hub import snapshot_download
 
-    from .network import default_timeout, hub_timeout
+    from ..hub.network import default_timeout, hub_timeout
 
     files = ["config.json", "preprocessor_config.json", ONNX_FILE]
     timeout = default_timeout() if timeout is None else timeout

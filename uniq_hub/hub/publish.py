@@ -54,13 +54,13 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from ..model.configuration_uniq import UniQConfig
+from ..model.constants import RESULTS_FILE
+from ..model.image_processing_uniq import UniQImageProcessor
+from ..model.modeling_uniq import UniQForImageClassification
+from ..model.packing import CheckpointError, check_processor_config, weight_files
 from .cards import entry_from_config, render_card
-from .configuration_uniq import UniQConfig
-from .constants import RESULTS_FILE
-from .image_processing_uniq import UniQImageProcessor
-from .modeling_uniq import UniQForImageClassification
 from .network import DEFAULT_TIMEOUT, hub_timeout
-from .packing import CheckpointError, check_processor_config, weight_files
 from .zoo import ZooEntry, get_entry, parse_result
 
 logger = logging.getLogger(__name__)
@@ -78,10 +78,10 @@ RELEASE_FILES: dict[str, str] = {
     "model.safetensors.index.json": "the index of sharded weights",
     "README.md": "the model card",
     **{name: "measured results" for name in RESULTS_FILES},
-    "onnx/model.onnx": "the exact ONNX export (uniq_hub.onnx_export)",
+    "onnx/model.onnx": "the exact ONNX export (uniq_hub.deploy.onnx_export)",
 }
 SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")  # transformers' shard names, top level only
-LIBRARY_DIR = Path(__file__).resolve().parent  # the shipped code is the library's own modules
+LIBRARY_DIR = Path(__file__).resolve().parents[1] / "model"  # the shipped code: the model subpackage
 # Files that change nothing the verification computes (a new card or results reuse a verification).
 _NOT_COMPUTED = ("README.md", *RESULTS_FILES, "onnx/model.onnx")
 IGNORED_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
@@ -474,7 +474,7 @@ def _verify_onnx(folder: Path) -> None:
     """The ONNX hook: ``onnx/model.onnx``, when present, is checked by ``onnx_export.verify_onnx``."""
     if not (folder / "onnx" / "model.onnx").is_file():
         return
-    from .onnx_export import OnnxExportError, verify_onnx
+    from ..deploy.onnx_export import OnnxExportError, verify_onnx
 
     try:
         verify_onnx(folder)

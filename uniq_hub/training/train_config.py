@@ -5,7 +5,7 @@ Every field is a flag (``lr`` -> ``--lr``, ``w_bits`` -> ``--w-bits``) and a key
 file (JSON or YAML, keys with ``_`` or ``-``). The quantization fields are
 :class:`uniq_hub.QuantConfig`'s schema (names, help, checks), the model fields ``UniQConfig``'s
 (``num_channels``, ``image_size``). Recipe fields left ``None`` are filled from the paper's recipe
-for the data family and bits (:func:`uniq_hub.recipes.recipe_defaults`). The resolved config,
+for the data family and bits (:func:`uniq_hub.training.recipes.recipe_defaults`). The resolved config,
 everything concrete, is written into the run directory.
 """
 
@@ -23,11 +23,11 @@ from typing import Any
 
 import yaml
 
-from .constants import FP_BITS, KD_TEMPERATURE, KD_WEIGHT, MAX_IMAGE_SIZE
+from ..hub.zoo import get_entry
+from ..model.constants import FP_BITS, KD_TEMPERATURE, KD_WEIGHT, MAX_IMAGE_SIZE
+from ..model.quantize import QUANT_FIELD_HELP, QUANT_FIELDS, QuantConfig, check_quant_fields, rename_legacy
 from .data import check_val_split
-from .quantize import QUANT_FIELD_HELP, QUANT_FIELDS, QuantConfig, check_quant_fields, rename_legacy
 from .recipes import recipe_defaults, recipe_family
-from .zoo import get_entry
 
 __all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "resolve_config", "load_config_file"]
 

@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
-from .atomic import atomic_path
-from .modeling_uniq import UniQForImageClassification, state_dict_checksum
-from .modules import _MIN_STEP, QConv2d, QLinear, UniQQuantizer
+from ..model.atomic import atomic_path
+from ..model.modeling_uniq import UniQForImageClassification, state_dict_checksum
+from ..model.modules import _MIN_STEP, QConv2d, QLinear, UniQQuantizer
+from ..model.packing import PACKED_SUFFIX, pack_state_dict, quantized_layers, unpack_bits
 from .onnx_runtime import (
     EXACT_BOUNDS,
     EXACT_FORMAT,
@@ -63,7 +64,6 @@ from .onnx_runtime import (
     load_backend,
     within_bounds,
 )
-from .packing import PACKED_SUFFIX, pack_state_dict, quantized_layers, unpack_bits
 
 __all__ = [
     "FORMAT",

@@ -105,7 +105,7 @@ def _drop_stale_graph(folder: str | os.PathLike) -> None:
     if not os.path.lexists(path):
         return
     try:  # by name, as the export above (optional dependencies)
-        importlib.import_module("uniq_hub.onnx_runtime").check_graph(folder)
+        importlib.import_module("uniq_hub.deploy.onnx_runtime").check_graph(folder)
         logger.info("%s: kept; it was exported from the weights just saved", path)
         return
     except Exception as err:  # noqa: BLE001 (any failure: stale, corrupted, or the tools missing)
@@ -163,7 +163,7 @@ class UniQPreTrainedModel(PreTrainedModel):
             raise RuntimeError(
                 "torch.jit.trace is not supported for UniQ models (TorchScript is deprecated, and the quantizers' "
                 "custom autograd functions and weight cache do not trace); use torch.export.export(model, "
-                "(pixel_values,)) instead, or the exact ONNX export (uniq_hub.export)"
+                "(pixel_values,)) instead, or the exact ONNX export (uniq_hub.hub.release)"
             )
         if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
@@ -234,7 +234,7 @@ class UniQPreTrainedModel(PreTrainedModel):
         format (packed low-bit codes); ``False`` keeps the latent float weights (training
         checkpoints). ``save_image_processor`` also writes ``preprocessor_config.json`` derived
         from the config. ``onnx`` (default ``False``, or what ``push_to_hub(onnx=...)`` asked): also write
-        the exact integer graph ``onnx/model.onnx`` (``uniq_hub.onnx_export``). Other arguments are
+        the exact integer graph ``onnx/model.onnx`` (``uniq_hub.deploy.onnx_export``). Other arguments are
         ``PreTrainedModel.save_pretrained``'s.
         """
         packed = getattr(self, "_uniq_push_packed", True) if packed is None else packed
@@ -262,7 +262,7 @@ class UniQPreTrainedModel(PreTrainedModel):
         if is_main_process:  # bits, method, granularity, policy into the safetensors metadata (packing.py)
             record_computation(save_directory, self.config, self.model)
         if is_main_process and onnx:  # by name: remote code copies relative imports, and this one needs onnx
-            exporter = importlib.import_module("uniq_hub.onnx_export")
+            exporter = importlib.import_module("uniq_hub.deploy.onnx_export")
             exporter.export_onnx(self, os.path.join(save_directory, "onnx", "model.onnx"))
             logger.info("%s: wrote onnx/model.onnx, exported from these weights", save_directory)
         elif is_main_process:

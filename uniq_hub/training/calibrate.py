@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .modules import UniQQuantizer, _QuantizedMixin
+from ..model.modules import UniQQuantizer, _QuantizedMixin
 
 
 @contextlib.contextmanager

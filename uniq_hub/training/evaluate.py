@@ -1,6 +1,6 @@
 """Top-1 / top-5 accuracy of a model on a dataset split: ``uniq-hub evaluate MODEL ...``.
 
-Writes the results JSON the zoo and the model cards read (schema in :mod:`uniq_hub.zoo`)::
+Writes the results JSON the zoo and the model cards read (schema in :mod:`uniq_hub.hub.zoo`)::
 
     {"model_id", "dataset", "split", "top1", "top5", "num_examples", "command"}
 
@@ -21,13 +21,13 @@ from accelerate import Accelerator, PartialState
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..hub.zoo import get_entry
+from ..model.atomic import write_json_atomic
+from ..model.constants import RESULTS_FILE
+from ..model.image_processing_uniq import UniQImageProcessor
+from ..model.modeling_uniq import UniQForImageClassification
 from . import data
-from .atomic import write_json_atomic
-from .constants import RESULTS_FILE
 from .data import ProcessorTransform
-from .image_processing_uniq import UniQImageProcessor
-from .modeling_uniq import UniQForImageClassification
-from .zoo import get_entry
 
 __all__ = ["split_batch", "topk_correct", "evaluate_model", "ProcessorTransform", "evaluate", "write_results",
            "add_arguments", "run"]
@@ -122,7 +122,7 @@ def evaluate(
                                  label_column=label_column, limit=max_samples)
     label_map = data.label_mapping(data.class_names(ds), model.config.id2label, source=dataset)
     if runtime != "torch":
-        from .onnx_export import OnnxModule
+        from ..deploy.onnx_export import OnnxModule
 
         model = OnnxModule(model_id, runtime)
     loader = data.make_dataloader(ds, data.eval_transform(processor), batch_size=batch_size, shuffle=False,

@@ -1,4 +1,4 @@
-"""``uniq-hub train`` / ``accelerate launch -m uniq_hub.train``: train a UniQ model with Accelerate.
+"""``uniq-hub train`` / ``accelerate launch -m uniq_hub.training.train``: train a UniQ model with Accelerate.
 
 The orchestration only; each step is another module's job::
 
@@ -36,8 +36,14 @@ from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..hub.release import ExportIncomplete, card_entry, export_model, load_trained, save_latent
+from ..model.atomic import write_json_atomic
+from ..model.configuration_uniq import UniQConfig
+from ..model.constants import BEST_DIR, EXPORT_DIR, SMALL_IMAGE, SUMMARY_FILE, TRAIN_CONFIG_FILE
+from ..model.modeling_uniq import UniQForImageClassification
+from ..model.quantize import QuantConfig, layer_bits
+from ..model.registry import create_model
 from . import data
-from .atomic import write_json_atomic
 from .calibrate import calibrate
 from .checkpoint import (
     Checkpointer,
@@ -48,21 +54,15 @@ from .checkpoint import (
     check_run_dir,
     clear_run_dir,
 )
-from .configuration_uniq import UniQConfig
-from .constants import BEST_DIR, EXPORT_DIR, SMALL_IMAGE, SUMMARY_FILE, TRAIN_CONFIG_FILE
 from .convert import load_pytorchcv
 from .distill import distillation_loss, load_teacher, teacher_logits
 from .dynamics import DynamicsRecorder
 from .evaluate import evaluate_model
-from .export import ExportIncomplete, card_entry, export_model, load_trained, save_latent
-from .modeling_uniq import UniQForImageClassification
-from .quantize import QuantConfig, layer_bits
 from .recipes import build_optimizer, build_scheduler
-from .registry import create_model
 from .run_record import ResumeError, check_resume, check_same_data, record_run
 from .train_config import TrainConfig, add_config_arguments, config_from_args
 
-logger = logging.getLogger("uniq_hub.train")
+logger = logging.getLogger("uniq_hub.training.train")
 
 __all__ = ["DataBundle", "NonFiniteLossError", "Trainer", "load_data", "build_model", "load_init_weights", "train",
            "add_arguments", "run", "main"]
@@ -119,7 +119,7 @@ def _num_examples(ds: Any, cfg: TrainConfig) -> int:
 
 
 def load_data(cfg: TrainConfig) -> DataBundle:
-    """Both splits through :mod:`uniq_hub.data`; the image processor the model will ship (ImageNet-style
+    """Both splits through :mod:`uniq_hub.training.data`; the image processor the model will ship (ImageNet-style
     from 128 px up, CIFAR-style below; known datasets' own statistics) and the transforms built from it.
     Splits a classifier cannot be trained on (empty, one class) are refused."""
     common = dict(image_column=cfg.image_column, label_column=cfg.label_column)
@@ -157,7 +157,7 @@ def load_data(cfg: TrainConfig) -> DataBundle:
 
 def _hold_out(train: Any, num_train: int, cfg: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
     """``(train, val, selection)``: the validation examples carved out of the training split
-    (:func:`uniq_hub.data.stratified_split`, seed :data:`VAL_SPLIT_SEED` whatever the run's seed, so every
+    (:func:`uniq_hub.training.data.stratified_split`, seed :data:`VAL_SPLIT_SEED` whatever the run's seed, so every
     stage of a zoo chain holds out the same images), or ``val`` None when ``val_split`` is 0."""
     if cfg.val_split == 0:
         return train, None, {"split": cfg.eval_split, "description": f"the `{cfg.eval_split}` split (no "
@@ -538,7 +538,7 @@ class NonFiniteLossError(FloatingPointError):
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the training ``cfg`` describes; returns a summary (best top-1, steps, directories).
 
-    When the export's ONNX graph fails its verification (:class:`uniq_hub.export.ExportIncomplete`),
+    When the export's ONNX graph fails its verification (:class:`uniq_hub.hub.release.ExportIncomplete`),
     the checkpoints, ``best/`` and the PyTorch release are on disk already: the summary is written
     with the error, then the error is raised."""
     trainer = Trainer(cfg)
@@ -582,12 +582,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="uniq_hub.train", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="uniq_hub.training.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    from .network import default_timeout, hub_timeout
+    from ..hub.network import default_timeout, hub_timeout
 
-    with hub_timeout(default_timeout()):  # `accelerate launch -m uniq_hub.train` bypasses the CLI's timeout
+    with hub_timeout(default_timeout()):  # `accelerate launch -m uniq_hub.training.train` bypasses the CLI's timeout
         return run(parser.parse_args(argv))
 
 

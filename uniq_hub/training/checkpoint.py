@@ -30,8 +30,8 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from .atomic import write_json_atomic
-from .constants import BEST_DIR, EXPORT_DIR, SUMMARY_FILE, TRAIN_CONFIG_FILE
+from ..model.atomic import write_json_atomic
+from ..model.constants import BEST_DIR, EXPORT_DIR, SUMMARY_FILE, TRAIN_CONFIG_FILE
 
 __all__ = ["CheckpointError", "CheckpointWriteError", "RunDirectoryError", "TrainerState", "Checkpointer",
            "check_run_dir", "clear_run_dir", "latest_checkpoint", "list_checkpoints", "read_trainer_state",

@@ -1,7 +1,7 @@
 """Model cards: a Hub ``README.md`` (YAML metadata + body) rendered from a zoo entry.
 
 The metadata's ``model-index`` holds only numbers measured in this project (results JSON, see
-:mod:`uniq_hub.zoo`); the paper's number appears in the body, labelled as reported by the paper.
+:mod:`uniq_hub.hub.zoo`); the paper's number appears in the body, labelled as reported by the paper.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any, Mapping
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .constants import KD_TEMPERATURE, KD_WEIGHT
-from .packing import packed_nbytes
-from .quantize import QuantConfig, layer_bits, quantize_
-from .registry import create_model, model_info
+from ..model.constants import KD_TEMPERATURE, KD_WEIGHT
+from ..model.packing import packed_nbytes
+from ..model.quantize import QuantConfig, layer_bits, quantize_
+from ..model.registry import create_model, model_info
 from .zoo import FP_BITS, ORG, DatasetInfo, Result, ZooEntry, parse_result
 
 LICENSE = "apache-2.0"
@@ -39,9 +39,9 @@ TEMPLATE = Path(__file__).with_name("model_card_template.md")
 OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 # How each dataset's entries are trained on several GPUs (ImageNet) or one device (small images).
 LAUNCH = {
-    "imagenet-1k": "accelerate launch --multi_gpu --num_processes 8 -m uniq_hub.train",
-    "cifar100": "accelerate launch -m uniq_hub.train",
-    "fashion-mnist": "accelerate launch -m uniq_hub.train",
+    "imagenet-1k": "accelerate launch --multi_gpu --num_processes 8 -m uniq_hub.training.train",
+    "cifar100": "accelerate launch -m uniq_hub.training.train",
+    "fashion-mnist": "accelerate launch -m uniq_hub.training.train",
 }
 
 
@@ -219,7 +219,7 @@ def render_card(
     """``README.md`` text for ``entry``: ``ModelCard.from_template`` with ``model_card_template.md``.
 
     ``result``: a measured results record (default: ``entry.measured``); a record mapping may carry
-    ``training`` (:func:`uniq_hub.zoo_release.training_record`), ``selection`` (the split and step the
+    ``training`` (:func:`uniq_hub.hub.zoo_release.training_record`), ``selection`` (the split and step the
     checkpoint was chosen on, as training records it) and ``onnx`` (top-1 / top-5 per runtime).
     ``repo_id``: the Hub id used in the snippets (default: the entry's name); ``folder``: an exported
     model folder whose ``model.safetensors`` size is reported.
@@ -306,7 +306,7 @@ def render_index(entries: list[ZooEntry]) -> str:
 
 def generate_cards(entries: list[ZooEntry], releases: Mapping[str, str | os.PathLike] | None = None) -> dict[str, str]:
     """``{file name: text}`` for every entry, plus the ``README.md`` index. An entry with a release
-    folder (``releases``: zoo name -> folder, see :mod:`uniq_hub.zoo_release`) gets that folder's card."""
+    folder (``releases``: zoo name -> folder, see :mod:`uniq_hub.hub.zoo_release`) gets that folder's card."""
     releases = releases or {}
     files = {card_filename(e): (Path(releases[e.name]) / "README.md").read_text() if e.name in releases
              else render_card(e) for e in entries}

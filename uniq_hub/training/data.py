@@ -40,9 +40,9 @@ from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader, get_worker_info
 from torchvision.transforms import v2
 
-from .configuration_uniq import UniQConfig
-from .constants import IMAGENET_MEAN, IMAGENET_STD
-from .image_processing_uniq import UniQImageProcessor, to_image_tensor
+from ..model.configuration_uniq import UniQConfig
+from ..model.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..model.image_processing_uniq import UniQImageProcessor, to_image_tensor
 
 logger = logging.getLogger(__name__)
 

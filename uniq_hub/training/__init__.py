@@ -1,0 +1,1 @@
+"""uniq_hub.training."""
