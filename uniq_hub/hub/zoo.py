@@ -1,8 +1,9 @@
 """The model zoo: every published UniQ model, its training recipe, the paper's number and ours.
 
-Entries are built from small tables (datasets, architecture families, recipes), not written out
-one by one. ``get_entry(name)`` / ``list_entries()`` return :class:`ZooEntry` objects whose
-``measured`` field is filled from results JSON files, when one exists.
+Entries are built from small tables (datasets, architecture families here; the recipes in
+:mod:`uniq_hub.training.recipe_table`), not written out one by one. ``get_entry(name)`` /
+``list_entries()`` return :class:`ZooEntry` objects whose ``measured`` field is filled from results
+JSON files, when one exists.
 
 Results JSON schema (what ``uniq-hub evaluate`` writes; one object, or a list of objects, per file)::
 
