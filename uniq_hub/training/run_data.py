@@ -26,7 +26,7 @@ from .train_config import TrainConfig
 __all__ = ["DataBundle", "VAL_SPLIT_SEED", "load_data"]
 
 VAL_SPLIT_SEED = 0  # the validation hold-out does not follow --seed: a zoo chain's stages share it
-# TODO(image_inputs): the one-channel PIL modes come from uniq_hub.model.image_inputs' shared mode table
+# TODO(image_inputs): use the shared mode table of uniq_hub.model.image_inputs (its one-channel PIL modes)
 _ONE_CHANNEL_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
