@@ -21,9 +21,9 @@ import torch
 from uniq_hub import reestimate_batchnorm
 from uniq_hub.hub.release import load_trained
 from uniq_hub.model.constants import TRAIN_CONFIG_FILE
-from uniq_hub.training.data import make_dataloader
+from uniq_hub.training.data.loader import make_dataloader
 from uniq_hub.training.evaluate import evaluate_model
-from uniq_hub.training.train import load_data
+from uniq_hub.training.run_data import load_data
 from uniq_hub.training.train_config import TrainConfig
 
 

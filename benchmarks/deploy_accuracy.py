@@ -36,15 +36,18 @@ def pixel_values(folder: Path, dataset: str, split: str, limit: int | None) -> t
     import torch
 
     from uniq_hub import UniQConfig, UniQImageProcessor
-    from uniq_hub.training import data
+    from uniq_hub.training.data.columns import class_names, label_mapping
+    from uniq_hub.training.data.loader import make_dataloader
+    from uniq_hub.training.data.sources import load_image_dataset
+    from uniq_hub.training.data.transforms import eval_transform
 
     config = UniQConfig.from_pretrained(folder)
     processor = UniQImageProcessor.from_pretrained(folder)
-    ds = data.load_image_dataset(dataset, split, limit=limit)
-    label_map = data.label_mapping(data.class_names(ds), config.id2label, source=dataset)
-    loader = data.make_dataloader(
+    ds = load_image_dataset(dataset, split, limit=limit)
+    label_map = label_mapping(class_names(ds), config.id2label, source=dataset)
+    loader = make_dataloader(
         ds,
-        data.eval_transform(processor),
+        eval_transform(processor),
         batch_size=500,
         shuffle=False,
         num_workers=0,

@@ -59,7 +59,7 @@ def three_runtimes(repo_id: str, limit: int | None = None, batch_size: int = 100
 
     from uniq_hub import UniQImageProcessor
     from uniq_hub.deploy.onnx_runtime import OnnxImageClassifier
-    from uniq_hub.training.data import load_image_dataset
+    from uniq_hub.training.data.sources import load_image_dataset
 
     ds = load_image_dataset("fashion_mnist", "test", limit=limit)
     images, labels = list(ds["image"]), np.asarray(ds["label"])

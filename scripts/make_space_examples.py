@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from uniq_hub.training.data import load_image_dataset
+from uniq_hub.training.data.sources import load_image_dataset
 
 OUT = Path(__file__).resolve().parent.parent / "spaces" / "uniq-zoo-demo" / "examples"
 CLASSES = ("Ankle boot", "Trouser", "Bag", "Pullover", "Sneaker", "Dress")

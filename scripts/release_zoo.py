@@ -37,7 +37,7 @@ def golden_logits(folder: Path) -> dict:
     import torch
 
     from uniq_hub import UniQForImageClassification, UniQImageProcessor
-    from uniq_hub.training.data import load_image_dataset
+    from uniq_hub.training.data.sources import load_image_dataset
 
     model = UniQForImageClassification.from_pretrained(folder).eval()
     processor = UniQImageProcessor.from_pretrained(folder)

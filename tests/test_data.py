@@ -18,16 +18,20 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from uniq_hub.training import data
-from uniq_hub.training.data import (
-    FASHION_MNIST_CLASSES,
-    DatasetUnavailableError,
-    class_names,
-    detect_columns,
-    load_image_dataset,
-    make_dataloader,
+from uniq_hub.training.data import availability
+from uniq_hub.training.data.availability import DatasetUnavailableError
+from uniq_hub.training.data.columns import class_names, detect_columns, label_mapping
+from uniq_hub.training.data.fashion_mnist import FASHION_MNIST_CLASSES
+from uniq_hub.training.data.loader import make_dataloader
+from uniq_hub.training.data.sources import load_image_dataset
+from uniq_hub.training.data.splits import balanced_indices, check_batch_fits, check_training_split
+from uniq_hub.training.data.transforms import (
+    NORMALIZATION,
+    eval_transform,
     make_transform,
     normalization_stats,
+    processor_for,
+    train_transform,
 )
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -103,8 +107,8 @@ def test_fashion_mnist_limit_is_class_balanced_and_deterministic(cache):
 
 def test_balanced_indices():
     labels = np.array([0, 0, 0, 0, 1, 2, 2])
-    assert data.balanced_indices(labels, 4).tolist() == [0, 1, 4, 5]
-    assert data.balanced_indices(labels, 100).tolist() == list(range(7))
+    assert balanced_indices(labels, 4).tolist() == [0, 1, 4, 5]
+    assert balanced_indices(labels, 100).tolist() == list(range(7))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,17 +132,17 @@ def test_hub_probe_is_bounded(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9/uniq-hub-probe-test")
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: time.sleep(30))
-    data._probe.cache_clear()
+    availability.probe_endpoint.cache_clear()
     start = time.perf_counter()
-    assert data.hub_reachable(timeout=0.5) is False
+    assert availability.hub_reachable(timeout=0.5) is False
     assert time.perf_counter() - start < 2
-    data._probe.cache_clear()
+    availability.probe_endpoint.cache_clear()
 
 
 def test_hub_offline_env_skips_probe(monkeypatch):
     calls = []
-    monkeypatch.setattr(data, "_probe", lambda *a: calls.append(a) or True)
-    assert data.hub_reachable() is False and calls == []
+    monkeypatch.setattr(availability, "probe_endpoint", lambda *a: calls.append(a) or True)
+    assert availability.hub_reachable() is False and calls == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +284,7 @@ def test_sixteen_bit_images_are_scaled_not_clipped(num_channels):
 def test_normalisation_stats_and_eval_values():
     assert normalization_stats("zalando-datasets/fashion_mnist") == ((0.2860,), (0.3530,))
     assert normalization_stats("fashion-mnist") == normalization_stats("fashion_mnist")
-    assert normalization_stats("ILSVRC/imagenet-1k") == data.NORMALIZATION["imagenet"]
+    assert normalization_stats("ILSVRC/imagenet-1k") == NORMALIZATION["imagenet"]
     assert normalization_stats("uoft-cs/cifar100")[0] == pytest.approx((0.5071, 0.4865, 0.4409))
     with pytest.raises(KeyError, match="known"):
         normalization_stats("mnist-of-the-future")
@@ -291,7 +295,7 @@ def test_normalisation_stats_and_eval_values():
     rgb = make_transform("small", False, num_channels=3, image_size=28, mean=mean, std=std)(grey)  # stats repeated
     assert rgb.shape == (3, 28, 28) and torch.allclose(rgb, out.expand(3, -1, -1), atol=1e-5)
     red = make_transform("imagenet", False)(Image.new("RGB", (300, 260), (255, 0, 0)))
-    mean, std = data.NORMALIZATION["imagenet"]
+    mean, std = NORMALIZATION["imagenet"]
     expected = torch.tensor([(1 - mean[0]) / std[0], -mean[1] / std[1], -mean[2] / std[2]])
     assert torch.allclose(red[:, 100, 100], expected, atol=1e-4)
 
@@ -307,9 +311,9 @@ def test_small_training_transform_is_the_processor_plus_a_random_shift_and_flip(
     """Padding 4 and a flip: the training image is the evaluation image shifted by at most 4 pixels."""
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
-    processor = data.processor_for(num_channels=3, image_size=12, mean=(0.5,), std=(0.5,))
-    evaluation = data.eval_transform(processor)(image)
-    train = data.train_transform(processor, "small")
+    processor = processor_for(num_channels=3, image_size=12, mean=(0.5,), std=(0.5,))
+    evaluation = eval_transform(processor)(image)
+    train = train_transform(processor, "small")
     torch.manual_seed(0)
     for _ in range(5):
         out = train(image)
@@ -324,30 +328,30 @@ def test_small_training_transform_is_the_processor_plus_a_random_shift_and_flip(
 
 def test_label_mapping_by_name():
     model = {0: "ankle boot", 1: "T-shirt/top", 2: "bag"}
-    assert data.label_mapping(["bag", "ankle boot"], model) == [2, 0]
-    assert data.label_mapping(["T - shirt / top", "Ankle_Boot"], model) == [1, 0]  # case, spaces, _ ignored
-    assert data.label_mapping(["0", "1"], model) == [0, 1]  # unnamed integer labels are model ids
+    assert label_mapping(["bag", "ankle boot"], model) == [2, 0]
+    assert label_mapping(["T - shirt / top", "Ankle_Boot"], model) == [1, 0]  # case, spaces, _ ignored
+    assert label_mapping(["0", "1"], model) == [0, 1]  # unnamed integer labels are model ids
     with pytest.raises(ValueError, match=r"'tree' has classes the model does not know: \['zebra'\]"):
-        data.label_mapping(["bag", "zebra"], model, source="tree")
+        label_mapping(["bag", "zebra"], model, source="tree")
     with pytest.raises(ValueError, match=r"labels 0\.\.3 but the model has 3 classes"):
-        data.label_mapping(["0", "1", "2", "3"], model)
+        label_mapping(["0", "1", "2", "3"], model)
     with pytest.raises(ValueError, match="no class names"):
-        data.label_mapping(None, model)
+        label_mapping(None, model)
 
 
 def test_degenerate_training_splits_are_refused():
     ds = _labelled(6)
-    data.check_training_split(ds, class_names(ds), "six", "train", len(ds))
-    data.check_batch_fits(6, 6, "six", "train")
+    check_training_split(ds, class_names(ds), "six", "train", len(ds))
+    check_batch_fits(6, 6, "six", "train")
     with pytest.raises(ValueError, match=r"dataset 'six' split 'train' has no examples"):
-        data.check_training_split(ds.select([]), class_names(ds), "six", "train", 0)
+        check_training_split(ds.select([]), class_names(ds), "six", "train", 0)
     with pytest.raises(ValueError, match=r"'six' split 'train' has 6 examples, fewer than one batch of 8"):
-        data.check_batch_fits(6, 8, "six", "train")
+        check_batch_fits(6, 8, "six", "train")
     with pytest.raises(ValueError, match=r"single class \['only'\]"):
-        data.check_training_split(ds, ["only"], "six", "train", 6)
+        check_training_split(ds, ["only"], "six", "train", 6)
     same = ds.map(lambda row: {"label": 3})
     with pytest.raises(ValueError, match=r"every example has the same class \['3'\]"):
-        data.check_training_split(same, class_names(ds), "six", "train", 6)
+        check_training_split(same, class_names(ds), "six", "train", 6)
 
 
 def test_a_corrupt_image_is_named(tmp_path):

@@ -12,7 +12,7 @@ from train_helpers import eager_kernels, make_tiny_dataset  # noqa: F401
 from uniq_hub import UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
 from uniq_hub.cli import main
 from uniq_hub.hub.zoo import get_entry
-from uniq_hub.training.data import load_image_dataset
+from uniq_hub.training.data.sources import load_image_dataset
 from uniq_hub.training.evaluate import evaluate_model, topk_correct
 
 

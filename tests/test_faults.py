@@ -26,8 +26,8 @@ from uniq_hub import QuantConfig, calibrate, quantize_
 from uniq_hub.training import checkpoint
 from uniq_hub.training.checkpoint import (
     Checkpointer,
-    CheckpointError,
     CheckpointWriteError,
+    RunCheckpointError,
     RunDirectoryError,
     TrainerState,
     check_run_dir,
@@ -37,8 +37,9 @@ from uniq_hub.training.checkpoint import (
     verify_checkpoint,
 )
 from uniq_hub.training.recipes import build_optimizer, build_scheduler
-from uniq_hub.training.train import load_data, train
+from uniq_hub.training.run_data import load_data
 from uniq_hub.training.train import main as train_main
+from uniq_hub.training.train import train
 from uniq_hub.training.train_config import resolve_config
 
 
@@ -155,12 +156,12 @@ def test_a_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="uniq_hub.training.checkpoint"):
         assert ckpt.resolve(str(tmp_path / "run")).name == "step-00000002"
     assert f"{middle}: SHA-256 mismatch" in caplog.text
-    with pytest.raises(CheckpointError, match=f"{middle}: SHA-256 mismatch"):
+    with pytest.raises(RunCheckpointError, match=f"{middle}: SHA-256 mismatch"):
         ckpt.resolve(str(chosen))  # a checkpoint named explicitly: no fallback
     state = ckpt.load(ckpt.resolve("latest"), scheduler)  # the good one restores
     assert state.global_step == 2
     (tmp_path / "run" / "checkpoints" / "step-00000002" / "trainer_state.json").write_text("{broken")
-    with pytest.raises(CheckpointError, match="every checkpoint under .* is corrupt"):
+    with pytest.raises(RunCheckpointError, match="every checkpoint under .* is corrupt"):
         ckpt.resolve("latest")
 
 

@@ -26,7 +26,7 @@ from uniq_hub import (
     quantizers,
 )
 from uniq_hub.model.modeling_uniq import CHECKSUM_KEY
-from uniq_hub.training.data import FASHION_MNIST_DIR, read_idx
+from uniq_hub.training.data.fashion_mnist import FASHION_MNIST_DIR, read_idx
 
 X = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 HEAD = "model.fc."
@@ -186,7 +186,7 @@ def test_new_labels_reinitialise_only_the_classifier(tmp_path, packed):
 
 
 def test_train_init_from_a_model_with_other_classes_keeps_the_new_classifier(tmp_path):
-    from uniq_hub.training.train import load_init_weights
+    from uniq_hub.training.model_init import load_init_weights
 
     source = tiny(num_labels=10)
     source.save_pretrained(tmp_path / "src", packed=False)
@@ -288,7 +288,7 @@ def test_trainer_fine_tunes_a_fashion_mnist_model_on_a_five_class_subset(tmp_pat
     from datasets import ClassLabel, Dataset, Features, Image
     from transformers import AutoImageProcessor, Trainer, TrainingArguments
 
-    from uniq_hub.training.data import FASHION_MNIST_CLASSES
+    from uniq_hub.training.data.fashion_mnist import FASHION_MNIST_CLASSES
 
     # A 10-class Fashion-MNIST model, as a zoo folder holds it (packed release).
     images, labels = fashion_mnist(48, 10)

@@ -15,8 +15,11 @@ from transformers.image_utils import load_image
 
 from train_helpers import eager_kernels  # noqa: F401
 from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
-from uniq_hub.training import data
 from uniq_hub.cli import main
+from uniq_hub.training.data.columns import class_names, label_mapping
+from uniq_hub.training.data.loader import make_dataloader
+from uniq_hub.training.data.sources import load_image_dataset
+from uniq_hub.training.data.transforms import ProcessorInput, eval_transform, processor_for, train_transform
 from uniq_hub.training.evaluate import evaluate
 
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "F"]
@@ -54,11 +57,11 @@ def test_training_and_evaluation_transforms_are_the_processor(mode, num_channels
     image = _picture(mode)
     assert image.mode == mode
     for image_size in (16, 24):  # resized + cropped (16) and padded up (24)
-        processor = data.processor_for(num_channels=num_channels, image_size=image_size, mean=(0.4,), std=(0.3,))
+        processor = processor_for(num_channels=num_channels, image_size=image_size, mean=(0.4,), std=(0.3,))
         expected = processor(image, return_tensors="pt")["pixel_values"][0]
         assert expected.shape == (num_channels, image_size, image_size) and torch.isfinite(expected).all()
-        assert torch.equal(data.eval_transform(processor)(image), expected)
-        train = data.train_transform(processor, "small")
+        assert torch.equal(eval_transform(processor)(image), expected)
+        train = train_transform(processor, "small")
         steps = [type(t).__name__ for t in train.transforms]
         assert steps == ["ProcessorInput", "ProcessorResizeCrop", "RandomCrop", "RandomHorizontalFlip",
                          "ProcessorNormalize"]
@@ -66,15 +69,15 @@ def test_training_and_evaluation_transforms_are_the_processor(mode, num_channels
         out = train(image)
         assert out.shape == expected.shape and out.dtype == torch.float32
     # 8-bit pictures for an RGB model stay uint8 until normalised (torchvision's fast uint8 resize)
-    converted = data.ProcessorInput(processor)(image)
+    converted = ProcessorInput(processor)(image)
     assert converted.dtype == (torch.uint8 if num_channels == 3 and mode in EIGHT_BIT else torch.float32)
-    big = data.processor_for(num_channels=num_channels, image_size=8)
-    imagenet = data.train_transform(big, "imagenet")
+    big = processor_for(num_channels=num_channels, image_size=8)
+    imagenet = train_transform(big, "imagenet")
     assert [type(t).__name__ for t in imagenet.transforms] == ["ProcessorInput", "RandomResizedCrop",
                                                                "RandomHorizontalFlip", "ProcessorNormalize"]
     assert imagenet(image).shape == (num_channels, 8, 8)
     # the conversion and the normalisation of the training transform are the processor's own
-    plain = big.rescale_and_normalize(data.ProcessorInput(big)(image)[None], True, 1 / 255, True,
+    plain = big.rescale_and_normalize(ProcessorInput(big)(image)[None], True, 1 / 255, True,
                                       big.image_mean, big.image_std)[0]
     assert torch.equal(v2.Compose([imagenet.transforms[0], imagenet.transforms[-1]])(image), plain)
 
@@ -84,7 +87,7 @@ def test_training_and_evaluation_transforms_are_the_processor(mode, num_channels
 def test_the_pipelines_pil_conversion_gives_the_same_tensor(mode, num_channels):
     """transformers' pipeline runs ``load_image`` (PIL ``convert("RGB")``) before the processor."""
     image = _picture(mode)
-    processor = data.processor_for(num_channels=num_channels, image_size=16, mean=(0.4,), std=(0.3,))
+    processor = processor_for(num_channels=num_channels, image_size=16, mean=(0.4,), std=(0.3,))
     direct = processor(image, return_tensors="pt")["pixel_values"]
     assert torch.equal(processor(load_image(image), return_tensors="pt")["pixel_values"], direct)
 
@@ -111,7 +114,7 @@ def test_transparent_pixels_keep_their_colour():
     """Alpha is dropped as PIL drops it; it is not composited (over black or white)."""
     pixels = np.zeros((5, 6, 4), np.uint8)
     pixels[..., :3] = (10, 200, 30)  # alpha 0 everywhere
-    processor = data.processor_for(num_channels=3, image_size=4, mean=(0.0,), std=(1.0,))
+    processor = processor_for(num_channels=3, image_size=4, mean=(0.0,), std=(1.0,))
     out = processor(Image.fromarray(pixels, "RGBA"), return_tensors="pt")["pixel_values"][0]
     assert torch.allclose(out[:, 0, 0], torch.tensor([10, 200, 30]) / 255.0)
     assert torch.equal(processor(pixels, return_tensors="pt")["pixel_values"][0], out)  # arrays: the same
@@ -145,7 +148,7 @@ def model_dir(tmp_path_factory):
     config = UniQConfig(arch="resnet20", w_bits=2, a_bits=2, id2label=LABELS, num_channels=3, image_size=16,
                         image_mean=[0.5] * 3, image_std=[0.25] * 3)
     model = UniQForImageClassification(config)
-    pixels = data.processor_for(num_channels=3, image_size=16, mean=(0.5,), std=(0.25,))(
+    pixels = processor_for(num_channels=3, image_size=16, mean=(0.5,), std=(0.25,))(
         _images(24), return_tensors="pt")["pixel_values"]
     calibrate(model.model, [pixels], 1)
     for module in model.modules():
@@ -190,12 +193,12 @@ def test_evaluate_agrees_with_the_pipeline_on_an_imagefolder(model_dir, tmp_path
     assert record["num_examples"] == 24 and record["top1"] == 100.0  # by name, and the same tensors
 
     # the tensors themselves: evaluate's loader against the pipeline's preprocessing
-    ds = data.load_image_dataset(str(tree), "train")
+    ds = load_image_dataset(str(tree), "train")
     processor = pipe.image_processor
-    loader = data.make_dataloader(ds, data.eval_transform(processor), 24, False,
-                                  label_map=data.label_mapping(data.class_names(ds), LABELS))
+    loader = make_dataloader(ds, eval_transform(processor), 24, False,
+                                  label_map=label_mapping(class_names(ds), LABELS))
     (pixels, labels), = list(loader)
-    assert [LABELS[int(y)] for y in labels] == [data.class_names(ds)[row["label"]] for row in ds]
+    assert [LABELS[int(y)] for y in labels] == [class_names(ds)[row["label"]] for row in ds]
     by_pipe = torch.cat([pipe.preprocess(row["image"])["pixel_values"] for row in ds])
     assert torch.equal(pixels, by_pipe)
 
@@ -212,7 +215,7 @@ def test_evaluate_agrees_with_the_pipeline_on_an_imagefolder(model_dir, tmp_path
 
 
 def test_bad_inputs_are_clear_value_errors():
-    processor = data.processor_for(num_channels=3, image_size=8)
+    processor = processor_for(num_channels=3, image_size=8)
     nan = np.full((8, 8, 3), 0.5, np.float32)
     nan[2, 3, 1] = np.nan
     for bad in (nan, np.where(nan == nan, np.inf, 0).astype(np.float64), torch.from_numpy(nan)):

@@ -124,7 +124,8 @@ def test_config_merge_order(tmp_path):
 def test_per_layer_overrides_from_cli_and_config_file(tmp_path):
     """Mixed precision is trainable: overrides from the command line (PATTERN=W,A;...) or a config file
     reach the model's quantization plan."""
-    from uniq_hub.training.train import DataBundle, build_model
+    from uniq_hub.training.model_init import build_model
+    from uniq_hub.training.run_data import DataBundle
 
     cli = resolve_config({"arch": "resnet20", "bits": 2, "overrides": "layer1.*=4,4; fc=32,32"})
     assert cli.overrides == {"layer1.*": [4, 4], "fc": [32, 32]}
@@ -151,7 +152,8 @@ def test_one_schema_for_the_quantization_options(tmp_path):
 
     from uniq_hub import QuantConfig, UniQConfig
     from uniq_hub.model.quantize import QUANT_FIELD_HELP, QUANT_FIELDS
-    from uniq_hub.training.train import DataBundle, build_model
+    from uniq_hub.training.model_init import build_model
+    from uniq_hub.training.run_data import DataBundle
     from uniq_hub.training.train_config import TrainConfig
 
     train_fields = {f.name: f for f in fields(TrainConfig)}

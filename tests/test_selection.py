@@ -15,7 +15,9 @@ from uniq_hub import QuantConfig, create_model, quantize_
 from uniq_hub.hub.zoo import get_entry
 from uniq_hub.hub.zoo_release import validation_selection
 from uniq_hub.model.registry import model_info
-from uniq_hub.training.data import make_dataloader, processor_for, stratified_split, train_transform, validation_size
+from uniq_hub.training.data.loader import make_dataloader
+from uniq_hub.training.data.splits import stratified_split, validation_size
+from uniq_hub.training.data.transforms import processor_for, train_transform
 from uniq_hub.training.train_config import resolve_config
 
 

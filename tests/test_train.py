@@ -18,7 +18,8 @@ from uniq_hub import UniQForImageClassification, quantizers
 from uniq_hub.model.quant import optimal_step
 from uniq_hub.quickstart import run_quickstart
 from uniq_hub.training.checkpoint import latest_checkpoint, read_trainer_state
-from uniq_hub.training.train import build_model, load_data, load_init_weights
+from uniq_hub.training.model_init import build_model, load_init_weights
+from uniq_hub.training.run_data import load_data
 from uniq_hub.training.train_config import resolve_config
 
 STEPS_PER_EPOCH = 4  # 72 training images less 7 held out for validation (a tenth), batch 16

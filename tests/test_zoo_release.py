@@ -24,7 +24,7 @@ from uniq_hub.hub.zoo_release import (
     training_record,
 )
 from uniq_hub.model.quantize import LEGACY_NAMES
-from uniq_hub.training.data import load_image_dataset
+from uniq_hub.training.data.sources import load_image_dataset
 from uniq_hub.training.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parent.parent

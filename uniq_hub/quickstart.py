@@ -22,7 +22,8 @@ from . import register_auto_classes
 from .hub.publish import publish
 from .model.atomic import write_json_atomic
 from .model.constants import RESULTS_FILE
-from .training.data import class_names, load_image_dataset
+from .training.data.columns import class_names
+from .training.data.sources import load_image_dataset
 from .training.evaluate import evaluate
 from .training.train import train
 from .training.train_config import resolve_config

@@ -1,8 +1,9 @@
 """The model zoo: every published UniQ model, its training recipe, the paper's number and ours.
 
-Entries are built from small tables (datasets, architecture families, recipes), not written out
-one by one. ``get_entry(name)`` / ``list_entries()`` return :class:`ZooEntry` objects whose
-``measured`` field is filled from results JSON files, when one exists.
+Entries are built from small tables (datasets, architecture families here; the recipes in
+:mod:`uniq_hub.training.recipe_table`), not written out one by one. ``get_entry(name)`` /
+``list_entries()`` return :class:`ZooEntry` objects whose ``measured`` field is filled from results
+JSON files, when one exists.
 
 Results JSON schema (what ``uniq-hub evaluate`` writes; one object, or a list of objects, per file)::
 
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..model.constants import FP_BITS
+from ..training.recipe_table import recipe_kind, recipe_spec
 
 ORG = "uniq"
 RESULTS_ENV = "UNIQ_HUB_RESULTS"
@@ -177,7 +179,7 @@ class _Family:
     arch: str
     dataset: str
     name_suffix: str  # "" for ImageNet, else "-<dataset>"
-    recipes: str  # key of RECIPES
+    recipes: str  # key of uniq_hub.training.recipe_table.RECIPES
     paper: dict[int, float]  # bits -> top-1 reported by the paper; FP_BITS: its FP baseline
     paper_source: str | None
     fp_init: str | None  # where multi-bit training starts; None: the family's own FP entry
@@ -214,86 +216,10 @@ FAMILIES: tuple[_Family, ...] = (
             name_arch="mobilenetv2", goals={32: 94.5, 4: 0.5, 3: 1.0, 2: 3.0, 1: 10.0}),
 )
 
-# Recipes per family kind: "fp", "multi" (2..4 bits; weight_decay and epochs may be dicts over bits), "binary".
-# The one table of hyperparameters: uniq_hub.training.recipes reads RECIPES / FAMILIES / DATASETS for training.
-_ADAM_WARMUP = dict(optimizer="adam", lr=0.004, warmup_epochs=5, warmup_lr=0.001)
-RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "imagenet": {
-        # The FP baseline is not published (the paper took pytorchcv's weights): torchvision's ResNet recipe
-        # with a cosine schedule, for users who train their own.
-        "fp": dict(optimizer="sgd", lr=0.1, momentum=0.9, epochs=90, batch_size=256, weight_decay=1e-4,
-                   source="here", notes="torchvision's ResNet recipe with cosine; the paper used pytorchcv weights"),
-        "multi": dict(optimizer="sgd", lr=0.01, momentum=0.9, epochs=90, batch_size=256,
-                      weight_decay={4: 1e-4, 3: 0.5e-4, 2: 0.25e-4}),
-        "binary": dict(**_ADAM_WARMUP, epochs=90, batch_size=256, weight_decay=0.0),
-    },
-    "cifar100": {
-        "fp": dict(optimizer="sgd", lr=0.1, momentum=0.9, epochs=350, batch_size=128, weight_decay=5e-4,
-                   source="here", notes="the paper trains the FP model from scratch without giving its "
-                   "learning rate; 0.1 is the usual CIFAR choice"),
-        "multi": dict(optimizer="sgd", lr=0.01, momentum=0.9, epochs=350, batch_size=128, weight_decay=5e-4),
-        "binary": dict(**_ADAM_WARMUP, epochs=350, batch_size=128, weight_decay=0.0,
-                       notes="weight decay 0 at 1 bit as in Section 5.1 and the reference code, although "
-                       "Section 5.2 states 5e-4 for all CIFAR-100 runs"),
-    },
-    # Recipes chosen in this project for one 2-core session (two chains side by side, one thread each, the
-    # machine shared with other work), budgeted from measured throughput (ResNet-20 ~45 steps/min in FP;
-    # MobileNetV2 small ~15); not from the paper, and far from converged. max_steps cuts an epoch short
-    # (the cosine schedule ends there).
-    "fashion-mnist": {
-        "fp": dict(optimizer="sgd", lr=0.1, momentum=0.9, epochs=6, batch_size=128, weight_decay=5e-4,
-                   source="here"),
-        "multi": dict(optimizer="sgd", lr=0.01, momentum=0.9, epochs=1, max_steps={4: 215, 3: 215, 2: None},
-                      batch_size=128, weight_decay=5e-4, source="here",
-                      notes="half an epoch (215 steps) at 4 and 3 bits, one at 2 bits"),
-        "binary": dict(optimizer="adam", lr=0.004, warmup_epochs=0.25, warmup_lr=0.001, epochs=1, batch_size=128,
-                       weight_decay=0.0, source="here",
-                       notes="the paper's 1-bit recipe (Adam, constant warm-up at 0.001, then 0.004 with cosine) "
-                       "on a 1-epoch schedule with a quarter-epoch warm-up"),
-    },
-    "fashion-mnist-mobilenetv2": {
-        "fp": dict(optimizer="sgd", lr=0.1, momentum=0.9, epochs=2, batch_size=128, weight_decay=5e-4,
-                   source="here"),
-        "multi": dict(optimizer="sgd", lr=0.005, momentum=0.9, epochs=1, max_steps=60, batch_size=128,
-                      weight_decay=5e-4, source="here",
-                      notes="60 steps (a seventh of an epoch); lr 0.005: the ImageNet-stride MobileNetV2 diverged at "
-                      "0.01 at 4 bits (loss 1.8 -> 4.1) and lost 1.9 points in one epoch at 0.001"),
-        "binary": dict(optimizer="adam", lr=0.004, warmup_epochs=0.03, warmup_lr=0.001, epochs=1, max_steps=60,
-                       batch_size=128, weight_decay=0.0, source="here",
-                       notes="the paper's 1-bit recipe on 60 steps with a 13-step warm-up"),
-    },
-}
-
 
 def _zoo_name(family: _Family, bits: int) -> str:
     tag = "fp" if bits == FP_BITS else f"w{bits}a{bits}"
     return f"{ORG}/{family.name_arch or family.arch}{family.name_suffix}-{tag}"
-
-
-def recipe_kind(w_bits: int, a_bits: int) -> str:
-    """"fp" when both sides are full precision, "binary" when either is 1 bit, else "multi"."""
-    if w_bits == FP_BITS and a_bits == FP_BITS:
-        return "fp"
-    return "binary" if 1 in (w_bits, a_bits) else "multi"
-
-
-def recipe_spec(family: str, w_bits: int, a_bits: int) -> dict[str, Any]:
-    """The one resolver of :data:`RECIPES`: the hyperparameters of ``family`` (a key of RECIPES) at
-    these bits, the weight decay of the lower side's bits, the dataset's calibration batches for
-    quantized runs (none at full precision)."""
-    kind = recipe_kind(w_bits, a_bits)
-    if kind not in RECIPES.get(family, {}):
-        raise ValueError(f"no {kind!r} recipe for family {family!r}; families: {sorted(RECIPES)}")
-    spec = dict(RECIPES[family][kind])
-    bits = min(w_bits, a_bits)
-    for name in ("weight_decay", "epochs", "max_steps"):
-        if isinstance(spec.get(name), dict):
-            if bits not in spec[name]:
-                raise ValueError(f"recipe {family}/{kind} has no {name} for {bits} bits (it has {sorted(spec[name])})")
-            spec[name] = spec[name][bits]
-    calibration = next((DATASETS[f.dataset].calib_batches for f in FAMILIES if f.recipes == family), 100)
-    spec["calib_batches"] = 0 if kind == "fp" else calibration
-    return spec
 
 
 def _recipe(family: _Family, bits: int) -> Recipe:
@@ -304,7 +230,8 @@ def _recipe(family: _Family, bits: int) -> Recipe:
         "binary": _zoo_name(family, 2),
     }[recipe_kind(bits, bits)]
     teacher = _zoo_name(family, FP_BITS) if bits in family.kd_bits else None
-    return Recipe(init_from=init_from, teacher=teacher, **recipe_spec(family.recipes, bits, bits))
+    spec = recipe_spec(family.recipes, bits, bits, DATASETS[family.dataset].calib_batches)
+    return Recipe(init_from=init_from, teacher=teacher, **spec)
 
 
 def _build_entries() -> dict[str, ZooEntry]:

@@ -33,7 +33,7 @@ from accelerate import Accelerator
 from ..model.atomic import write_json_atomic
 from ..model.constants import BEST_DIR, EXPORT_DIR, SUMMARY_FILE, TRAIN_CONFIG_FILE
 
-__all__ = ["CheckpointError", "CheckpointWriteError", "RunDirectoryError", "TrainerState", "Checkpointer",
+__all__ = ["RunCheckpointError", "CheckpointWriteError", "RunDirectoryError", "TrainerState", "Checkpointer",
            "check_run_dir", "clear_run_dir", "latest_checkpoint", "list_checkpoints", "read_trainer_state",
            "verify_checkpoint"]
 
@@ -49,8 +49,9 @@ _TRASH = ".trash-"
 RUN_FILES = (TRAIN_CONFIG_FILE, "log.jsonl", SUMMARY_FILE, CHECKPOINTS, BEST_DIR, EXPORT_DIR)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is incomplete or corrupt (the message names the file)."""
+class RunCheckpointError(ValueError):
+    """A training-run checkpoint (``checkpoints/step-*``) is incomplete or corrupt (the message names the
+    file); a model folder's weights raise :class:`uniq_hub.model.packing.CheckpointError` instead."""
 
 
 class CheckpointWriteError(OSError):
@@ -169,21 +170,21 @@ def _sha256(path: Path) -> str:
 
 def verify_checkpoint(checkpoint: str | Path) -> TrainerState:
     """The trainer state of a checkpoint whose files all have their recorded size and SHA-256;
-    :class:`CheckpointError` naming the first file that does not."""
+    :class:`RunCheckpointError` naming the first file that does not."""
     checkpoint = Path(checkpoint)
     try:
         state = read_trainer_state(checkpoint)
     except (FileNotFoundError, ValueError) as err:
-        raise CheckpointError(str(err)) from None
+        raise RunCheckpointError(str(err)) from None
     for name, expected in sorted(state.files.items()):
         path = checkpoint / name
         if not path.is_file():
-            raise CheckpointError(f"{path}: missing from the checkpoint")
+            raise RunCheckpointError(f"{path}: missing from the checkpoint")
         size = path.stat().st_size
         if size != expected["size"]:
-            raise CheckpointError(f"{path}: {size} bytes, expected {expected['size']} (truncated or overwritten)")
+            raise RunCheckpointError(f"{path}: {size} bytes, expected {expected['size']} (truncated or overwritten)")
         if _sha256(path) != expected["sha256"]:
-            raise CheckpointError(f"{path}: SHA-256 mismatch, the file is corrupted")
+            raise RunCheckpointError(f"{path}: SHA-256 mismatch, the file is corrupted")
     return state
 
 
@@ -301,7 +302,7 @@ class Checkpointer:
         try:
             self.accelerator.load_state(str(checkpoint))
         except Exception as err:  # noqa: BLE001  (safetensors / torch raise many types)
-            raise CheckpointError(f"{checkpoint}: could not be restored ({type(err).__name__}: {err})") from err
+            raise RunCheckpointError(f"{checkpoint}: could not be restored ({type(err).__name__}: {err})") from err
         if scheduler is not None and state.scheduler:
             scheduler.load_state_dict(state.scheduler)
         return state
@@ -315,9 +316,9 @@ class Checkpointer:
             try:
                 verify_checkpoint(checkpoint)
                 return checkpoint
-            except CheckpointError as err:
+            except RunCheckpointError as err:
                 logger.warning("%s: skipping a corrupt checkpoint: %s", what, err)
-        raise CheckpointError(f"{what}: every checkpoint under {run_dir / CHECKPOINTS} is corrupt "
+        raise RunCheckpointError(f"{what}: every checkpoint under {run_dir / CHECKPOINTS} is corrupt "
                               f"({', '.join(p.name for p in found)}); see the warnings above")
 
     def resolve(self, resume: str) -> Path:

@@ -26,10 +26,12 @@ from ..model.atomic import write_json_atomic
 from ..model.constants import RESULTS_FILE
 from ..model.image_processing_uniq import UniQImageProcessor
 from ..model.modeling_uniq import UniQForImageClassification
-from . import data
-from .data import ProcessorTransform
+from .data.columns import class_names, label_mapping
+from .data.loader import make_dataloader
+from .data.sources import load_image_dataset
+from .data.transforms import eval_transform
 
-__all__ = ["split_batch", "topk_correct", "evaluate_model", "ProcessorTransform", "evaluate", "write_results",
+__all__ = ["split_batch", "topk_correct", "evaluate_model", "evaluate", "write_results",
            "add_arguments", "run"]
 
 
@@ -118,15 +120,15 @@ def evaluate(
     accelerator = Accelerator()
     model = UniQForImageClassification.from_pretrained(model_id)
     processor = UniQImageProcessor.from_pretrained(model_id)
-    ds = data.load_image_dataset(dataset, split, streaming=streaming, image_column=image_column,
-                                 label_column=label_column, limit=max_samples)
-    label_map = data.label_mapping(data.class_names(ds), model.config.id2label, source=dataset)
+    ds = load_image_dataset(dataset, split, streaming=streaming, image_column=image_column,
+                            label_column=label_column, limit=max_samples)
+    label_map = label_mapping(class_names(ds), model.config.id2label, source=dataset)
     if runtime != "torch":
         from ..deploy.onnx_export import OnnxModule
 
         model = OnnxModule(model_id, runtime)
-    loader = data.make_dataloader(ds, data.eval_transform(processor), batch_size=batch_size, shuffle=False,
-                                  num_workers=num_workers, label_map=label_map, source=dataset)
+    loader = make_dataloader(ds, eval_transform(processor), batch_size=batch_size, shuffle=False,
+                             num_workers=num_workers, label_map=label_map, source=dataset)
     model, loader = accelerator.prepare(model, loader)
     metrics = evaluate_model(model, loader, accelerator, progress=progress and accelerator.is_local_main_process)
     return {

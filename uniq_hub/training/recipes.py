@@ -1,9 +1,9 @@
 """Training recipes of the paper (Section 5): defaults by data family and bits, and the
 optimizer / LR-schedule factories.
 
-The hyperparameter tables live in one place, :data:`uniq_hub.hub.zoo.RECIPES` (family -> kind ->
-fields), which the zoo entries are built from too; :func:`recipe_defaults` resolves them for
-any architecture / bits, so ``--arch resnet18 --bits 3`` trains exactly like
+The hyperparameter tables live in one place, :data:`uniq_hub.training.recipe_table.RECIPES`
+(family -> kind -> fields), which the zoo entries are built from too; :func:`recipe_defaults` resolves
+them for any architecture / bits, so ``--arch resnet18 --bits 3`` trains exactly like
 ``--zoo uniq/resnet18-w3a3``. The kinds follow the bits: "fp" (32), "binary" (either side 1
 bit), "multi" (otherwise). In short:
 
@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hub.zoo import DATASETS, FAMILIES, recipe_kind, recipe_spec
+from ..hub.zoo import DATASETS, FAMILIES
 from ..model.modules import UniQQuantizer
 from ..model.registry import model_info
+from .recipe_table import recipe_spec
 
 __all__ = [
-    "OPTIMIZERS", "recipe_kind", "recipe_family", "recipe_defaults",
+    "OPTIMIZERS", "recipe_family", "recipe_defaults",
     "param_groups", "build_optimizer", "WarmupCosine", "build_scheduler",
 ]
 
@@ -50,11 +51,16 @@ def recipe_family(dataset: str | None, arch: str) -> str:
     return "imagenet" if model_info(arch).imagenet else "cifar100"
 
 
+def _family_calib_batches(family: str) -> int:
+    """The calibration batches of the recipe family's zoo dataset (100 for a family no zoo entry uses)."""
+    return next((DATASETS[f.dataset].calib_batches for f in FAMILIES if f.recipes == family), 100)
+
+
 def recipe_defaults(family: str, w_bits: int, a_bits: int) -> dict[str, Any]:
-    """The training options of the recipe (:func:`uniq_hub.hub.zoo.recipe_spec`) for these bits:
+    """The training options of the recipe (:func:`uniq_hub.training.recipe_table.recipe_spec`) for these bits:
     optimizer, lr, momentum, epochs, batch_size, weight_decay, warmup_epochs, warmup_lr, calib_batches,
     label_smoothing, random_erasing (0 where the recipe has none), max_steps (None: whole epochs)."""
-    spec = recipe_spec(family, w_bits, a_bits)
+    spec = recipe_spec(family, w_bits, a_bits, _family_calib_batches(family))
     return dict(
         optimizer=spec["optimizer"], lr=spec["lr"], momentum=spec.get("momentum") or 0.9,
         epochs=spec["epochs"], batch_size=spec["batch_size"], weight_decay=float(spec["weight_decay"]),

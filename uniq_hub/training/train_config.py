@@ -26,7 +26,7 @@ import yaml
 from ..hub.zoo import get_entry
 from ..model.constants import FP_BITS, KD_TEMPERATURE, KD_WEIGHT, MAX_IMAGE_SIZE
 from ..model.quantize import QUANT_FIELD_HELP, QUANT_FIELDS, QuantConfig, check_quant_fields, rename_legacy
-from .data import check_val_split
+from .data.splits import check_val_split
 from .recipes import recipe_defaults, recipe_family
 
 __all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "resolve_config", "load_config_file"]
