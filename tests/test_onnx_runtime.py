@@ -14,8 +14,9 @@ from PIL import Image
 from train_helpers import CLASSES, eager_kernels, make_tiny_dataset, subprocess_env  # noqa: F401
 from uniq_hub import OnnxImageClassifier, UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
 from uniq_hub.cli import main
+from uniq_hub.deploy.onnx_backends import available_backends, compare_logits, within_bounds
 from uniq_hub.deploy.onnx_export import OnnxExportError, export_onnx, verify_onnx
-from uniq_hub.deploy.onnx_runtime import ONNX_FILE, available_backends, compare_logits, within_bounds
+from uniq_hub.deploy.onnx_graph import ONNX_FILE
 
 BACKENDS = [b for b in available_backends() if b != "reference"]
 
