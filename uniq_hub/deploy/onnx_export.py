@@ -108,12 +108,13 @@ def export_onnx(
 ) -> Path:
     """Write the exact integer ONNX graph of ``model`` to ``path`` (opset 21, dynamic batch).
 
-    ``model``: a ``UniQForImageClassification`` or a bare (quantized) architecture; ``input_size``
-    defaults to ``config.image_size``. With ``verify`` the graph is checked against PyTorch's eval
-    logits through the reference evaluator on random inputs, and every installed runtime is
-    checked against the reference; the runtimes within the exactness bounds are recorded in the
-    file's metadata (``uniq_hub.exact_backends``), which ``OnnxImageClassifier`` reads. A model
-    on another device (a GPU) is exported, and checked, from a CPU copy; ``model`` is left where it is.
+    ``model``: a UniQ classifier (uniq_hub's, or loaded as remote code) or a bare (quantized)
+    architecture; ``input_size`` defaults to ``config.image_size``. With ``verify`` the graph is
+    checked against PyTorch's eval logits through the reference evaluator on random inputs, and
+    every installed runtime is checked against the reference; the runtimes within the exactness
+    bounds are recorded in the file's metadata (``uniq_hub.exact_backends``), which
+    ``OnnxImageClassifier`` reads. A model on another device (a GPU) is exported, and checked, from
+    a CPU copy; ``model`` is left where it is.
     """
     if any(t.device.type != "cpu" for t in itertools.chain(model.parameters(), model.buffers())):
         model = copy.deepcopy(model).cpu()

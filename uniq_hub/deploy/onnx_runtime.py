@@ -208,7 +208,7 @@ class OnnxImageClassifier:
         return cls(resolve_folder(folder_or_repo, revision, token, timeout), backend=backend, threads=threads)
 
     def logits(self, images: Any, batch_size: int = 32) -> np.ndarray:
-        """``(N, num_labels)`` float32 logits of one image or a list of them (paths, PIL, arrays)."""
+        """``(N, num_labels)`` float32 logits of one image or a list of them (paths, URLs, PIL, arrays)."""
         batch = [self.preprocess(im) for im in _as_list(images)]
         if not batch:
             raise ValueError("no images given")
