@@ -26,6 +26,8 @@ RGB_PIL_MODES = frozenset({"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YC
 # PIL modes read as they are, with the value that maps to white.
 # None: 32-bit integers, white is 65535 unless no value exceeds 255 (convert("I") of an 8-bit image).
 PIL_DEEP_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": None, "F": 1.0}
+# PIL modes of gray images (alpha aside): a model inferred from such an image takes one channel.
+ONE_CHANNEL_PIL_MODES = GRAY_PIL_MODES | frozenset(PIL_DEEP_MODES)
 # Array dtype (kind, item size) -> white (None as above).
 ARRAY_WHITE = {("u", 1): 255.0, ("b", 1): 1.0, ("u", 2): 65535.0, ("i", 2): 65535.0, ("i", 4): None,
                ("i", 8): None, ("u", 4): None, ("f", 2): 1.0, ("f", 4): 1.0, ("f", 8): 1.0}
@@ -99,6 +101,6 @@ def open_image(source: str | os.PathLike, timeout: float = FETCH_TIMEOUT) -> Ima
 
 
 __all__ = [
-    "ARRAY_WHITE", "FETCH_TIMEOUT", "GRAY_PIL_MODES", "LUMA", "PIL_DEEP_MODES", "RGB_PIL_MODES", "array_white",
-    "fetch_url", "load_image_file", "open_image", "pil_to_array",
+    "ARRAY_WHITE", "FETCH_TIMEOUT", "GRAY_PIL_MODES", "LUMA", "ONE_CHANNEL_PIL_MODES", "PIL_DEEP_MODES",
+    "RGB_PIL_MODES", "array_white", "fetch_url", "load_image_file", "open_image", "pil_to_array",
 ]
