@@ -96,7 +96,7 @@ def runners(model, path: str, rows: tuple[str, ...], threads: int, x: np.ndarray
     """``{row: fn()}`` running ``x`` through each variant."""
     import torch
 
-    from uniq_hub.deploy.onnx_runtime import openvino_model, ort_session
+    from uniq_hub.deploy.onnx_backends import openvino_model, ort_session
 
     out = {}
     xt = torch.from_numpy(x)
@@ -147,7 +147,7 @@ if kind == "torch":
         for _ in range(3):
             model(torch.from_numpy(x))
 else:
-    from uniq_hub.deploy.onnx_runtime import load_backend
+    from uniq_hub.deploy.onnx_backends import load_backend
     run = load_backend(path, kind, threads)
     for _ in range(3):
         run(x)

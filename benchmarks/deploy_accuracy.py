@@ -78,8 +78,9 @@ def check(folder: Path, dataset: str, split: str, limit: int | None, reference_i
     import torch
 
     from uniq_hub import UniQForImageClassification
-    from uniq_hub.deploy.onnx_export import export_onnx, flip_diagnostic, torch_logits
-    from uniq_hub.deploy.onnx_runtime import available_backends, compare_logits, load_backend
+    from uniq_hub.deploy.onnx_backends import available_backends, compare_logits, load_backend
+    from uniq_hub.deploy.onnx_diagnostic import flip_diagnostic
+    from uniq_hub.deploy.onnx_export import export_onnx, torch_logits
 
     x, labels = pixel_values(folder, dataset, split, limit)
     with tempfile.TemporaryDirectory(prefix="uniq_deploy_acc_") as tmp:

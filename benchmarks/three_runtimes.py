@@ -32,7 +32,7 @@ def prepare_folder(source: str | os.PathLike, target: str | os.PathLike) -> tupl
     """A copy of a release folder that this version loads in every runtime; returns it and what was redone."""
     from uniq_hub import UniQForImageClassification
     from uniq_hub.deploy.onnx_export import export_onnx
-    from uniq_hub.deploy.onnx_runtime import GraphError, check_graph
+    from uniq_hub.deploy.onnx_graph import GraphError, check_graph
     from uniq_hub.hub.zoo_release import resave_release
 
     folder, redone = Path(shutil.copytree(source, target)), []

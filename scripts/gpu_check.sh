@@ -30,7 +30,7 @@ import json, sys
 import numpy as np, torch
 from uniq_hub import UniQForImageClassification, create_model
 from uniq_hub.deploy.onnx_export import export_onnx
-from uniq_hub.deploy.onnx_runtime import load_backend
+from uniq_hub.deploy.onnx_backends import load_backend
 from uniq_hub.model.quantize import layer_bits
 
 work, out = sys.argv[1:]

@@ -42,7 +42,7 @@ def main() -> None:
 
         from uniq_hub import UniQForImageClassification
         from uniq_hub.deploy.onnx_export import export_onnx
-        from uniq_hub.deploy.onnx_runtime import GraphError, check_graph
+        from uniq_hub.deploy.onnx_graph import GraphError, check_graph
 
         space = REPO / "spaces" / "uniq-zoo-demo"
         models = metadata_load(space / "README.md")["models"]

@@ -16,8 +16,8 @@ from test_onnx_runtime import _model
 from train_helpers import CLASSES, eager_kernels, make_tiny_dataset  # noqa: F401
 from uniq_hub import UniQForImageClassification
 from uniq_hub.cli import main
-from uniq_hub.deploy import onnx_runtime
-from uniq_hub.deploy.onnx_runtime import ONNX_FILE
+from uniq_hub.deploy import onnx_backends
+from uniq_hub.deploy.onnx_graph import ONNX_FILE
 from uniq_hub.hub.release import ExportIncomplete
 from uniq_hub.model.constants import EXPORT_DIR, SUMMARY_FILE, TRAIN_CONFIG_FILE
 from uniq_hub.training.distill import load_teacher
@@ -127,8 +127,8 @@ def test_arguments_without_effect_are_refused(tiny, tmp_path):
 def test_a_failed_onnx_verification_keeps_the_run(tiny, tmp_path, monkeypatch):
     """The checkpoint, best/ and the PyTorch release come first; the graph's failure is reported
     (with the flip diagnostic) and the run exits non-zero, its work kept."""
-    monkeypatch.setitem(onnx_runtime.EXACT_BOUNDS, "median_rel_max_diff", -1.0)  # no graph can pass
-    monkeypatch.setitem(onnx_runtime.EXACT_BOUNDS, "argmax_agreement", 1.1)
+    monkeypatch.setitem(onnx_backends.EXACT_BOUNDS, "median_rel_max_diff", -1.0)  # no graph can pass
+    monkeypatch.setitem(onnx_backends.EXACT_BOUNDS, "argmax_agreement", 1.1)
     run = tmp_path / "run"
     with pytest.raises(ExportIncomplete, match=r"the PyTorch release is complete, but the ONNX export was left out: "
                                                r".*does not match the PyTorch model.*(flip diagnostic|no quantizer)"):

@@ -13,15 +13,16 @@ from sklearn.datasets import load_sample_images
 
 from train_helpers import eager_kernels  # noqa: F401  (autouse: no torch.compile for a few batches)
 from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
-from uniq_hub.deploy.onnx_export import OnnxExportError, export_onnx, flip_diagnostic, torch_logits
-from uniq_hub.deploy.onnx_runtime import (
-    META_EXACT_BACKENDS,
+from uniq_hub.deploy.onnx_backends import (
     available_backends,
     compare_logits,
     load_backend,
     openvino_model,
     within_bounds,
 )
+from uniq_hub.deploy.onnx_diagnostic import flip_diagnostic
+from uniq_hub.deploy.onnx_export import OnnxExportError, export_onnx, torch_logits
+from uniq_hub.deploy.onnx_graph import META_EXACT_BACKENDS
 from uniq_hub.model.packing import PACKED_SUFFIX, pack_state_dict, quantized_layers, unpack_bits
 
 SIZE = 32
@@ -219,3 +220,32 @@ def test_unknown_layer_is_refused(tmp_path):
     model.model.forward_features = lambda x: torch.sigmoid(x)
     with pytest.raises(OnnxExportError, match="operation 'sigmoid'"):
         export_onnx(model, tmp_path / "model.onnx")
+
+
+def test_a_model_loaded_as_remote_code_exports_the_same_verified_graph(tmp_path):
+    """The exporter recognises a UniQ classifier by its config and the registry, not by its class: a
+    model loaded through ``trust_remote_code`` (its classes from the folder's code, in
+    transformers_modules) exports, verified against its own logits, the graph uniq_hub's model exports."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    from uniq_hub.deploy.onnx_graph import META_SOURCE, graph_checksum
+
+    model = make_model("resnet20", 2, 2)
+    folder = tmp_path / "remote_export"
+    model.save_pretrained(folder)
+    # As trust_remote_code loads it where uniq_hub's auto classes are not registered (they win when they are).
+    remote_class = get_class_from_dynamic_module("modeling_uniq.UniQForImageClassification", folder)
+    remote = remote_class.from_pretrained(folder).eval()
+    assert type(remote).__module__.startswith("transformers_modules."), type(remote).__module__
+    assert not isinstance(remote, UniQForImageClassification)
+    state = torch.random.get_rng_state()
+    theirs = onnx.load(export_onnx(remote, tmp_path / "theirs.onnx"))  # verify=True: against the remote logits
+    assert torch.equal(torch.random.get_rng_state(), state)  # the rebuild leaves the global RNG alone
+    ours = onnx.load(export_onnx(model, tmp_path / "ours.onnx", verify=False))
+    assert graph_checksum(theirs) == graph_checksum(ours)
+    meta = [{p.key: p.value for p in g.metadata_props} for g in (theirs, ours)]
+    assert meta[0][META_SOURCE] == meta[1][META_SOURCE]
+    assert "reference" in json.loads(meta[0][META_EXACT_BACKENDS])
+    x = real_images(3)
+    graph_logits = load_backend(tmp_path / "theirs.onnx", "reference")(x)
+    assert within_bounds(compare_logits(torch_logits(remote, x), graph_logits))

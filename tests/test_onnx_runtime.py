@@ -14,8 +14,9 @@ from PIL import Image
 from train_helpers import CLASSES, eager_kernels, make_tiny_dataset, subprocess_env  # noqa: F401
 from uniq_hub import OnnxImageClassifier, UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
 from uniq_hub.cli import main
+from uniq_hub.deploy.onnx_backends import available_backends, compare_logits, within_bounds
 from uniq_hub.deploy.onnx_export import OnnxExportError, export_onnx, verify_onnx
-from uniq_hub.deploy.onnx_runtime import ONNX_FILE, available_backends, compare_logits, within_bounds
+from uniq_hub.deploy.onnx_graph import ONNX_FILE
 
 BACKENDS = [b for b in available_backends() if b != "reference"]
 
@@ -106,6 +107,32 @@ def test_preprocessing_matches_the_image_processor(folder):
         theirs = processor(image, return_tensors="pt")["pixel_values"][0].numpy()
         assert ours.shape == theirs.shape == (1, 28, 28)
         np.testing.assert_allclose(ours, theirs, atol=atol)
+
+
+def test_urls_are_fetched_as_the_image_processor_fetches_them(folder):
+    """One image-input module (uniq_hub.model.image_inputs) for both: a URL gives the classifier what it
+    gives the image processor, and what the same file gives; a URL that is no image is named."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # noqa: ANN002
+            pass
+
+    clf = OnnxImageClassifier.from_pretrained(folder / "model", backend=BACKENDS[0])
+    processor = UniQImageProcessor.from_pretrained(folder / "model")
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder))) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            root = f"http://127.0.0.1:{server.server_address[1]}"
+            theirs = processor(f"{root}/img1.png", return_tensors="pt")["pixel_values"][0].numpy()
+            np.testing.assert_allclose(clf.preprocess(f"{root}/img1.png"), theirs, atol=1e-5)
+            np.testing.assert_array_equal(clf.logits(f"{root}/img1.png"), clf.logits(str(folder / "img1.png")))
+            with pytest.raises(ValueError, match=f"{root}/model/config.json: not a readable image"):
+                clf(f"{root}/model/config.json")
+        finally:
+            server.shutdown()
 
 
 def test_predict_cli_runtimes_agree(folder, capsys):

@@ -31,6 +31,13 @@ from uniq_hub.space import SPACE_DIR, SpaceError, publish_space, stage_space  # 
 gradio_client = pytest.importorskip("gradio_client", reason="the space extra (gradio, gradio_client) is not installed")
 ARTIFACTS = REPO / "test-artifacts"
 PHOTO = SPACE_DIR / "examples" / "photo-china.jpg"
+# The torch-free runtime the Space bundles: its modules at their package paths, and their packages' __init__.py.
+BUNDLE = {
+    "uniq_hub/__init__.py", "uniq_hub/deploy/__init__.py", "uniq_hub/deploy/onnx_backends.py",
+    "uniq_hub/deploy/onnx_graph.py", "uniq_hub/deploy/onnx_runtime.py", "uniq_hub/hub/__init__.py",
+    "uniq_hub/hub/network.py", "uniq_hub/model/__init__.py", "uniq_hub/model/constants.py",
+    "uniq_hub/model/image_inputs.py",
+}
 
 
 def _load_app():
@@ -61,7 +68,7 @@ def space_models(hub_server, hub_token, tmp_path_factory):
     """Released zoo folders pushed to the local Hub: {repo id: local folder}."""
     from uniq_hub import UniQForImageClassification
     from uniq_hub.deploy.onnx_export import export_onnx
-    from uniq_hub.deploy.onnx_runtime import GraphError, check_graph
+    from uniq_hub.deploy.onnx_graph import GraphError, check_graph
 
     out = {}
     api = HfApi(token=hub_token)
@@ -163,7 +170,7 @@ def test_publish_space_to_the_local_hub_and_its_runtime_runs_without_torch(space
     done = publish_space(repo_id, models=list(space_models), token=hub_token)
     files = set(HfApi(token=hub_token).list_repo_files(repo_id, repo_type="space"))
     assert set(done["files"]) <= files
-    assert {"app.py", "README.md", "requirements.txt", "uniq_hub/__init__.py", "uniq_hub/onnx_runtime.py"} <= files
+    assert {"app.py", "README.md", "requirements.txt", *BUNDLE} <= files
     assert any(f.startswith("examples/fashion-mnist-") for f in files)
     assert any(f.startswith("examples/photo-") for f in files)
     space = Path(snapshot_download(repo_id, repo_type="space"))
@@ -188,9 +195,20 @@ def test_publish_space_to_the_local_hub_and_its_runtime_runs_without_torch(space
 def test_publish_space_checks_the_folder_and_the_cli_dry_run(tmp_path, capsys):
     assert main(["publish-space", "--repo-id", "someone/demo", "--dry-run", "--models", "uniq/a", "uniq/b"]) == 0
     printed = capsys.readouterr().out
-    assert "would upload" in printed and "uniq_hub/onnx_runtime.py" in printed and "app.py" in printed
+    assert "would upload" in printed and "uniq_hub/deploy/onnx_runtime.py" in printed and "app.py" in printed
     staged = tmp_path / "staged"
-    stage_space(staged, models=["uniq/x"])
+    files = stage_space(staged, models=["uniq/x"])
+    assert {f for f in files if f.startswith("uniq_hub/")} == BUNDLE
+    # The bundle alone imports: every module the runtime needs, function-level imports included, without torch.
+    code = (
+        f"import sys; sys.path.insert(0, {str(staged)!r})\n"
+        "import uniq_hub.deploy.onnx_runtime as runtime, uniq_hub.hub.network\n"
+        f"assert runtime.__file__.startswith({str(staged)!r}), runtime.__file__\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert metadata_load(staged / "README.md")["models"] == ["uniq/x"]
     broken = Path(shutil.copytree(SPACE_DIR, tmp_path / "broken"))
     text = (broken / "README.md").read_text().replace("sdk: gradio", "sdk: docker")

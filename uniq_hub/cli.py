@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "publish-zoo": ("uniq_hub.hub.zoo_release", "upload every release folder of zoo/ to its uniq/<name> repo"),
     "publish-space": ("uniq_hub.space", "upload the demo Space (spaces/uniq-zoo-demo) to a Space repo"),
     "plot": ("uniq_hub.plot", "plot training dynamics and accuracy against bits"),
-    "export-onnx": ("uniq_hub.deploy.onnx_export", "write the exact integer ONNX graph (onnx/model.onnx)"),
+    "export-onnx": ("uniq_hub.deploy.onnx_cli", "write the exact integer ONNX graph (onnx/model.onnx)"),
     "predict": ("uniq_hub.deploy.predict", "top classes of images with torch, ONNX Runtime or OpenVINO"),
     "migrate": ("uniq_hub.hub.migrate", "re-save model folders of older versions with this one (metadata, code, ONNX)"),
 }

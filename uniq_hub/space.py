@@ -2,10 +2,11 @@
 
 The Space folder is staged first, and the staged copy is what goes up: ``app.py``, ``README.md`` (its
 YAML front matter: ``sdk: gradio``, ``app_file``, the ``models:`` it shows, replaced by ``--models``),
-``requirements.txt``, ``examples/``; plus the torch-free ONNX runtime, ``uniq_hub/onnx_runtime.py``
-with the modules it imports relatively, bundled as a package ``uniq_hub`` (uniq_hub is not on PyPI; the
-app imports ``uniq_hub.deploy.onnx_runtime`` and falls back to PyTorch through transformers' remote code for
-models without a graph). ``--dry-run`` stages and lists, uploading nothing.
+``requirements.txt``, ``examples/``; plus the torch-free ONNX runtime, ``uniq_hub/deploy/onnx_runtime.py``
+with every module it imports relatively (function bodies too) and the ``__init__.py`` of their packages,
+each at its package path, bundled as a package ``uniq_hub`` (uniq_hub is not on PyPI; the app imports
+``uniq_hub.deploy.onnx_runtime`` and falls back to PyTorch through transformers' remote code for models
+without a graph). ``--dry-run`` stages and lists, uploading nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parent
 SPACE_DIR = PACKAGE.parent / "spaces" / "uniq-zoo-demo"
 SPACE_FILES = ("app.py", "README.md", "requirements.txt")
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
-RUNTIME_MODULE = "onnx_runtime"
+RUNTIME_MODULE = "deploy.onnx_runtime"  # dotted from the package root
 BUNDLE_INIT = '"""The torch-free ONNX runtime of uniq_hub, bundled with the demo Space (uniq-hub publish-space)."""\n'
 
 
@@ -32,27 +33,52 @@ class SpaceError(ValueError):
     """A Space folder that cannot be published; the message names the file and the problem."""
 
 
-def relative_imports(path: Path) -> set[str]:
-    """The sibling modules ``path`` imports as ``from .name import`` / ``from . import name`` (function bodies too)."""
+def relative_imports(path: Path, module: str) -> set[str]:
+    """The modules of uniq_hub that ``path`` (module ``module``, dotted from the package root, e.g.
+    ``deploy.onnx_runtime``) imports relatively (``from .name``, ``from ..pkg.name``, ``from . import
+    name``; function bodies too), as dotted names from the package root."""
     names: set[str] = set()
+    package = module.split(".")[:-1] if path.name != "__init__.py" else module.split(".")
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            names.update([node.module] if node.module else [alias.name for alias in node.names])
-    return {n.split(".")[0] for n in names}
+        if not (isinstance(node, ast.ImportFrom) and node.level > 0):
+            continue
+        if node.level - 1 > len(package):
+            raise SpaceError(f"{path}: `from {'.' * node.level}{node.module or ''} import` leaves the uniq_hub package")
+        base = package[: len(package) - (node.level - 1)]
+        if node.module:
+            names.add(".".join([*base, node.module]))
+        else:  # from . import name: a module, or a name of the package's __init__
+            for alias in node.names:
+                name = ".".join([*base, alias.name])
+                names.add(name if _module_file(name) is not None else ".".join(base))
+    return {n for n in names if n}
+
+
+def _module_file(name: str) -> Path | None:
+    """``uniq_hub/<a>/<b>.py`` (or the package's ``__init__.py``) of dotted ``a.b``; None when there is none."""
+    path = PACKAGE.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def runtime_modules(start: str = RUNTIME_MODULE) -> list[Path]:
-    """``uniq_hub/<start>.py`` and every module it imports relatively, transitively."""
+    """``uniq_hub/<start>.py`` (dotted from the package root), every module it imports relatively,
+    transitively, and the ``__init__.py`` of each subpackage they lie in (the root's is the bundle's own)."""
     todo, found = [start], {}
     while todo:
         name = todo.pop()
         if name in found:
             continue
-        path = PACKAGE / f"{name}.py"
-        if not path.is_file():
-            raise SpaceError(f"{PACKAGE / (start + '.py')}: imports .{name}, which is not a module of uniq_hub")
+        path = _module_file(name)
+        if path is None:
+            raise SpaceError(f"{PACKAGE / (start.replace('.', '/') + '.py')}: imports .{name}, which is not a "
+                             "module of uniq_hub")
         found[name] = path
-        todo.extend(relative_imports(path))
+        todo.extend(relative_imports(path, name))
+        parts = name.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # the packages on its way
     return sorted(found.values())
 
 
@@ -85,7 +111,9 @@ def stage_space(target: str | Path, source: str | Path = SPACE_DIR, models: list
     bundle.mkdir(exist_ok=True)
     (bundle / "__init__.py").write_text(BUNDLE_INIT)
     for module in runtime_modules():
-        shutil.copyfile(module, bundle / module.name)
+        copy = bundle / module.relative_to(PACKAGE)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(module, copy)
     return sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..deploy.onnx_runtime import ONNX_FILE, GraphError, check_graph
+from ..deploy.onnx_graph import ONNX_FILE, GraphError, check_graph
 from ..model.modeling_uniq import UniQForImageClassification
 from ..model.packing import CheckpointError, allow_missing_metadata
 from .zoo_release import resave_release
@@ -23,7 +23,7 @@ __all__ = ["migrate", "add_arguments", "run"]
 
 def migrate(folder: str | Path, onnx: bool = True) -> list[str]:
     """Re-save ``folder`` with this version after verifying that it loads; returns the files changed.
-    ``onnx``: re-export a graph that fails :func:`uniq_hub.deploy.onnx_runtime.check_graph` (else leave it)."""
+    ``onnx``: re-export a graph that fails :func:`uniq_hub.deploy.onnx_graph.check_graph` (else leave it)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder}: not a model folder (no config.json)")

@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers.utils import logging as hf_logging
 
-from ..deploy.onnx_runtime import ONNX_FILE
+from ..deploy.onnx_graph import ONNX_FILE
 from ..model.atomic import atomic_dir, write_json_atomic
 from ..model.constants import BEST_DIR, RESULTS_FILE
 from ..model.modeling_uniq import UniQForImageClassification

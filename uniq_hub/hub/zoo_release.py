@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from ..deploy.onnx_runtime import ONNX_FILE
+from ..deploy.onnx_graph import ONNX_FILE
 from ..model.atomic import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
 from ..model.constants import BEST_DIR, RESULTS_FILE, SUMMARY_FILE, TRAIN_CONFIG_FILE
 from ..model.modeling_uniq import UniQForImageClassification

@@ -13,7 +13,8 @@ pixel keeps its colour), palettes and CMYK follow PIL. Colour becomes grayscale 
 luma (PIL's integer weights 299/587/114, so an RGB copy of a gray image gives back exactly its
 gray), grayscale is repeated to RGB, and 16-bit images are scaled by 255 / 65535 (not clipped).
 Images with NaN / infinite pixels or no pixels are refused; URLs are fetched with a timeout
-(``fetch_timeout`` seconds).
+(``fetch_timeout`` seconds). The modes, dtypes and file / URL opening are :mod:`.image_inputs`'s,
+shared with the torch-free ONNX classifier.
 
 This is the one preprocessing contract: the training and evaluation transforms of
 :mod:`uniq_hub.training.data` are built from it, so ``uniq-hub evaluate``, ``pipeline`` and training see
@@ -31,97 +32,26 @@ URLs itself, with no timeout unless given one: ``pipe(url, timeout=10)``.
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import urllib.error
-import urllib.request
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_utils import ChannelDimension, PILImageResampling, infer_channel_dimension_format
 from transformers.processing_utils import ImagesKwargs
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_SIZE
-
-_LUMA = (299.0, 587.0, 114.0)  # ITU-R 601 in PIL's integer form, divided by 1000 after the sum
-# 8-bit PIL modes that are gray: read as "L" (alpha dropped); every other 8-bit mode is read as
-# PIL's convert("RGB") gives it, as transformers' load_image does before any image processor runs.
-_GRAY_PIL_MODES = frozenset({"1", "L", "LA"})
-_RGB_PIL_MODES = frozenset({"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV", "LAB"})
-FETCH_TIMEOUT = 10.0  # seconds: default timeout of URL fetches
-# PIL modes read as they are, with the value that maps to white.
-# None: 32-bit integers, white is 65535 unless no value exceeds 255.
-_PIL_DEEP_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": None, "F": 1.0}
-# Array dtype kind / item size -> white.
-_ARRAY_WHITE = {("u", 1): 255.0, ("b", 1): 1.0, ("u", 2): 65535.0, ("i", 2): 65535.0, ("i", 4): None,
-                ("i", 8): None, ("u", 4): None, ("f", 2): 1.0, ("f", 4): 1.0, ("f", 8): 1.0}
-
-
-def _white_of_wide_ints(array: np.ndarray) -> float:
-    return 255.0 if array.size == 0 or float(array.max()) <= 255 else 65535.0
+from .image_inputs import FETCH_TIMEOUT, LUMA, array_white, open_image, pil_to_array
 
 
 class UniQImageProcessorKwargs(ImagesKwargs, total=False):
     """``num_channels``: channels of the model input (1 grayscale, 3 RGB)."""
 
     num_channels: int | None
-
-
-def load_image_file(path: str | os.PathLike) -> Image.Image:
-    """Open an image file with PIL (mode kept, EXIF orientation applied); errors name the file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: not a readable image file ({err})") from err
-
-
-def _pil_to_array(image: Image.Image) -> tuple[np.ndarray, float]:
-    """Pixels of a PIL image as ``(H, W[, C])`` (uint8 for 8-bit modes, else float32) and the value of white."""
-    if image.mode in _PIL_DEEP_MODES:
-        array, white = np.asarray(image), _PIL_DEEP_MODES[image.mode]
-        return array.astype(np.float32), _white_of_wide_ints(array) if white is None else white
-    target = "L" if image.mode in _GRAY_PIL_MODES else "RGB" if image.mode in _RGB_PIL_MODES else None
-    if target is None:
-        raise ValueError(f"unsupported PIL image mode {image.mode!r} (size {image.size})")
-    try:
-        converted = image if image.mode == target else image.convert(target)
-    except ValueError as err:
-        raise ValueError(f"cannot convert a PIL image of mode {image.mode!r} to {target}: {err}") from err
-    return np.asarray(converted), 255.0
-
-
-def _array_white(array: np.ndarray) -> float:
-    key = (array.dtype.kind, array.dtype.itemsize)
-    if key not in _ARRAY_WHITE:
-        raise ValueError(f"unsupported image array dtype {array.dtype}")
-    white = _ARRAY_WHITE[key]
-    return _white_of_wide_ints(array) if white is None else white
-
-
-def fetch_url(url: str, timeout: float = FETCH_TIMEOUT) -> Image.Image:
-    """Download an image with a ``timeout`` (seconds); errors name the URL."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            payload = response.read()
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise ValueError(f"{url}: could not fetch the image within {timeout:g} s ({reason})") from err
-    try:
-        with Image.open(io.BytesIO(payload)) as image:
-            image.load()
-            return ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{url}: not a readable image ({err})") from err
 
 
 def to_image_tensor(image: Any, num_channels: int, input_data_format: Any = None) -> Tensor:
@@ -131,7 +61,7 @@ def to_image_tensor(image: Any, num_channels: int, input_data_format: Any = None
 
     Raises ``ValueError`` for an image without pixels or with NaN / infinite pixels."""
     if isinstance(image, Image.Image):
-        array, white = _pil_to_array(image)
+        array, white = pil_to_array(image)
         layout = ChannelDimension.LAST
     else:
         if isinstance(image, Tensor):
@@ -139,7 +69,7 @@ def to_image_tensor(image: Any, num_channels: int, input_data_format: Any = None
             array = (image.float() if image.dtype == torch.bfloat16 else image).numpy()  # numpy has no bfloat16
         else:
             array = np.asarray(image)
-        white, layout = _array_white(array), input_data_format
+        white, layout = array_white(array), input_data_format
     if array.ndim == 2:
         array, layout = array[None], ChannelDimension.FIRST
     if array.ndim != 3:
@@ -176,7 +106,7 @@ def match_channels(x: Tensor, num_channels: int) -> Tensor:
     x = x.to(torch.float32)
     if x.shape[0] == 1:
         return x.contiguous()
-    return (torch.tensordot(torch.tensor(_LUMA, dtype=x.dtype), x, dims=1) / 1000.0)[None]
+    return (torch.tensordot(torch.tensor(LUMA, dtype=x.dtype), x, dims=1) / 1000.0)[None]
 
 
 def processor_fields(config: Any) -> dict[str, Any]:
@@ -273,10 +203,8 @@ class UniQImageProcessor(TorchvisionBackend):
         """Open paths with PIL (keeping their mode), fetch URLs (with ``fetch_timeout``); pass images through."""
         if isinstance(images, (list, tuple)):
             return [self.fetch_images(x) for x in images]
-        if isinstance(images, str) and images.startswith(("http://", "https://")):
-            return fetch_url(images, self.fetch_timeout)
         if isinstance(images, (str, os.PathLike)):
-            return load_image_file(images)
+            return open_image(images, self.fetch_timeout)
         return images
 
     def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list[Any]:
@@ -324,6 +252,5 @@ class UniQImageProcessor(TorchvisionBackend):
 UniQImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
-    "FETCH_TIMEOUT", "UniQImageProcessor", "fetch_url", "load_image_file", "match_channels", "processor_fields",
-    "to_image_tensor",
+    "UniQImageProcessor", "match_channels", "processor_fields", "to_image_tensor",
 ]

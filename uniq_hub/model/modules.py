@@ -26,7 +26,7 @@ _SCHEMES = {
     ("lsq", "activation"): "unsigned",
     ("lsq", "signed"): "twos_complement",
 }
-_MIN_STEP = 1e-8
+MIN_STEP = 1e-8
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class UniQQuantizer(nn.Module):
         else:
             std = x.std(dim=dims, keepdim=True) if dims else x.std()
             est = optimal_step(spec.bits, "weight")[0] * std
-        return est.reshape(self.step.shape).clamp_min(_MIN_STEP)
+        return est.reshape(self.step.shape).clamp_min(MIN_STEP)
 
     @torch.no_grad()
     def init_from(self, x: Tensor, running_max: bool = False) -> None:
@@ -135,8 +135,8 @@ class UniQQuantizer(nn.Module):
         if self.calibrating:
             self.init_from(x, running_max=True)
         numel = x.numel() if self.spec.role == "weight" else math.prod(x.shape[1:])
-        # One autograd node for fake_quant(x, scale_grad(step.clamp_min(_MIN_STEP), scale)).
-        return fake_quant_learnable(x, self.step, self.lo, self.hi, self.offset, self._grad_scale(numel), _MIN_STEP)
+        # One autograd node for fake_quant(x, scale_grad(step.clamp_min(MIN_STEP), scale)).
+        return fake_quant_learnable(x, self.step, self.lo, self.hi, self.offset, self._grad_scale(numel), MIN_STEP)
 
 
 class _QuantizedMixin:
@@ -221,7 +221,7 @@ class _InputStepAdjoint(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         step, x, qw = ctx.saved_tensors
         q = ctx.quantizer
-        d = fake_quant_step_derivative(x, step, q.lo, q.hi, q.offset, q._grad_scale(ctx.numel), _MIN_STEP)
+        d = fake_quant_step_derivative(x, step, q.lo, q.hi, q.offset, q._grad_scale(ctx.numel), MIN_STEP)
         with torch.no_grad():
             response = ctx.op(d.to(qw.dtype), qw.detach(), None)
         grad_step = (grad.to(response.dtype) * response).sum().to(step.dtype).reshape(step.shape)

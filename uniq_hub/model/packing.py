@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .atomic import atomic_path
-from .modules import _MIN_STEP, UniQQuantizer, _QuantizedMixin
+from .modules import MIN_STEP, UniQQuantizer, _QuantizedMixin
 from .quant import dequantize_codes, quantize_codes
 from .quantize import quantizers
 
@@ -127,8 +127,8 @@ def quantized_layers(model: nn.Module) -> dict[str, tuple[_QuantizedMixin, UniQQ
 
 
 def _effective(step: Tensor) -> Tensor:
-    """The step a quantizer's forward uses: kept positive (``clamp_min(_MIN_STEP)``, as ``UniQQuantizer.forward``)."""
-    return step.detach().clamp_min(_MIN_STEP)
+    """The step a quantizer's forward uses: kept positive (``clamp_min(MIN_STEP)``, as ``UniQQuantizer.forward``)."""
+    return step.detach().clamp_min(MIN_STEP)
 
 
 @torch.no_grad()
