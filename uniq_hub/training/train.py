@@ -36,7 +36,7 @@ from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..hub.release import ExportIncomplete, card_entry, export_model, load_trained, save_latent
+from ..hub.release_folder import ExportIncomplete, card_entry, export_model, load_trained, save_latent
 from ..model.atomic import write_json_atomic
 from ..model.configuration_uniq import UniQConfig
 from ..model.constants import BEST_DIR, EXPORT_DIR, SMALL_IMAGE, SUMMARY_FILE, TRAIN_CONFIG_FILE
@@ -538,7 +538,7 @@ class NonFiniteLossError(FloatingPointError):
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the training ``cfg`` describes; returns a summary (best top-1, steps, directories).
 
-    When the export's ONNX graph fails its verification (:class:`uniq_hub.hub.release.ExportIncomplete`),
+    When the export's ONNX graph fails its verification (:class:`uniq_hub.hub.release_folder.ExportIncomplete`),
     the checkpoints, ``best/`` and the PyTorch release are on disk already: the summary is written
     with the error, then the error is raised."""
     trainer = Trainer(cfg)
