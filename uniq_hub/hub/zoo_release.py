@@ -265,7 +265,7 @@ def _onnx_results(folder: Path, entry: ZooEntry, num_workers: int) -> dict[str, 
 def publish_zoo(root: str | os.PathLike = RELEASE_DIR, only: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Upload every release folder under ``root`` to its ``uniq/<name>`` repo (``publish``'s
     checks apply to each, and every entry is verified before any is uploaded); ``kwargs``:
-    ``dry_run`` and :func:`uniq_hub.hub.publish.upload`'s options. Returns
+    ``dry_run`` and :func:`uniq_hub.hub.hub_client.upload`'s options. Returns
     ``{repo id: commit info or plan}``."""
     folders = release_folders(root)
     if only:
