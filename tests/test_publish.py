@@ -271,3 +271,21 @@ def test_round_trip_through_the_hub(tmp_path, hub_server, hub_token):
     assert done.returncode == 0, done.stderr[-3000:]
     assert hub_server.request_count == before
     assert torch.equal(load_file(str(tmp_path / "out.safetensors"))["logits"], expected)
+
+
+def test_release_folder_holds_no_code_and_publish_adds_it(tmp_path, pristine):
+    """save_pretrained copies the shipped code (trust_remote_code works on the folder); a run's release
+    folder keeps its data only, and publish uploads the library's code with it."""
+    from uniq_hub import UniQForImageClassification
+    from uniq_hub.hub.release_folder import export_model
+
+    assert {p.name for p in pristine.glob("*.py")} == set(LIBRARY_CODE)
+    model = UniQForImageClassification.from_pretrained(pristine)
+    record = dict(model_id="me/fm-w2a2", dataset="fashion_mnist", split="test", top1=90.5, top5=99.6,
+                  num_examples=10000, command="uniq-hub evaluate release --dataset fashion_mnist")
+    folder = export_model(model, tmp_path / "release", record=record, onnx=False)
+    assert (folder / "model.safetensors").read_bytes() == (pristine / "model.safetensors").read_bytes()
+    assert not list(folder.rglob("*.py"))
+    plan = plan_upload(folder, "me/fm-w2a2")
+    assert {name: path for name, path in plan.files.items() if name.endswith(".py")} == {
+        name: LIBRARY / name for name in LIBRARY_CODE}
