@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if any card is stale")
     args = parser.parse_args(argv)
 
-    files = generate_cards(list_entries(args.results), release_folders())
+    files = generate_cards(list_entries(args.results), release_folders(REPO / "zoo"))
     stale = [n for n, text in files.items() if not (args.out / n).is_file() or (args.out / n).read_text() != text]
     extra = sorted(p.name for p in args.out.glob("*.md") if p.name not in files) if args.out.is_dir() else []
     if args.check:

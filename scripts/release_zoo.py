@@ -3,7 +3,8 @@
 scripts/train_fashion_mnist_zoo.sh): each is evaluated on the 10k test images (PyTorch and the ONNX
 runtimes), its record goes to ``benchmarks/results/<name>.json``, the golden logits of one entry
 to ``tests/golden_logits.json``, and the committed cards are regenerated. ``--resave`` instead
-re-saves the existing folders' config and code with this version (the tensors stay byte-identical)."""
+re-saves the existing folders' config with this version, for config-key migrations (the tensors
+stay byte-identical; the folders keep no code: publishing adds it)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ sys.path.insert(0, str(REPO / "scripts"))
 from uniq_hub.hub.zoo import list_entries  # noqa: E402
 from uniq_hub.hub.zoo_release import (  # noqa: E402
     NOT_RELEASED,
-    RELEASE_DIR,
     refresh_card,
     release_entry,
     release_folders,
@@ -27,6 +27,7 @@ from uniq_hub.hub.zoo_release import (  # noqa: E402
 )
 from uniq_hub.model.constants import SUMMARY_FILE  # noqa: E402
 
+RELEASE_DIR = REPO / "zoo"
 GOLDEN_ENTRY = "uniq/resnet20-fashion-mnist-w2a2"
 GOLDEN_FILE = REPO / "tests" / "golden_logits.json"
 GOLDEN_IMAGES = (0, 1, 2, 3, 4)  # test-split indices
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cards-only", action="store_true", help="keep the folders and numbers; rewrite the "
                         "training records and cards from the runs")
     parser.add_argument("--resave", action="store_true", help="no runs needed: re-save every release folder's "
-                        "config and code with this version, checking its tensors stay byte-identical")
+                        "config with this version (key migrations), checking its tensors stay byte-identical")
     args = parser.parse_args(argv)
     if args.resave:
         for repo_id, folder in release_folders(RELEASE_DIR).items():
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (run / SUMMARY_FILE).is_file():
             print(f"{entry.name}: not trained yet ({run})")
             continue
-        record = refresh_card(entry, run) if args.cards_only else release_entry(entry, run)
+        record = refresh_card(entry, run, RELEASE_DIR) if args.cards_only else release_entry(entry, run, RELEASE_DIR)
         results = REPO / "benchmarks" / "results" / f"{entry.short_name}.json"
         results.write_text(json.dumps(record, indent=2) + "\n")
         onnx = {k: v["top1"] for k, v in record.get("onnx", {}).items()}

@@ -26,7 +26,7 @@ from uniq_hub import OnnxImageClassifier, UniQConfig, UniQForImageClassification
 from uniq_hub.cli import main
 from uniq_hub.deploy.onnx_export import OnnxExportError, OnnxModule, export_onnx, verify_onnx
 from uniq_hub.deploy.onnx_graph import ONNX_FILE, GraphError, check_graph
-from uniq_hub.hub.publish import PublishError, plan_upload
+from uniq_hub.hub.publish_plan import PublishError, plan_upload
 from uniq_hub.hub.zoo_release import publish_zoo
 from uniq_hub.model.packing import CheckpointError
 

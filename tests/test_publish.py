@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 import uniq_hub
 from uniq_hub.cli import main
 from uniq_hub.hub.cards import checkpoint_size
-from uniq_hub.hub.publish import PublishError, plan_upload
+from uniq_hub.hub.publish_plan import PublishError, plan_upload
 from uniq_hub.hub.zoo import get_entry
 
 CONFIG = {
@@ -27,21 +27,20 @@ CONFIG = {
 }
 
 
-LIBRARY = Path(uniq_hub.__file__).parent
-LIBRARY_CODE = ("configuration_uniq.py", "modeling_uniq.py", "image_processing_uniq.py", "quantize.py", "packing.py",
-                "modules.py", "quant.py", "quant_kernels.py", "registry.py", "preresnet.py", "mobilenetv2.py",
-                "constants.py", "atomic.py")
+LIBRARY = Path(uniq_hub.__file__).parent / "model"  # the shipped code
+LIBRARY_CODE = tuple(sorted(p.name for p in LIBRARY.glob("*.py") if p.name != "__init__.py"))
 
 
-def _fake_export(folder: Path, config: dict | None = None) -> Path:
-    """A structurally complete export (validation only looks at files, JSON and the safetensors header)."""
+def _fake_export(folder: Path, config: dict | None = None, code: bool = True) -> Path:
+    """A structurally complete export (validation only looks at files, JSON and the safetensors header);
+    ``code``: with copies of the library's code files (a save_pretrained folder), else none (a zoo release)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config or CONFIG))
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "UniQImageProcessor",
         "auto_map": {"AutoImageProcessor": {"torchvision": "image_processing_uniq.UniQImageProcessor"}}}))
     save_file({"model.fc.weight": torch.zeros(10, 64)}, str(folder / "model.safetensors"))
-    for name in LIBRARY_CODE:  # the library's own code (publish uploads nothing else)
+    for name in LIBRARY_CODE if code else ():  # the library's own code (publish uploads nothing else)
         shutil.copyfile(LIBRARY / name, folder / name)
     (folder / "__pycache__").mkdir(exist_ok=True)
     (folder / "__pycache__" / "quantize.cpython-311.pyc").write_bytes(b"\0")
@@ -78,18 +77,20 @@ def test_validation_names_the_problem(tmp_path):
     assert {"config.json", "preprocessor_config.json", "model.safetensors", "configuration_uniq.py",
             "modeling_uniq.py", "quantize.py", "image_processing_uniq.py"} <= set(plan.files)
     code = {name for name in plan.files if name.endswith(".py")}
-    assert code <= set(LIBRARY_CODE) and all(plan.files[name] == LIBRARY / name for name in code)
+    assert code == set(LIBRARY_CODE) and all(plan.files[name] == LIBRARY / name for name in code)  # all that ships
     assert set(plan.generated) == {"README.md"} and plan.card_source == "config.json"
+    bare = _fake_export(tmp_path / "bare", code=False)  # a folder without code (a zoo release) gets the same code
+    bare_code = {name: path for name, path in plan_upload(bare, "me/fm-w2a2").files.items() if name.endswith(".py")}
+    assert not list(bare.glob("*.py")) and bare_code == {name: LIBRARY / name for name in LIBRARY_CODE}
 
+    evil_map = dict(CONFIG["auto_map"], AutoModelForImageClassification="evil.UniQForImageClassification")
     cases = [
         (lambda: (folder / "model.safetensors").unlink(), r"model\.safetensors: missing"),
         (lambda: (folder / "preprocessor_config.json").unlink(), r"preprocessor_config\.json: missing"),
-        (lambda: (folder / "quantize.py").unlink(), r"quantize\.py: missing; a relative import in \w+\.py"),
         (lambda: (folder / "quantize.py").write_text("import os\n"),
          r"quantize\.py: differs from this uniq_hub's quantize\.py; only the library's own code is uploaded"),
-        (lambda: (folder / "modeling_uniq.py").unlink(), r"modeling_uniq\.py: missing; config\.json's auto_map"),
-        (lambda: (folder / "image_processing_uniq.py").unlink(),
-         r"image_processing_uniq\.py: missing; preprocessor_config\.json's auto_map"),
+        (lambda: (folder / "config.json").write_text(json.dumps(dict(CONFIG, auto_map=evil_map))),
+         r"evil\.py: config\.json's auto_map names the module 'evil', which is not one of uniq_hub's"),
         (lambda: (folder / "config.json").write_text(json.dumps({k: v for k, v in CONFIG.items() if k != "auto_map"})),
          r"config\.json: no 'auto_map'"),
         (lambda: (folder / "config.json").write_text("{trunc"), r"config\.json: not a readable JSON"),
@@ -270,3 +271,21 @@ def test_round_trip_through_the_hub(tmp_path, hub_server, hub_token):
     assert done.returncode == 0, done.stderr[-3000:]
     assert hub_server.request_count == before
     assert torch.equal(load_file(str(tmp_path / "out.safetensors"))["logits"], expected)
+
+
+def test_release_folder_holds_no_code_and_publish_adds_it(tmp_path, pristine):
+    """save_pretrained copies the shipped code (trust_remote_code works on the folder); a run's release
+    folder keeps its data only, and publish uploads the library's code with it."""
+    from uniq_hub import UniQForImageClassification
+    from uniq_hub.hub.release_folder import export_model
+
+    assert {p.name for p in pristine.glob("*.py")} == set(LIBRARY_CODE)
+    model = UniQForImageClassification.from_pretrained(pristine)
+    record = dict(model_id="me/fm-w2a2", dataset="fashion_mnist", split="test", top1=90.5, top5=99.6,
+                  num_examples=10000, command="uniq-hub evaluate release --dataset fashion_mnist")
+    folder = export_model(model, tmp_path / "release", record=record, onnx=False)
+    assert (folder / "model.safetensors").read_bytes() == (pristine / "model.safetensors").read_bytes()
+    assert not list(folder.rglob("*.py"))
+    plan = plan_upload(folder, "me/fm-w2a2")
+    assert {name: path for name, path in plan.files.items() if name.endswith(".py")} == {
+        name: LIBRARY / name for name in LIBRARY_CODE}

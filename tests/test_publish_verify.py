@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from test_publish import real_export
 
 from uniq_hub.cli import main
-from uniq_hub.hub.publish import PublishError, plan_upload, publish
+from uniq_hub.hub.publish import publish
+from uniq_hub.hub.publish_plan import PublishError, plan_upload
 from uniq_hub.model.modeling_uniq import CHECKSUM_KEY, state_dict_checksum
 
 

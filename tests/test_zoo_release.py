@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import ModelCard
+from huggingface_hub import HfApi, ModelCard
 from transformers import pipeline
 
 from uniq_hub import UniQForImageClassification, UniQImageProcessor
@@ -28,6 +28,7 @@ from uniq_hub.training.data.sources import load_image_dataset
 from uniq_hub.training.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
+LIBRARY = REPO / "uniq_hub" / "model"  # the shipped code
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_data = pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 ENTRIES = [e for e in list_entries(results_dirs=[]) if e.dataset.key == "fashion-mnist" and e.name not in NOT_RELEASED]
@@ -49,7 +50,7 @@ def test_release_folder_is_small_and_complete(name):
     assert sum(p.stat().st_size for p in files) < LARGE_RELEASES.get(name, MAX_FOLDER_BYTES)
     names = {p.relative_to(folder).as_posix() for p in files}
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "eval_results.json"} <= names
-    assert all(n.endswith((".json", ".py", ".md", ".safetensors", ".onnx")) for n in names), names
+    assert all(n.endswith((".json", ".md", ".safetensors", ".onnx")) for n in names), names  # data only, no code
     record = json.loads((folder / "eval_results.json").read_text())
     assert record["zoo_name"] == name and record["num_examples"] == 10_000
     card = (folder / "README.md").read_text()
@@ -62,13 +63,17 @@ def test_release_folder_is_small_and_complete(name):
         assert "onnx" not in record
     config = json.loads((folder / "config.json").read_text())
     assert not set(config) & set(LEGACY_NAMES), "re-save with: python scripts/release_zoo.py --resave"
-    stale = [p.name for p in folder.glob("*.py") if p.read_text() != (REPO / "uniq_hub" / p.name).read_text()]
-    assert not stale, f"{folder} carries older copies of {stale}; re-save with: python scripts/release_zoo.py --resave"
+
+
+def test_zoo_holds_no_code():
+    """The release folders keep their data; the shipped code is added when they are saved or uploaded."""
+    assert not list((REPO / "zoo").rglob("*.py")), "zoo/ holds code: python scripts/release_zoo.py --resave"
 
 
 def test_resave_brings_an_older_release_to_this_version_with_the_same_tensors(tmp_path):
-    """A release written with the older config names is re-saved with the current names and this
-    version's code; its tensors stay byte-identical, and a second re-save changes nothing."""
+    """A release written with the older config names is re-saved with the current names and no code
+    (stray code copies are removed); its tensors stay byte-identical, and a second re-save changes
+    nothing. ``code=True`` (``uniq-hub migrate``) writes the library's code instead."""
     import shutil
 
     from safetensors import safe_open
@@ -78,16 +83,15 @@ def test_resave_brings_an_older_release_to_this_version_with_the_same_tensors(tm
     config = json.loads((folder / "config.json").read_text())
     config["init"], config["in_chans"] = config.pop("step_init"), config.pop("num_channels")
     (folder / "config.json").write_text(json.dumps(config))
-    (folder / "quantize.py").write_text((folder / "quantize.py").read_text() + "\n# an older version\n")
+    (folder / "quantize.py").write_text((LIBRARY / "quantize.py").read_text() + "\n# an older version\n")
     (folder / "retired_module.py").write_text("# a module this version no longer has\n")
     before = (folder / "model.safetensors").read_bytes()
 
     changed = resave_release(folder)
-    assert {"config.json", "quantize.py", "retired_module.py"} <= set(changed)
+    assert set(changed) == {"config.json", "quantize.py", "retired_module.py"}
     saved = json.loads((folder / "config.json").read_text())
     assert (saved["step_init"], saved["num_channels"]) == ("mse", 1) and not set(saved) & set(LEGACY_NAMES)
-    assert (folder / "quantize.py").read_text() == (REPO / "uniq_hub" / "quantize.py").read_text()
-    assert not (folder / "retired_module.py").exists()
+    assert not list(folder.glob("*.py"))
     assert (folder / "onnx" / "model.onnx").is_file() and (folder / "README.md").is_file()
     with safe_open(str(RELEASE_DIR / "resnet20-fashion-mnist-w2a2" / "model.safetensors"), "pt") as a, \
             safe_open(str(folder / "model.safetensors"), "pt") as b:
@@ -95,6 +99,10 @@ def test_resave_brings_an_older_release_to_this_version_with_the_same_tensors(tm
         assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
     assert len((folder / "model.safetensors").read_bytes()) == len(before)
     assert resave_release(folder) == []  # deterministic: the same model saves to the same bytes
+    with_code = resave_release(folder, code=True)
+    assert "modeling_uniq.py" in with_code and set(with_code) == {p.name for p in folder.glob("*.py")}
+    assert all(p.read_bytes() == (LIBRARY / p.name).read_bytes() for p in folder.glob("*.py"))
+    assert resave_release(folder, code=True) == [] and resave_release(folder) == sorted(with_code)
 
 
 @needs_data
@@ -147,6 +155,9 @@ def test_publish_zoo_then_load_every_entry_by_name(hub_server, hub_token, tmp_pa
     folder's logits."""
     done = publish_zoo(token=hub_token)
     assert sorted(done) == sorted(release_folders())
+    shipped = {p.name for p in LIBRARY.glob("*.py") if p.name != "__init__.py"}
+    for name in done:  # the folders hold no code: publish-zoo added the library's
+        assert shipped <= set(HfApi().list_repo_files(name)), name
     ds = load_image_dataset("fashion_mnist", "test", limit=2) if FMNIST.is_dir() else None
     for name, folder in release_folders().items():
         local = UniQForImageClassification.from_pretrained(folder).eval()

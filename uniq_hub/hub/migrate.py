@@ -4,8 +4,8 @@ Each folder is loaded with every check but one: a packed ``model.safetensors`` m
 computation metadata (older releases, or a file re-saved with plain safetensors), and is then
 checked by its checksum and byte counts. It is re-saved with this version (the metadata, current
 config names, the library's code; the tensors must come out byte-identical, else nothing is
-written: ``zoo_release.resave_release``), and an ``onnx/model.onnx`` without this version's
-graph checksum, or exported from other weights, is exported again (and verified).
+written: ``zoo_release.resave_release(code=True)``), and an ``onnx/model.onnx`` without this
+version's graph checksum, or exported from other weights, is exported again (and verified).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def migrate(folder: str | Path, onnx: bool = True) -> list[str]:
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder}: not a model folder (no config.json)")
     with allow_missing_metadata():
-        changed = resave_release(folder)
+        changed = resave_release(folder, code=True)
     graph = folder / ONNX_FILE
     if onnx and (graph.is_file() or graph.is_symlink()):
         try:

@@ -2,9 +2,13 @@
 published in one command (``uniq-hub publish-zoo``).
 
 A release folder is the run's best model saved in the release format (packed weights, config,
-processor config, remote code, the exact ONNX graph), evaluated on the whole evaluation split, with
+processor config, the exact ONNX graph), evaluated on the whole evaluation split, with
 ``eval_results.json`` (the record, the training record inside) and a card ``README.md`` that shows
 those numbers. ``tests/test_zoo_release.py`` re-derives every number of every card from the folder.
+It holds no code: ``publish-zoo`` adds the shipped code when it uploads.
+
+These tools work on a source checkout's ``zoo/``: every function takes the folder of release folders
+(``root``), by default :data:`RELEASE_DIR`, ``./zoo`` relative to the working directory.
 """
 
 from __future__ import annotations
@@ -31,13 +35,16 @@ from ..model.quantize import rename_legacy
 from ..training.evaluate import evaluate
 from ..training.train_config import TrainConfig, resolve_config
 from .cards import render_card
-from .publish import DEFAULT_TIMEOUT, PublishError, check_repo_id, check_timeout, prepare, upload
+from .hub_client import DEFAULT_TIMEOUT, check_timeout, upload
+from .publish import prepare
+from .publish_plan import PublishError, check_repo_id
+from .release_folder import remove_code
 from .zoo import ZooEntry, get_entry, list_entries
 
 __all__ = ["NOT_RELEASED", "RELEASE_DIR", "release_folders", "release_records", "training_record",
            "validation_selection", "release_entry", "zoo_table", "publish_zoo"]
 
-RELEASE_DIR = Path(__file__).resolve().parents[2] / "zoo"
+RELEASE_DIR = Path("zoo")  # relative to the working directory: a source checkout's root
 MAX_FOLDER_BYTES = 2 * 1024 * 1024  # a release folder kept in git; larger ONNX graphs are left out
 # Entries allowed a larger folder, committed once: float weights that cannot be packed.
 LARGE_RELEASES = {"uniq/mobilenetv2-fashion-mnist-fp": 10 * 1024 * 1024}
@@ -99,13 +106,14 @@ def validation_selection(run_dir: str | os.PathLike, eval_split: str) -> dict[st
 
 def _save_release(source: Path, out: Path, limit: int) -> None:
     """A trained model saved by this code in the release format (packed codes, the steps the forward
-    uses, this version's safetensors metadata and remote code) with its exact ONNX graph, unless the
+    uses, this version's safetensors metadata; no code) with its exact ONNX graph, unless the
     graph (about a byte per weight) would take the folder over ``limit`` bytes."""
     from ..deploy.onnx_export import export_onnx
 
     model = UniQForImageClassification.from_pretrained(source)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
+        remove_code(tmp)
         if _folder_bytes(tmp) + sum(p.numel() for p in model.parameters()) <= limit:
             export_onnx(model, tmp / ONNX_FILE)
 
@@ -136,15 +144,19 @@ def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str |
     return record
 
 
-def resave_release(folder: str | os.PathLike) -> list[str]:
-    """Re-save a release folder's config and remote code with this version (current key names, code
-    that matches the library), keeping its tensors, ONNX graph, card and numbers. The re-saved
-    weights must hold the same tensors (names, dtypes, bytes) as before, else nothing is written.
-    Returns the names of the files that changed."""
+def resave_release(folder: str | os.PathLike, code: bool = False) -> list[str]:
+    """Re-save a release folder's config with this version (current key names), keeping its tensors,
+    ONNX graph, card and numbers. The re-saved weights must hold the same tensors (names, dtypes,
+    bytes) as before, else nothing is written. ``code``: also write the library's code files (a
+    model folder used with ``trust_remote_code`` locally; ``uniq-hub migrate``); without it the
+    folder keeps no code (a zoo release). Code files this version does not write are removed.
+    Returns the names of the files that changed or were removed."""
     folder = Path(folder)
     model = UniQForImageClassification.from_pretrained(folder)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
+        if not code:
+            remove_code(tmp)
         saved = {p.name: p for p in Path(tmp).iterdir() if p.is_file()}
         for name in saved:
             if name.endswith(".safetensors"):
@@ -154,7 +166,7 @@ def resave_release(folder: str | os.PathLike) -> list[str]:
         for name in changed:
             with atomic_path(folder / name) as tmp_path:
                 shutil.copyfile(saved[name], tmp_path)
-    stale = [p for p in folder.glob("*.py") if p.name not in saved]  # modules this version no longer has
+    stale = [p for p in sorted(folder.glob("*.py")) if p.name not in saved]  # code a release does not keep
     for path in stale:
         path.unlink()
     return changed + [p.name for p in stale]
@@ -253,7 +265,7 @@ def _onnx_results(folder: Path, entry: ZooEntry, num_workers: int) -> dict[str, 
 def publish_zoo(root: str | os.PathLike = RELEASE_DIR, only: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Upload every release folder under ``root`` to its ``uniq/<name>`` repo (``publish``'s
     checks apply to each, and every entry is verified before any is uploaded); ``kwargs``:
-    ``dry_run`` and :func:`uniq_hub.hub.publish.upload`'s options. Returns
+    ``dry_run`` and :func:`uniq_hub.hub.hub_client.upload`'s options. Returns
     ``{repo id: commit info or plan}``."""
     folders = release_folders(root)
     if only:
@@ -285,7 +297,7 @@ def publish_zoo(root: str | os.PathLike = RELEASE_DIR, only: list[str] | None = 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", default=str(RELEASE_DIR), help="folder of release folders (default: zoo/)")
+    parser.add_argument("--root", default=str(RELEASE_DIR), help="folder of release folders (default: ./zoo)")
     parser.add_argument("--only", action="append", metavar="NAME", help="only this entry (repeatable), e.g. "
                         "uniq/resnet20-fashion-mnist-w2a2")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")

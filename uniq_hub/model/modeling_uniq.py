@@ -163,7 +163,7 @@ class UniQPreTrainedModel(PreTrainedModel):
             raise RuntimeError(
                 "torch.jit.trace is not supported for UniQ models (TorchScript is deprecated, and the quantizers' "
                 "custom autograd functions and weight cache do not trace); use torch.export.export(model, "
-                "(pixel_values,)) instead, or the exact ONNX export (uniq_hub.hub.release)"
+                "(pixel_values,)) instead, or the exact ONNX export (uniq_hub.export_onnx)"
             )
         if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(

@@ -446,37 +446,6 @@ def check_header(
     return metadata
 
 
-def check_processor_config(
-    processor: Mapping[str, Any], config: Mapping[str, Any], path: str | os.PathLike | None = None
-) -> list[str]:
-    """Check a ``preprocessor_config.json`` against its ``config.json``: ``image_std`` must be
-    positive and finite and ``image_mean`` finite (else :class:`CheckpointError` naming the key);
-    returns warnings where the model input size the processor produces differs from the config's
-    ``image_size`` (it runs, but not as the model was trained)."""
-    for key, ok, expected in (
-        ("image_std", lambda v: math.isfinite(v) and v > 0, "positive and finite"),
-        ("image_mean", math.isfinite, "finite"),
-    ):
-        values = processor.get(key)
-        values = [values] if isinstance(values, (int, float)) else values
-        numbers = isinstance(values, list) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v) for v in values
-        )
-        if values is not None and not numbers:
-            raise CheckpointError(path, f"{key!r} is {values!r}; expected numbers, each {expected}")
-    side = config.get("image_size")
-    if processor.get("do_center_crop", True) and isinstance(processor.get("crop_size"), dict):
-        key, produced = "crop_size", processor["crop_size"]
-        agrees = produced.get("height") == side and produced.get("width") == side
-    else:
-        key, produced = "size", processor.get("size")
-        agrees = not isinstance(produced, dict) or side in (produced.get("shortest_edge"), produced.get("height"))
-    if side is None or agrees:
-        return []
-    return [f"{path}: {key} {produced} disagrees with config.json image_size {side}: the model would see inputs of "
-            "another size than it was trained on"]
-
-
 def check_values(
     state: Mapping[str, Tensor], path: str | os.PathLike | None = None, positive_steps: bool = True
 ) -> None:
@@ -499,7 +468,7 @@ def check_values(
 __all__ = [
     "CheckpointError", "METADATA_PREFIX", "allow_missing_metadata", "PACKED_SUFFIX", "POLICY_FIELDS",
     "QUANTIZERS_KEY", "add_metadata",
-    "check_header", "check_inside", "check_processor_config", "record_computation", "weight_files", "check_metadata",
+    "check_header", "check_inside", "record_computation", "weight_files", "check_metadata",
     "check_values",
     "computation_metadata", "describe_quantizer", "expected_layout", "information_bytes", "is_packed", "pack_bits",
     "pack_state_dict", "packed_nbytes", "quantized_layers", "unpack_bits", "unpack_state_dict",

@@ -19,7 +19,7 @@ from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..hub.release import card_entry, export_model, load_trained, save_latent
+from ..hub.release_folder import card_entry, export_model, load_trained, save_latent
 from ..model.atomic import write_json_atomic
 from ..model.constants import BEST_DIR, EXPORT_DIR, SUMMARY_FILE, TRAIN_CONFIG_FILE
 from ..model.quantize import QuantConfig, layer_bits

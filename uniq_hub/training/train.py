@@ -10,7 +10,7 @@ The orchestration only; each step is another module's job::
     recipes       optimizer (no decay on steps) + per-step warm-up / cosine schedule
     checkpoint    atomic Accelerate state every N steps and each epoch; --resume mid-epoch
     dynamics      per-quantizer step / std / SQNR every K steps (Figure 4)
-    hub.release   best model in the release format + card -> <run>/export (ready to publish)
+    hub.release_folder   best model in the release format + card -> <run>/export (ready to publish)
 
 Run directory: ``train_config.json`` (resolved), ``log.jsonl`` (metrics), ``dynamics.jsonl``,
 ``tensorboard/``, ``checkpoints/step-*``, ``best/`` (latent weights, for ``--init-from``),
@@ -26,7 +26,7 @@ from typing import Any
 
 from accelerate import PartialState
 
-from ..hub.release import ExportIncomplete
+from ..hub.release_folder import ExportIncomplete
 from ..model.atomic import write_json_atomic
 from ..model.constants import SUMMARY_FILE
 from .checkpoint import CheckpointWriteError, RunCheckpointError, RunDirectoryError
@@ -40,7 +40,7 @@ __all__ = ["train", "add_arguments", "run", "main"]
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the training ``cfg`` describes; returns a summary (best top-1, steps, directories).
 
-    When the export's ONNX graph fails its verification (:class:`uniq_hub.hub.release.ExportIncomplete`),
+    When the export's ONNX graph fails its verification (:class:`uniq_hub.hub.release_folder.ExportIncomplete`),
     the checkpoints, ``best/`` and the PyTorch release are on disk already: the summary is written
     with the error, then the error is raised."""
     trainer = TrainingLoop(cfg)

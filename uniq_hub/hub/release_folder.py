@@ -1,7 +1,6 @@
-"""Export a trained model as a Hub-ready folder: release weights (packed low-bit codes), config,
-code, preprocessor config, model card and the evaluation record, written atomically.
-
-The folder is what ``uniq-hub publish PATH --repo-id ...`` uploads.
+"""A run's Hub release folder: release weights (packed low-bit codes), config, preprocessor config,
+model card and the evaluation record, written atomically. A release folder holds data only: the
+shipped code (``uniq_hub/model/``) is added when it is uploaded (``uniq-hub publish PATH --repo-id ...``).
 """
 
 from __future__ import annotations
@@ -20,11 +19,12 @@ from ..model.modeling_uniq import UniQForImageClassification
 from .cards import entry_from_config, render_card
 from .zoo import get_entry
 
-__all__ = ["BEST_DIR", "RESULTS_FILE", "ExportIncomplete", "card_entry", "export_model", "load_trained", "save_latent"]
+__all__ = ["BEST_DIR", "RESULTS_FILE", "ExportIncomplete", "card_entry", "export_model", "load_trained", "remove_code",
+           "save_latent"]
 
 
 class ExportIncomplete(ValueError):
-    """The release folder was written (weights, config, code, card, results) but a secondary artifact,
+    """The release folder was written (weights, config, card, results) but a secondary artifact,
     the ONNX graph, failed its verification and was left out; the message says why (flip diagnostic)."""
 
     def __init__(self, message: str, folder: Path, record: dict[str, Any]) -> None:
@@ -43,6 +43,15 @@ def _quiet() -> None:
     hf_logging.disable_progress_bar()
 
 
+def remove_code(folder: str | os.PathLike) -> list[str]:
+    """Delete the code files (``*.py``) that ``save_pretrained`` copied into ``folder``: a release
+    folder keeps its data, and ``publish`` adds the shipped code when it uploads. Returns their names."""
+    code = sorted(Path(folder).glob("*.py"))
+    for path in code:
+        path.unlink()
+    return [path.name for path in code]
+
+
 def export_model(
     model: Any, folder: str | os.PathLike, record: dict[str, Any], entry: Any = None, onnx: bool = True
 ) -> Path:
@@ -59,6 +68,7 @@ def export_model(
     _quiet()
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, packed=True)
+        remove_code(tmp)
         write_json_atomic(tmp / RESULTS_FILE, record)
         if entry is not None:
             (tmp / "README.md").write_text(render_card(entry, record, repo_id=record.get("model_id"), folder=tmp))
