@@ -15,8 +15,7 @@ from transformers import AutoModelForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from uniq_hub import QConv2d, UniQConfig, UniQForImageClassification, calibrate, quantizers
-from uniq_hub.model.modeling_uniq import CHECKSUM_KEY
-from uniq_hub.model.packing import PACKED_SUFFIX, quantized_layers
+from uniq_hub.model.packing import CHECKSUM_KEY, PACKED_SUFFIX, quantized_layers
 
 X = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 

@@ -22,7 +22,8 @@ from uniq_hub.deploy.onnx_runtime import (
     openvino_model,
     within_bounds,
 )
-from uniq_hub.model.packing import PACKED_SUFFIX, pack_state_dict, quantized_layers, unpack_bits
+from uniq_hub.model.bitpack import unpack_bits
+from uniq_hub.model.packing import PACKED_SUFFIX, pack_state_dict, quantized_layers
 
 SIZE = 32
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)

@@ -40,9 +40,10 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
 from ..model.atomic import atomic_path
-from ..model.modeling_uniq import UniQForImageClassification, state_dict_checksum
-from ..model.modules import _MIN_STEP, QConv2d, QLinear, UniQQuantizer
-from ..model.packing import PACKED_SUFFIX, pack_state_dict, quantized_layers, unpack_bits
+from ..model.bitpack import unpack_bits
+from ..model.modeling_uniq import UniQForImageClassification
+from ..model.modules import MIN_STEP, QConv2d, QLinear, UniQQuantizer
+from ..model.packing import PACKED_SUFFIX, pack_state_dict, quantized_layers, state_dict_checksum
 from .onnx_runtime import (
     EXACT_BOUNDS,
     EXACT_FORMAT,
@@ -55,13 +56,13 @@ from .onnx_runtime import (
     ONNX_FILE,
     OUTPUT_NAME,
     GraphError,
-    _inside,
-    _resolve,
     available_backends,
     check_graph,
     compare_logits,
     graph_checksum,
+    inside_folder,
     load_backend,
+    resolve_folder,
     within_bounds,
 )
 
@@ -125,7 +126,7 @@ def _f32(value: Any) -> np.ndarray:
 
 def _step(q: UniQQuantizer) -> np.ndarray:
     """The step the quantizer's forward uses (kept positive), float32."""
-    return q.step.detach().float().clamp_min(_MIN_STEP).cpu().numpy()
+    return q.step.detach().float().clamp_min(MIN_STEP).cpu().numpy()
 
 
 def _levels(q: UniQQuantizer) -> tuple[int, int, int]:
@@ -506,7 +507,7 @@ def export_onnx(
     if path.parent.name == "onnx":  # a model folder's onnx/ (a planted link would lead the write elsewhere)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            _inside(path.parent.parent, path.parent, "onnx folder")
+            inside_folder(path.parent.parent, path.parent, "onnx folder")
         except GraphError as err:
             raise OnnxExportError(str(err)) from None
     exact: list[str] = []
@@ -592,7 +593,7 @@ class OnnxModule(nn.Module):
 
     def __init__(self, model_id: str | os.PathLike, backend: str, threads: int = 2) -> None:
         super().__init__()
-        folder = _resolve(model_id, None, None)
+        folder = resolve_folder(model_id, None, None)
         check_graph(folder)  # the graph that runs is the folder's, intact, exported from its weights
         self.run_onnx = load_backend(folder / ONNX_FILE, backend, threads)
         self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # gives callers a device (CPU)

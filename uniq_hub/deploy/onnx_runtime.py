@@ -54,7 +54,7 @@ META_EXACT_BACKENDS = "uniq_hub.exact_backends"  # JSON list of the backends ver
 META_GRAPH = "uniq_hub.graph_sha256"  # hex sha256 of the graph itself (graph_checksum: all but the metadata)
 MAX_IMAGE_SIZE = 2048  # pixels, a side of the model input (constants.MAX_IMAGE_SIZE; this module is torch-free)
 EXACT_FORMAT = "exact-qdq-1"  # META_FORMAT of the graphs onnx_export writes
-CHECKSUM_KEY = "uniq_hub.sha256"  # the weights' checksum tensor (modeling_uniq.CHECKSUM_KEY)
+CHECKSUM_KEY = "uniq_hub.sha256"  # the weights' checksum tensor (model/packing.CHECKSUM_KEY)
 WEIGHTS_INDEX = "model.safetensors.index.json"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 # Measured here (docs/deploy.md): OpenVINO runs the exact graph's int8 convolutions, ONNX Runtime
@@ -347,7 +347,7 @@ class GraphError(ValueError):
     other weights); the message names the file and what to do."""
 
 
-def _inside(folder: Path, path: Path, what: str) -> Path:
+def inside_folder(folder: Path, path: Path, what: str) -> Path:
     """``path`` when it (links followed) lies in ``folder``, or in the Hub cache's blobs of a
     snapshot folder; else :class:`GraphError` (the same rule as ``packing.check_inside``)."""
     target = path.resolve()
@@ -375,7 +375,8 @@ def weights_checksum(folder: str | os.PathLike) -> str | None:
 
     folder = Path(folder)
     if (folder / WEIGHTS_INDEX).is_file():
-        names = sorted(set(_read_json(_inside(folder, folder / WEIGHTS_INDEX, "weights index"))["weight_map"].values()))
+        index = _read_json(inside_folder(folder, folder / WEIGHTS_INDEX, "weights index"))
+        names = sorted(set(index["weight_map"].values()))
         files = [folder / n for n in names if isinstance(n, str) and os.path.basename(n) == n]
     else:
         files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
@@ -383,7 +384,7 @@ def weights_checksum(folder: str | os.PathLike) -> str | None:
         return None
     for file in files:
         try:
-            with safe_open(os.fspath(_inside(folder, file, "weight file")), framework="np") as f:
+            with safe_open(os.fspath(inside_folder(folder, file, "weight file")), framework="np") as f:
                 if CHECKSUM_KEY in f.keys():
                     return bytes(f.get_tensor(CHECKSUM_KEY).tolist()).hex()
         except GraphError:
@@ -411,7 +412,7 @@ def check_graph(folder: str | os.PathLike, path: str | os.PathLike | None = None
     path = Path(path) if path is not None else folder / ONNX_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; export it with `uniq-hub export-onnx {folder}`")
-    _inside(folder, path, "ONNX file")
+    inside_folder(folder, path, "ONNX file")
     reexport = f"re-export it with `uniq-hub export-onnx {folder}`"
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
@@ -461,7 +462,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
-def _resolve(folder_or_repo: str | os.PathLike, revision: str | None, token: Any, timeout: float | None = None) -> Path:
+def resolve_folder(
+    folder_or_repo: str | os.PathLike, revision: str | None, token: Any, timeout: float | None = None
+) -> Path:
     """A local folder as is, else the three files the classifier needs from the Hub (each request
     within ``timeout`` seconds, :func:`uniq_hub.hub.network.default_timeout` by default)."""
     if os.path.isdir(folder_or_repo):
@@ -502,8 +505,8 @@ class OnnxImageClassifier:
     def __init__(self, folder: str | os.PathLike, backend: str | None = None, threads: int = 2) -> None:
         folder = Path(folder)
         check_threads(threads)
-        config = _read_json(_inside(folder, folder / "config.json", "config"))
-        processor_file = _inside(folder, folder / "preprocessor_config.json", "processor config")
+        config = _read_json(inside_folder(folder, folder / "config.json", "config"))
+        processor_file = inside_folder(folder, folder / "preprocessor_config.json", "processor config")
         self.preprocess = _Preprocessor(_read_json(processor_file), str(processor_file))
         if config.get("num_channels", self.preprocess.num_channels) != self.preprocess.num_channels:
             raise ValueError(f"{processor_file}: num_channels {self.preprocess.num_channels} disagrees with "
@@ -537,7 +540,7 @@ class OnnxImageClassifier:
         Hub request within ``timeout`` seconds, 60 by default). A Hub repo's graph is checked
         against its own checksum; its binding to the weights was checked when it was published."""
         check_threads(threads)
-        return cls(_resolve(folder_or_repo, revision, token, timeout), backend=backend, threads=threads)
+        return cls(resolve_folder(folder_or_repo, revision, token, timeout), backend=backend, threads=threads)
 
     def logits(self, images: Any, batch_size: int = 32) -> np.ndarray:
         """``(N, num_labels)`` float32 logits of one image or a list of them (paths, PIL, arrays)."""

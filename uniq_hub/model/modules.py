@@ -26,7 +26,7 @@ _SCHEMES = {
     ("lsq", "activation"): "unsigned",
     ("lsq", "signed"): "twos_complement",
 }
-_MIN_STEP = 1e-8
+MIN_STEP = 1e-8
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class UniQQuantizer(nn.Module):
         else:
             std = x.std(dim=dims, keepdim=True) if dims else x.std()
             est = optimal_step(spec.bits, "weight")[0] * std
-        return est.reshape(self.step.shape).clamp_min(_MIN_STEP)
+        return est.reshape(self.step.shape).clamp_min(MIN_STEP)
 
     @torch.no_grad()
     def init_from(self, x: Tensor, running_max: bool = False) -> None:
@@ -135,11 +135,11 @@ class UniQQuantizer(nn.Module):
         if self.calibrating:
             self.init_from(x, running_max=True)
         numel = x.numel() if self.spec.role == "weight" else math.prod(x.shape[1:])
-        # One autograd node for fake_quant(x, scale_grad(step.clamp_min(_MIN_STEP), scale)).
-        return fake_quant_learnable(x, self.step, self.lo, self.hi, self.offset, self._grad_scale(numel), _MIN_STEP)
+        # One autograd node for fake_quant(x, scale_grad(step.clamp_min(MIN_STEP), scale)).
+        return fake_quant_learnable(x, self.step, self.lo, self.hi, self.offset, self._grad_scale(numel), MIN_STEP)
 
 
-class _QuantizedMixin:
+class QuantizedMixin:
     """Shared by QConv2d / QLinear: optional weight and input quantizers and an eval-mode cache
     of the quantized weight (:class:`WeightCache`)."""
 
@@ -221,14 +221,14 @@ class _InputStepAdjoint(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         step, x, qw = ctx.saved_tensors
         q = ctx.quantizer
-        d = fake_quant_step_derivative(x, step, q.lo, q.hi, q.offset, q._grad_scale(ctx.numel), _MIN_STEP)
+        d = fake_quant_step_derivative(x, step, q.lo, q.hi, q.offset, q._grad_scale(ctx.numel), MIN_STEP)
         with torch.no_grad():
             response = ctx.op(d.to(qw.dtype), qw.detach(), None)
         grad_step = (grad.to(response.dtype) * response).sum().to(step.dtype).reshape(step.shape)
         return grad_step, None, None, None, None, None
 
 
-class QConv2d(_QuantizedMixin, nn.Conv2d):
+class QConv2d(QuantizedMixin, nn.Conv2d):
     """``nn.Conv2d`` whose weight and input are fake-quantized."""
 
     def __init__(self, *args, w_spec: QuantSpec | None = None, a_spec: QuantSpec | None = None, **kwargs):
@@ -250,7 +250,7 @@ class QConv2d(_QuantizedMixin, nn.Conv2d):
         return self._apply_quantized(self._conv_forward, x, self.bias)
 
 
-class QLinear(_QuantizedMixin, nn.Linear):
+class QLinear(QuantizedMixin, nn.Linear):
     """``nn.Linear`` whose weight and input are fake-quantized."""
 
     def __init__(self, *args, w_spec: QuantSpec | None = None, a_spec: QuantSpec | None = None, **kwargs):

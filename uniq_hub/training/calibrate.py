@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..model.modules import UniQQuantizer, _QuantizedMixin
+from ..model.modules import QuantizedMixin, UniQQuantizer
 
 
 @contextlib.contextmanager
@@ -55,7 +55,7 @@ def calibrate(
         return not (uninitialized_only and bool(quantizer.initialized))
 
     for module in model.modules():
-        wq = module.weight_quantizer if isinstance(module, _QuantizedMixin) else None
+        wq = module.weight_quantizer if isinstance(module, QuantizedMixin) else None
         if wq is not None and chosen(wq):
             wq.init_from(module.weight)
     act = [m for n, m in model.named_modules()
