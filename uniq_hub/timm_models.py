@@ -31,7 +31,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor, nn
 
 from .model.configuration_uniq import TIMM_PREFIX, UniQConfig
-from .model.modeling_uniq import PREFIX, build_architecture, load_checked_state_dict
+from .model.loading import PREFIX, load_checked_state_dict
+from .model.modeling_uniq import build_architecture
 from .model.packing import CHECKSUM_KEY, CheckpointError, check_header, read_safetensors
 from .model.registry import list_models, model_info
 

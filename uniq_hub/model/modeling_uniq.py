@@ -26,7 +26,6 @@ import copy
 import logging
 import os
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -36,10 +35,10 @@ from torch import Tensor, nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
-from transformers.utils import cached_file
 
 from .configuration_uniq import UniQConfig
 from .image_processing_uniq import UniQImageProcessor
+from .loading import HUB_KWARGS, LOADER_KWARGS, PREFIX, checkpoint_files, load_checked_state_dict
 
 # Imported for their side effect: they fill the architecture registry (this file also runs as
 # remote code, without uniq_hub's __init__).
@@ -47,18 +46,11 @@ from .mobilenetv2 import mobilenetv2  # noqa: F401
 from .modules import UniQQuantizer
 from .packing import (
     CHECKSUM_KEY,
-    PACKED_SUFFIX,
-    CheckpointError,
     check_header,
-    check_values,
-    expected_layout,
-    index_shards,
-    is_packed,
     pack_state_dict,
     read_safetensors,
     record_computation,
     state_dict_checksum,
-    unpack_state_dict,
     weight_files,
 )
 from .preresnet import resnet18  # noqa: F401
@@ -66,18 +58,7 @@ from .quantize import quantize_
 from .registry import create_model
 
 logger = logging.getLogger(__name__)
-PREFIX = "model."  # the state-dict prefix of the architecture (``base_model_prefix``)
 ONNX_GRAPH = os.path.join("onnx", "model.onnx")  # where uniq_hub.export_onnx writes a folder's exact graph
-# Hub arguments of from_pretrained (the config and the weight files are resolved with them), and its
-# loading arguments, which transformers takes apart from the config overrides.
-HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
-LOADER_KWARGS = (
-    "ignore_mismatched_sizes", "weights_only", "fusion_config", "disable_mmap", "tqdm_class", "output_loading_info",
-    "_from_pipeline", "dtype", "torch_dtype", "device_map", "max_memory", "offload_folder", "offload_buffers",
-    "quantization_config", "variant", "adapter_kwargs", "adapter_name", "generation_config", "distributed_config",
-    "device_mesh", "tp_plan", "tp_size", "trust_remote_code", "allow_all_kernels", "use_kernels", "kernel_config",
-    "key_mapping", "low_cpu_mem_usage", "_fast_init", "_commit_hash",
-)
 
 
 # Written into every saved config.json, so that the remote code serves both auto classes.
@@ -223,7 +204,8 @@ class UniQPreTrainedModel(PreTrainedModel):
         if state_dict is None:
             state_dict = self.packed_state_dict() if packed else dict(self.state_dict())
             state_dict[CHECKSUM_KEY] = state_dict_checksum(state_dict)
-        before = stored_checksum(save_directory) if is_main_process else None
+        graph = is_main_process and os.path.lexists(os.path.join(save_directory, ONNX_GRAPH))
+        before = stored_checksum(save_directory) if graph else None
         if is_main_process and save_image_processor:
             os.makedirs(save_directory, exist_ok=True)
             UniQImageProcessor.from_model_config(self.config).save_pretrained(save_directory)
@@ -260,8 +242,9 @@ class UniQPreTrainedModel(PreTrainedModel):
         """
         if kwargs.get("use_safetensors") is False:
             raise ValueError("UniQ checkpoints are safetensors only; use_safetensors=False (pickle) is refused")
-        if kwargs.get("gguf_file"):
-            raise ValueError("UniQ checkpoints are safetensors only; gguf files are not supported")
+        for key in ("gguf_file", "variant"):
+            if kwargs.get(key):
+                raise ValueError(f"UniQ checkpoints are model.safetensors (or its shards) only; no {key}=")
         name, state = pretrained_model_name_or_path, kwargs.pop("state_dict", None)
         if state is not None and name is not None:
             raise ValueError("`state_dict` cannot be passed together with a model name; pass None as the name")
@@ -288,27 +271,6 @@ class UniQPreTrainedModel(PreTrainedModel):
         if name is not None:  # transformers names the config after the (None) name it was given
             (loaded[0] if isinstance(loaded, tuple) else loaded).config.name_or_path = os.fspath(name)
         return loaded
-
-
-def checkpoint_files(name: str | os.PathLike, hub: dict[str, Any]) -> list[Path]:
-    """The safetensors weight files of a model folder (each inside it, :func:`weight_files`) or of a
-    Hub repo (``model.safetensors``, else the shards its index lists), downloaded with ``hub``'s
-    arguments (``cached_file``'s)."""
-    folder = os.path.join(name, hub.get("subfolder") or "")
-    if os.path.isdir(folder):
-        files = weight_files(folder)
-        if not files:
-            raise OSError(f"Error no file named model.safetensors found in directory {folder} (UniQ checkpoints "
-                          "are safetensors only)")
-        return files
-    single = cached_file(name, "model.safetensors", _raise_exceptions_for_missing_entries=False, **hub)
-    if single is not None:
-        return [Path(single)]
-    index = cached_file(name, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False, **hub)
-    if index is None:
-        raise OSError(f"{name} does not appear to have a file named model.safetensors or "
-                      "model.safetensors.index.json (UniQ checkpoints are safetensors only)")
-    return [Path(cached_file(name, shard, **hub)) for shard in index_shards(index)]
 
 
 def stored_checksum(folder: str | os.PathLike) -> list[int] | None:
@@ -404,91 +366,10 @@ class UniQForImageClassification(UniQPreTrainedModel):
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states)
 
 
-def _without_classifier(
-    model: UniQPreTrainedModel,
-    state: dict[str, Tensor],
-    layout: dict[str, tuple[tuple[int, ...], torch.dtype]],
-    path: str | None,
-    ignore_mismatched_sizes: bool,
-    what: str,
-) -> tuple[dict[str, Tensor], dict[str, tuple[tuple[int, ...], torch.dtype]]]:
-    """``state`` and ``layout`` less the classifier's tensors where they are not to be loaded:
-    always for the base model; for a classifier whose tensors do not fit the config (new labels)
-    when ``ignore_mismatched_sizes`` says so (they are then initialised), else an error."""
-    head = f"{PREFIX}{model.model.last_layer}."
-    drop = not has_classifier(model.model)
-    if not drop:
-        misfits = [
-            f"{key} {'missing' if key not in state else tuple(state[key].shape)} (config: {shape})"
-            for key, (shape, _) in layout.items()
-            if key.startswith(head) and (key not in state or tuple(state[key].shape) != shape)
-        ]
-        if misfits and not ignore_mismatched_sizes:
-            raise CheckpointError(
-                path,
-                f"the classifier does not fit the config ({what}): {'; '.join(misfits[:3])}. For new labels pass "
-                "ignore_mismatched_sizes=True to from_pretrained: the classifier is then re-initialised",
-            )
-        drop = bool(misfits)
-    if not drop:
-        return state, layout
-    return (
-        {k: v for k, v in state.items() if not k.startswith(head)},
-        {k: v for k, v in layout.items() if not k.startswith(head)},
-    )
-
-
-def has_classifier(arch: nn.Module) -> bool:
-    """Whether ``arch`` holds its classifier (the base model and a headless timm model replace it by ``Identity``)."""
-    return not isinstance(arch.get_submodule(arch.last_layer), nn.Identity)
-
-
-def load_checked_state_dict(
-    model: UniQPreTrainedModel, state: dict[str, Tensor], path: str | None, ignore_mismatched_sizes: bool = False
-) -> dict[str, Tensor]:
-    """Verify the checksum, check every key / shape / dtype against ``model``, unpack if packed.
-
-    The classifier's tensors are left out for the base model, and for new labels with
-    ``ignore_mismatched_sizes`` (see :func:`_without_classifier`); nothing else may be missing.
-    """
-    if not state:
-        raise CheckpointError(path, "the checkpoint holds no tensors")
-    checksum = state.pop(CHECKSUM_KEY, None)
-    if checksum is not None and not torch.equal(checksum, state_dict_checksum(state)):
-        raise CheckpointError(
-            path, "checksum mismatch: the tensor data is corrupted (sha256 differs from the stored one)")
-    packed = is_packed(state)
-    layout = expected_layout(model.model, PREFIX, packed)
-    config = model.config
-    what = f"arch={config.arch}, w_bits={config.w_bits}, a_bits={config.a_bits}, num_labels={config.num_labels}"
-    state, layout = _without_classifier(model, state, layout, path, ignore_mismatched_sizes, what)
-    missing, unexpected = sorted(set(layout) - set(state)), sorted(set(state) - set(layout))
-    if missing or unexpected:
-        problems = [f"{'packed' if packed else 'latent'} checkpoint"]
-        if missing:
-            problems.append(f"{len(missing)} tensors the model needs are missing (e.g. {missing[:3]})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} tensors are not part of the model (e.g. {unexpected[:3]})")
-        raise CheckpointError(path, f"{'; '.join(problems)}; does the file belong to this config.json ({what})?")
-    for key, (shape, dtype) in layout.items():
-        got = state[key]
-        if key.endswith(PACKED_SUFFIX):
-            continue  # byte counts are checked by unpacking, after the plain tensors
-        if tuple(got.shape) != shape:
-            raise CheckpointError(path, f"{key!r} has shape {tuple(got.shape)} but the config ({what}) builds {shape}")
-        if got.dtype != dtype and not (got.is_floating_point() and dtype.is_floating_point):
-            raise CheckpointError(path, f"{key!r} has dtype {got.dtype}, expected {dtype}")
-        if got.is_floating_point() and not torch.isfinite(got).all():
-            raise CheckpointError(path, f"{key!r} holds NaN or infinite values")
-    check_values(state, path, positive_steps=packed)  # steps > 0 (release files), BatchNorm variances >= 0
-    return unpack_state_dict(state, model.model, prefix=PREFIX, path=path) if packed else state
-
-
 UniQModel.register_for_auto_class("AutoModel")
 UniQForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
-    "AUTO_MAP", "ONNX_GRAPH", "PREFIX", "UniQForImageClassification", "UniQModel", "UniQPreTrainedModel",
-    "build_architecture", "checkpoint_files", "drop_stale_graph", "has_classifier", "load_checked_state_dict",
-    "stored_checksum",
+    "AUTO_MAP", "ONNX_GRAPH", "UniQForImageClassification", "UniQModel", "UniQPreTrainedModel", "build_architecture",
+    "drop_stale_graph", "stored_checksum",
 ]
