@@ -28,6 +28,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..model.constants import ONNX_FILE
+
 __all__ = [
     "BACKENDS",
     "EXACT_BOUNDS",
@@ -47,7 +49,6 @@ __all__ = [
     "within_bounds",
 ]
 
-ONNX_FILE = "onnx/model.onnx"
 META_FORMAT = "uniq_hub.format"  # metadata_props key: the graph format ("exact-qdq-1")
 META_SOURCE = "uniq_hub.source_sha256"  # hex sha256 checksum of the weights it was exported from
 META_EXACT_BACKENDS = "uniq_hub.exact_backends"  # JSON list of the backends verified exact at export

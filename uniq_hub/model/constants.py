@@ -17,6 +17,7 @@ SUMMARY_FILE = "summary.json"
 BEST_DIR = "best"
 EXPORT_DIR = "export"
 RESULTS_FILE = "eval_results.json"  # an export's (or release folder's) measured numbers
+ONNX_FILE = "onnx/model.onnx"  # a model folder's exact integer graph (uniq_hub.export_onnx)
 # Knowledge distillation defaults (train options and the cards that state them)
 KD_TEMPERATURE = 4.0
 KD_WEIGHT = 0.5

@@ -37,6 +37,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
 from .configuration_uniq import UniQConfig
+from .constants import ONNX_FILE
 from .image_processing_uniq import UniQImageProcessor
 from .loading import HUB_KWARGS, LOADER_KWARGS, PREFIX, checkpoint_files, load_checked_state_dict
 
@@ -58,9 +59,6 @@ from .quantize import quantize_
 from .registry import create_model
 
 logger = logging.getLogger(__name__)
-ONNX_GRAPH = os.path.join("onnx", "model.onnx")  # where uniq_hub.export_onnx writes a folder's exact graph
-
-
 # Written into every saved config.json, so that the remote code serves both auto classes.
 AUTO_MAP = {
     "AutoModel": "modeling_uniq.UniQModel",
@@ -204,7 +202,7 @@ class UniQPreTrainedModel(PreTrainedModel):
         if state_dict is None:
             state_dict = self.packed_state_dict() if packed else dict(self.state_dict())
             state_dict[CHECKSUM_KEY] = state_dict_checksum(state_dict)
-        graph = is_main_process and os.path.lexists(os.path.join(save_directory, ONNX_GRAPH))
+        graph = is_main_process and os.path.lexists(os.path.join(save_directory, ONNX_FILE))
         before = stored_checksum(save_directory) if graph else None
         if is_main_process and save_image_processor:
             os.makedirs(save_directory, exist_ok=True)
@@ -288,7 +286,7 @@ def stored_checksum(folder: str | os.PathLike) -> list[int] | None:
 def drop_stale_graph(folder: str | os.PathLike, before: list[int] | None) -> None:
     """After weights were saved into ``folder``: its ``onnx/model.onnx`` is kept when they are the
     weights it was beside (checksum ``before`` unchanged), else removed, as it would run other weights."""
-    path = os.path.join(folder, ONNX_GRAPH)
+    path = os.path.join(folder, ONNX_FILE)
     if not os.path.lexists(path):
         return
     if before is not None and stored_checksum(folder) == before:
@@ -370,6 +368,6 @@ UniQModel.register_for_auto_class("AutoModel")
 UniQForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
-    "AUTO_MAP", "ONNX_GRAPH", "UniQForImageClassification", "UniQModel", "UniQPreTrainedModel", "build_architecture",
+    "AUTO_MAP", "UniQForImageClassification", "UniQModel", "UniQPreTrainedModel", "build_architecture",
     "drop_stale_graph", "stored_checksum",
 ]
