@@ -157,8 +157,8 @@ def test_saved_folder_carries_code_auto_map_and_preprocessor(tmp_path):
                                "pil": "image_processing_uniq.UniQImageProcessor"},
     }
     assert config["architectures"] == ["UniQForImageClassification"]
-    code = {"configuration_uniq.py", "modeling_uniq.py", "image_processing_uniq.py", "packing.py", "quantize.py",
-            "modules.py", "quant.py", "registry.py", "preresnet.py", "mobilenetv2.py"}
+    code = {"configuration_uniq.py", "modeling_uniq.py", "image_processing_uniq.py", "packing.py", "bitpack.py",
+            "loading.py", "quantize.py", "modules.py", "quant.py", "registry.py", "preresnet.py", "mobilenetv2.py"}
     assert code <= set(os.listdir(tmp_path))
     processor = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert processor["image_processor_type"] == "UniQImageProcessor"
