@@ -14,8 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification, pipeline
 
 from uniq_hub import CheckpointError, UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
-from uniq_hub.model.modeling_uniq import CHECKSUM_KEY, state_dict_checksum
-from uniq_hub.model.packing import allow_missing_metadata
+from uniq_hub.model.packing import CHECKSUM_KEY, allow_missing_metadata, state_dict_checksum
 
 
 def _save(folder, **kwargs) -> str:

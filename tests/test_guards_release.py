@@ -36,7 +36,9 @@ def saved(tmp_path_factory):
     """Two small models (different weights), each saved with its exact ONNX graph, and an image."""
     root = tmp_path_factory.mktemp("guards")
     for seed in (0, 1):
-        _model(seed).save_pretrained(root / f"m{seed}", onnx=True)
+        model = _model(seed)
+        model.save_pretrained(root / f"m{seed}")
+        export_onnx(model, root / f"m{seed}" / ONNX_FILE)
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8), "L").save(root / "x.png")
     return root
 
@@ -142,7 +144,8 @@ def test_save_pretrained_removes_a_stale_graph_and_says_so(m0, caplog):
         model.save_pretrained(m0)
     assert not (m0 / ONNX_FILE).exists()
     assert "removed: it was not exported from the weights just saved" in caplog.text
-    model.save_pretrained(m0, onnx=True)  # or re-exported from them
+    model.save_pretrained(m0)
+    export_onnx(model, m0 / ONNX_FILE)  # or re-exported from them
     assert verify_onnx(m0) is not None
 
 

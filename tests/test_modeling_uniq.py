@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,8 +16,7 @@ from transformers import AutoModelForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from uniq_hub import QConv2d, UniQConfig, UniQForImageClassification, calibrate, quantizers
-from uniq_hub.model.modeling_uniq import CHECKSUM_KEY
-from uniq_hub.model.packing import PACKED_SUFFIX, quantized_layers
+from uniq_hub.model.packing import CHECKSUM_KEY, PACKED_SUFFIX, quantized_layers
 
 X = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 
@@ -157,8 +157,8 @@ def test_saved_folder_carries_code_auto_map_and_preprocessor(tmp_path):
                                "pil": "image_processing_uniq.UniQImageProcessor"},
     }
     assert config["architectures"] == ["UniQForImageClassification"]
-    code = {"configuration_uniq.py", "modeling_uniq.py", "image_processing_uniq.py", "packing.py", "quantize.py",
-            "modules.py", "quant.py", "registry.py", "preresnet.py", "mobilenetv2.py"}
+    code = {"configuration_uniq.py", "modeling_uniq.py", "image_processing_uniq.py", "packing.py", "bitpack.py",
+            "loading.py", "quantize.py", "modules.py", "quant.py", "registry.py", "preresnet.py", "mobilenetv2.py"}
     assert code <= set(os.listdir(tmp_path))
     processor = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert processor["image_processor_type"] == "UniQImageProcessor"
@@ -229,3 +229,52 @@ def test_push_to_hub_uploads_the_packed_release(hub_server, hub_token, tmp_path)
         assert torch.equal(logits(reloaded), logits(model))
         with safe_open(hf_hub_download(repo, "model.safetensors", token=hub_token), "pt") as f:
             assert any(k.endswith(PACKED_SUFFIX) for k in f.keys()) == packed
+
+
+def test_sharded_release_loads_exactly_from_a_folder_and_the_hub(hub_server, hub_token, tmp_path):
+    """The loader resolves transformers' sharded layout itself (index, then each shard), locally and from the Hub."""
+    model = tiny()
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    shards = sorted(p.name for p in (tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert torch.equal(logits(UniQForImageClassification.from_pretrained(tmp_path / "sharded")), logits(model))
+    model.push_to_hub("uniq/modeling-sharded", token=hub_token, max_shard_size="20KB")
+    reloaded = UniQForImageClassification.from_pretrained("uniq/modeling-sharded", token=hub_token)
+    assert torch.equal(logits(reloaded), logits(model))
+    assert reloaded.config.name_or_path == "uniq/modeling-sharded"
+
+
+def test_loading_options_pass_through_to_transformers(tmp_path):
+    """dtype, output_loading_info and a config given as an object go through the public from_pretrained."""
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    half, info = UniQForImageClassification.from_pretrained(tmp_path, dtype=torch.float64, output_loading_info=True)
+    assert half.dtype == torch.float64 and not half.training
+    assert info["missing_keys"] == set() and info["unexpected_keys"] == set()
+    config = UniQConfig.from_pretrained(tmp_path)
+    again = UniQForImageClassification.from_pretrained(tmp_path, config=config)
+    assert torch.equal(logits(again), logits(model))
+    assert UniQForImageClassification.base_model_prefix == "model" and again.base_model is again.model
+
+
+def test_saving_keeps_a_graph_only_beside_the_same_weights(tmp_path, caplog):
+    """save_pretrained imports no deployment tooling: a graph in the folder stays when the weights saved are
+    unchanged (same checksum) and is removed, with a warning to re-export, when they change."""
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    graph = tmp_path / "onnx" / "model.onnx"
+    graph.parent.mkdir()
+    graph.write_bytes(b"a graph")
+    with caplog.at_level(logging.INFO, logger="uniq_hub.model.modeling_uniq"):
+        model.save_pretrained(tmp_path)
+    assert graph.read_bytes() == b"a graph" and "kept" in caplog.text
+    with torch.no_grad():
+        model.model.fc.bias.add_(1.0)
+    with caplog.at_level(logging.WARNING, logger="uniq_hub.model.modeling_uniq"):
+        model.save_pretrained(tmp_path)
+    assert not graph.exists() and "re-export it with `uniq-hub export-onnx" in caplog.text
+    code = ("import sys, tempfile\nfrom uniq_hub import UniQConfig, UniQForImageClassification\n"
+            "UniQForImageClassification(UniQConfig(arch='resnet20')).save_pretrained(tempfile.mkdtemp())\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('uniq_hub.deploy', 'onnx'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -23,7 +23,8 @@ from uniq_hub.deploy.onnx_backends import (
 from uniq_hub.deploy.onnx_diagnostic import flip_diagnostic
 from uniq_hub.deploy.onnx_export import OnnxExportError, export_onnx, torch_logits
 from uniq_hub.deploy.onnx_graph import META_EXACT_BACKENDS
-from uniq_hub.model.packing import PACKED_SUFFIX, pack_state_dict, quantized_layers, unpack_bits
+from uniq_hub.model.bitpack import unpack_bits
+from uniq_hub.model.packing import PACKED_SUFFIX, pack_state_dict, quantized_layers
 
 SIZE = 32
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)

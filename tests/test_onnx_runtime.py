@@ -199,18 +199,20 @@ def test_bad_onnx_files_are_refused(folder, tmp_path):
         OnnxImageClassifier.from_pretrained(bad)
 
 
-def test_save_and_push_carry_the_onnx_model(hub_server, hub_token, tmp_path):
-    """``save_pretrained(onnx=True)`` and ``push_to_hub(onnx=True)`` write a verified ``onnx/model.onnx``;
-    the classifier loads it from the (local) Hub by repo id."""
+def test_export_after_saving_carries_the_onnx_model(hub_server, hub_token, tmp_path):
+    """``export_onnx`` after ``save_pretrained`` writes a verified ``onnx/model.onnx`` (saving alone writes
+    none); uploaded with the folder, the classifier loads it from the (local) Hub by repo id."""
     from huggingface_hub import HfApi
 
     model = _model(seed=2)
-    model.save_pretrained(tmp_path / "saved", onnx=True)
+    model.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved" / ONNX_FILE).exists()
+    export_onnx(model, tmp_path / "saved" / ONNX_FILE)
     assert verify_onnx(tmp_path / "saved") is not None
-    model.save_pretrained(tmp_path / "plain")
-    assert not (tmp_path / "plain" / ONNX_FILE).exists()
-    model.push_to_hub("uniq/onnx-push", token=hub_token, onnx=True)
-    assert ONNX_FILE in HfApi(token=hub_token).list_repo_files("uniq/onnx-push")
+    api = HfApi(token=hub_token)
+    api.create_repo("uniq/onnx-push")
+    api.upload_folder(repo_id="uniq/onnx-push", folder_path=tmp_path / "saved")
+    assert ONNX_FILE in api.list_repo_files("uniq/onnx-push")
     clf = OnnxImageClassifier.from_pretrained("uniq/onnx-push", backend="onnxruntime", token=hub_token)
     image = np.random.default_rng(3).integers(0, 256, (28, 28)).astype(np.uint8)
     local = OnnxImageClassifier.from_pretrained(tmp_path / "saved", backend="onnxruntime")

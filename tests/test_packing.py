@@ -11,15 +11,13 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 
 from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
+from uniq_hub.model.bitpack import pack_bits, packed_nbytes, unpack_bits
 from uniq_hub.model.packing import (
     PACKED_SUFFIX,
     information_bytes,
     is_packed,
-    pack_bits,
     pack_state_dict,
-    packed_nbytes,
     quantized_layers,
-    unpack_bits,
     unpack_state_dict,
 )
 

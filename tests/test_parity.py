@@ -25,7 +25,7 @@ from uniq_hub import (
     list_models,
     quantizers,
 )
-from uniq_hub.model.modeling_uniq import CHECKSUM_KEY
+from uniq_hub.model.packing import CHECKSUM_KEY
 from uniq_hub.training.data.fashion_mnist import FASHION_MNIST_DIR, read_idx
 
 X = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))

@@ -19,7 +19,7 @@ from test_publish import real_export
 from uniq_hub.cli import main
 from uniq_hub.hub.publish import publish
 from uniq_hub.hub.publish_plan import PublishError, plan_upload
-from uniq_hub.model.modeling_uniq import CHECKSUM_KEY, state_dict_checksum
+from uniq_hub.model.packing import CHECKSUM_KEY, state_dict_checksum
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,8 @@ def test_import_uniq_hub_registers_every_architecture():
 def test_registration_in_either_import_order_and_the_onnx_runtime_stays_torch_free(order):
     first, second = ("uniq_hub", "timm") if order == "uniq_hub first" else ("timm", "uniq_hub")
     code = (
-        "import sys\nimport uniq_hub.deploy.onnx_runtime\nassert 'torch' not in sys.modules and 'timm' not in sys.modules\n"
+        "import sys\nimport uniq_hub.deploy.onnx_runtime\n"
+        "assert 'torch' not in sys.modules and 'timm' not in sys.modules\n"
         f"import {first}\nimport {second}\nimport timm\nprint(len(timm.list_models('uniq_*')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),

@@ -31,13 +31,12 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor, nn
 
 from .model.configuration_uniq import TIMM_PREFIX, UniQConfig
-from .model.modeling_uniq import CHECKSUM_KEY, build_architecture, load_checked_state_dict, read_safetensors
-from .model.packing import CheckpointError, check_header
+from .model.loading import PREFIX, load_checked_state_dict
+from .model.modeling_uniq import build_architecture
+from .model.packing import CHECKSUM_KEY, CheckpointError, check_header, read_safetensors
 from .model.registry import list_models, model_info
 
 __all__ = ["UniQTimmModel", "timm_model_names"]
-
-_PREFIX = "model."  # the state-dict prefix of UniQForImageClassification, kept so that the keys are the same
 
 
 class UniQTimmModel(nn.Module):
@@ -55,7 +54,6 @@ class UniQTimmModel(nn.Module):
         self.model = build_architecture(self.config)
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = self._classifier().in_features
-        self.has_classifier = True  # read by load_checked_state_dict: False drops the checkpoint's classifier
         if num_classes == 0:
             self.reset_classifier(0)
 
@@ -79,7 +77,7 @@ class UniQTimmModel(nn.Module):
             head = nn.Identity()
         parent, _, name = self.model.last_layer.rpartition(".")
         setattr(self.model.get_submodule(parent) if parent else self.model, name, head)
-        self.num_classes, self.has_classifier = num_classes, num_classes > 0
+        self.num_classes = num_classes
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.model.forward_features(x)
@@ -101,11 +99,11 @@ class UniQTimmModel(nn.Module):
     def load_pretrained(self, path: str | os.PathLike) -> None:
         """Load a UniQ ``model.safetensors`` (packed or latent) strictly: timm's custom-load hook."""
         path = os.fspath(path)
-        check_header(path, self.config, self.model, _PREFIX, extra_keys=(CHECKSUM_KEY,))
+        check_header(path, self.config, self.model, PREFIX, extra_keys=(CHECKSUM_KEY,))
         state, _ = read_safetensors([path])
         state = self.checked_state_dict(state, path)
         result = self.load_state_dict(state, strict=False)
-        head = f"{_PREFIX}{self.model.last_layer}."
+        head = f"{PREFIX}{self.model.last_layer}."
         missing = [k for k in result.missing_keys if not (k.startswith(head) and self._new_head())]
         if missing or result.unexpected_keys:  # load_checked_state_dict refuses these first; kept as a guard
             raise CheckpointError(path, f"missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
@@ -113,7 +111,7 @@ class UniQTimmModel(nn.Module):
     def _new_head(self) -> bool:
         """No classifier, or one for other classes than the checkpoint's (timm's ``pretrained_cfg``)."""
         pretrained = getattr(self, "pretrained_cfg", None) or {}
-        return not self.has_classifier or self.num_classes != pretrained.get("num_classes", self.num_classes)
+        return self.num_classes == 0 or self.num_classes != pretrained.get("num_classes", self.num_classes)
 
 
 def _with_classes(config: UniQConfig, num_classes: int) -> UniQConfig:
@@ -126,7 +124,7 @@ def _filter_local_dir(state: dict[str, Tensor], model: UniQTimmModel) -> dict[st
     folder = (getattr(model, "pretrained_cfg", None) or {}).get("file")
     path = os.path.join(folder, "model.safetensors") if folder else None
     if path and os.path.isfile(path):
-        check_header(path, model.config, model.model, _PREFIX, extra_keys=(CHECKSUM_KEY,))
+        check_header(path, model.config, model.model, PREFIX, extra_keys=(CHECKSUM_KEY,))
         state, _ = read_safetensors([path])
     return model.checked_state_dict(state, path)
 

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from ..model.atomic import atomic_path
 from ..model.constants import MAX_IMAGE_SIZE
-from ..model.modeling_uniq import UniQForImageClassification, state_dict_checksum
-from ..model.packing import pack_state_dict
+from ..model.modeling_uniq import UniQForImageClassification
+from ..model.packing import pack_state_dict, state_dict_checksum
 from .onnx_backends import EXACT_BOUNDS, available_backends, compare_logits, load_backend, within_bounds
 from .onnx_convert import OnnxExportError, bare_architecture, build_graph, exportable_architecture
 from .onnx_diagnostic import describe_flips, flip_diagnostic

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..model.constants import CHECKSUM_KEY, ONNX_FILE
+
 __all__ = [
     "CHECKSUM_KEY",
     "EXACT_FORMAT",
@@ -31,13 +33,11 @@ __all__ = [
     "weights_checksum",
 ]
 
-ONNX_FILE = "onnx/model.onnx"
 META_FORMAT = "uniq_hub.format"  # metadata_props key: the graph format ("exact-qdq-1")
 META_SOURCE = "uniq_hub.source_sha256"  # hex sha256 checksum of the weights it was exported from
 META_EXACT_BACKENDS = "uniq_hub.exact_backends"  # JSON list of the backends verified exact at export
 META_GRAPH = "uniq_hub.graph_sha256"  # hex sha256 of the graph itself (graph_checksum: all but the metadata)
 EXACT_FORMAT = "exact-qdq-1"  # META_FORMAT of the graphs onnx_export writes
-CHECKSUM_KEY = "uniq_hub.sha256"  # the weights' checksum tensor (modeling_uniq.CHECKSUM_KEY)
 WEIGHTS_INDEX = "model.safetensors.index.json"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..model.bitpack import packed_nbytes
 from ..model.constants import KD_TEMPERATURE, KD_WEIGHT
-from ..model.packing import packed_nbytes
 from ..model.quantize import QuantConfig, layer_bits, quantize_
 from ..model.registry import create_model, model_info
 from .zoo import FP_BITS, ORG, DatasetInfo, Result, ZooEntry, parse_result

@@ -17,6 +17,8 @@ SUMMARY_FILE = "summary.json"
 BEST_DIR = "best"
 EXPORT_DIR = "export"
 RESULTS_FILE = "eval_results.json"  # an export's (or release folder's) measured numbers
+ONNX_FILE = "onnx/model.onnx"  # a model folder's exact integer graph (uniq_hub.export_onnx)
+CHECKSUM_KEY = "uniq_hub.sha256"  # uint8[32] tensor in every weight file: sha256 over the others (packing.py)
 # Knowledge distillation defaults (train options and the cards that state them)
 KD_TEMPERATURE = 4.0
 KD_WEIGHT = 0.5

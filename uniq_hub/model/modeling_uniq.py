@@ -6,11 +6,14 @@
 * ``save_pretrained`` / ``push_to_hub`` write the packed release format (see ``packing.py``) plus
   ``config.json``, ``preprocessor_config.json`` and this code (``auto_map`` for both auto classes,
   for ``trust_remote_code``); ``save_pretrained(..., packed=False)`` keeps the latent float weights.
+  The exact ONNX graph is the deployment tooling's (``uniq_hub.export_onnx`` after saving); a graph
+  left in the folder is removed when the weights saved there change.
 * ``from_pretrained`` reads both formats from safetensors only (never pickle), checks every key,
   shape and dtype against the config, verifies the checksum, and loads strictly: a missing tensor
   is an error, never a silent re-initialisation, so reloading is bit-exact. The one exception is
   asked for: ``ignore_mismatched_sizes=True`` with new labels (``num_labels`` / ``id2label``)
   re-initialises the classifier (its quantizers at the config's bits, ready for calibration).
+  The checked, unpacked tensors go through transformers' documented ``state_dict=`` path.
 * ``_init_weights`` initialises every parameter and buffer as a new model is (the architecture's
   ``init_module``, BatchNorm, weight steps from the weights, activation steps uncalibrated) with
   transformers' guarded init functions, which leave loaded tensors alone: meta-device
@@ -19,38 +22,36 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib
+import copy
 import logging
 import os
 from contextlib import contextmanager
-from typing import Any, ClassVar, Iterable, Iterator, Mapping
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from torch import Tensor, nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
 from .configuration_uniq import UniQConfig
+from .constants import ONNX_FILE
 from .image_processing_uniq import UniQImageProcessor
+from .loading import HUB_KWARGS, LOADER_KWARGS, PREFIX, checkpoint_files, load_checked_state_dict
 
 # Imported for their side effect: they fill the architecture registry (this file also runs as
 # remote code, without uniq_hub's __init__).
 from .mobilenetv2 import mobilenetv2  # noqa: F401
 from .modules import UniQQuantizer
 from .packing import (
-    PACKED_SUFFIX,
-    CheckpointError,
+    CHECKSUM_KEY,
     check_header,
-    check_values,
-    expected_layout,
-    is_packed,
     pack_state_dict,
+    read_safetensors,
     record_computation,
-    unpack_state_dict,
+    state_dict_checksum,
     weight_files,
 )
 from .preresnet import resnet18  # noqa: F401
@@ -58,61 +59,11 @@ from .quantize import quantize_
 from .registry import create_model
 
 logger = logging.getLogger(__name__)
-CHECKSUM_KEY = "uniq_hub.sha256"  # uint8[32]: sha256 over every other tensor (see state_dict_checksum)
-_PREFIX = "model."
 # Written into every saved config.json, so that the remote code serves both auto classes.
 AUTO_MAP = {
     "AutoModel": "modeling_uniq.UniQModel",
     "AutoModelForImageClassification": "modeling_uniq.UniQForImageClassification",
 }
-
-
-def state_dict_checksum(state: Mapping[str, Tensor]) -> Tensor:
-    """sha256 over the sorted keys, dtypes, shapes and bytes of every tensor but the checksum."""
-    digest = hashlib.sha256()
-    for key in sorted(k for k in state if k != CHECKSUM_KEY):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{str(tensor.dtype).removeprefix('torch.')}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
-
-
-def read_safetensors(files: Iterable[str | os.PathLike]) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors of safetensors files and the file each key came from; unreadable files raise
-    :class:`CheckpointError` naming the file; other formats (pickle) are refused."""
-    state: dict[str, Tensor] = {}
-    origin: dict[str, str] = {}
-    for path in map(os.fspath, files):
-        if not path.endswith(".safetensors"):
-            raise CheckpointError(path, "UniQ checkpoints are read from safetensors only (pickle files are refused)")
-        try:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                for key in f.keys():
-                    state[key] = f.get_tensor(key)
-                    origin[key] = path
-        except FileNotFoundError as err:
-            raise CheckpointError(path, "file not found") from err
-        except Exception as err:  # safetensors raises its own error type for every format problem
-            raise CheckpointError(path, f"not a valid safetensors file (truncated or corrupted?): {err}") from err
-    return state, origin
-
-
-def _drop_stale_graph(folder: str | os.PathLike) -> None:
-    """After new weights were saved into ``folder``: an ``onnx/model.onnx`` there that was not
-    exported from them is removed (it would run other weights), and the log says so; one exported
-    from these very weights is kept. Without uniq_hub's ONNX tools (remote code) it is removed."""
-    path = os.path.join(folder, "onnx", "model.onnx")
-    if not os.path.lexists(path):
-        return
-    try:  # by name, as the export above (optional dependencies)
-        importlib.import_module("uniq_hub.deploy.onnx_runtime").check_graph(folder)
-        logger.info("%s: kept; it was exported from the weights just saved", path)
-        return
-    except Exception as err:  # noqa: BLE001 (any failure: stale, corrupted, or the tools missing)
-        reason = str(err).splitlines()[0]
-    os.remove(path)
-    logger.warning("%s: removed: it was not exported from the weights just saved (%s); re-export it with "
-                   "`uniq-hub export-onnx %s` or save_pretrained(..., onnx=True)", path, reason, folder)
 
 
 def build_architecture(config: UniQConfig) -> nn.Module:
@@ -147,11 +98,10 @@ class UniQPreTrainedModel(PreTrainedModel):
 
     config_class = UniQConfig
     config: UniQConfig
-    base_model_prefix = "uniq"
+    base_model_prefix = "model"  # the architecture; its keys are ``model.<layer>`` in both classes
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     accepts_loss_kwargs = False  # the loss is a plain mean (as ConvNext): the Trainer scales it for accumulation
-    has_classifier: ClassVar[bool] = True  # False: the checkpoint's classifier tensors are not loaded
 
     # ------------------------------------------------------------------------------------------
     # Forward helpers
@@ -214,7 +164,7 @@ class UniQPreTrainedModel(PreTrainedModel):
 
     def packed_state_dict(self) -> dict[str, Tensor]:
         """The release state dict: packed codes for quantized weights, every other tensor as is."""
-        return pack_state_dict(self.model, prefix=_PREFIX)
+        return pack_state_dict(self.model, prefix=PREFIX)
 
     def save_pretrained(
         self,
@@ -225,7 +175,6 @@ class UniQPreTrainedModel(PreTrainedModel):
         *,
         packed: bool | None = None,
         save_image_processor: bool = True,
-        onnx: bool | None = None,
         **kwargs: Any,
     ) -> Any:
         """Save config, code, weights and preprocessor config.
@@ -233,27 +182,28 @@ class UniQPreTrainedModel(PreTrainedModel):
         ``packed`` (default ``True``, or what ``push_to_hub(packed=...)`` asked): write the release
         format (packed low-bit codes); ``False`` keeps the latent float weights (training
         checkpoints). ``save_image_processor`` also writes ``preprocessor_config.json`` derived
-        from the config. ``onnx`` (default ``False``, or what ``push_to_hub(onnx=...)`` asked): also write
-        the exact integer graph ``onnx/model.onnx`` (``uniq_hub.deploy.onnx_export``). Other arguments are
-        ``PreTrainedModel.save_pretrained``'s.
+        from the config. An ``onnx/model.onnx`` already in the folder is kept only when the weights
+        saved are the ones it was beside (same checksum), else removed with a warning to re-export
+        it (:func:`drop_stale_graph`). Other arguments are ``PreTrainedModel.save_pretrained``'s.
         """
         packed = getattr(self, "_uniq_push_packed", True) if packed is None else packed
-        onnx = getattr(self, "_uniq_push_onnx", False) if onnx is None else onnx
         if push_to_hub:  # save here, then upload through push_to_hub so every file goes up
             hub_keys = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr")
             hub = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
             self.save_pretrained(
                 save_directory, is_main_process, state_dict, packed=packed,
-                save_image_processor=save_image_processor, onnx=onnx, **kwargs,
+                save_image_processor=save_image_processor, **kwargs,
             )
             if not is_main_process:
                 return None
             repo_id = hub.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
             shard = kwargs.get("max_shard_size", "50GB")
-            return self.push_to_hub(repo_id, packed=packed, onnx=onnx, max_shard_size=shard, **hub)
+            return self.push_to_hub(repo_id, packed=packed, max_shard_size=shard, **hub)
         if state_dict is None:
             state_dict = self.packed_state_dict() if packed else dict(self.state_dict())
             state_dict[CHECKSUM_KEY] = state_dict_checksum(state_dict)
+        graph = is_main_process and os.path.lexists(os.path.join(save_directory, ONNX_FILE))
+        before = stored_checksum(save_directory) if graph else None
         if is_main_process and save_image_processor:
             os.makedirs(save_directory, exist_ok=True)
             UniQImageProcessor.from_model_config(self.config).save_pretrained(save_directory)
@@ -261,66 +211,96 @@ class UniQPreTrainedModel(PreTrainedModel):
         out = super().save_pretrained(save_directory, is_main_process, state_dict, False, **kwargs)
         if is_main_process:  # bits, method, granularity, policy into the safetensors metadata (packing.py)
             record_computation(save_directory, self.config, self.model)
-        if is_main_process and onnx:  # by name: remote code copies relative imports, and this one needs onnx
-            exporter = importlib.import_module("uniq_hub.deploy.onnx_export")
-            exporter.export_onnx(self, os.path.join(save_directory, "onnx", "model.onnx"))
-            logger.info("%s: wrote onnx/model.onnx, exported from these weights", save_directory)
-        elif is_main_process:
-            _drop_stale_graph(save_directory)
+            drop_stale_graph(save_directory, before)
         return out
 
-    def push_to_hub(self, *args: Any, packed: bool = True, onnx: bool = False, **kwargs: Any) -> Any:
-        """``PreTrainedModel.push_to_hub``, uploading the release format unless ``packed=False``,
-        with ``onnx/model.onnx`` when ``onnx=True``."""
-        self._uniq_push_packed, self._uniq_push_onnx = packed, onnx
+    def push_to_hub(self, *args: Any, packed: bool = True, **kwargs: Any) -> Any:
+        """``PreTrainedModel.push_to_hub``, uploading the release format unless ``packed=False``."""
+        self._uniq_push_packed = packed
         try:
             return super().push_to_hub(*args, **kwargs)
         finally:
-            del self._uniq_push_packed, self._uniq_push_onnx
+            del self._uniq_push_packed
 
     # ------------------------------------------------------------------------------------------
     # Loading
     # ------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
         """``PreTrainedModel.from_pretrained`` restricted to safetensors, loading both formats strictly.
 
-        New labels (``num_labels=`` / ``id2label=``) need ``ignore_mismatched_sizes=True``: the
-        classifier is then re-initialised and everything else loads exactly.
+        The config and the weight files are resolved here (a folder, or the Hub with ``cache_dir``,
+        ``revision``, ``token`` ...), every file is checked from its header, read, checked against
+        the config and unpacked (:func:`load_checked_state_dict`); transformers then builds the model
+        from the config and loads these tensors (its documented ``state_dict=`` path, which also
+        serves ``dtype``, ``device_map`` and ``output_loading_info``). New labels (``num_labels=`` /
+        ``id2label=``) need ``ignore_mismatched_sizes=True``: the classifier is then re-initialised
+        and everything else loads exactly.
         """
         if kwargs.get("use_safetensors") is False:
             raise ValueError("UniQ checkpoints are safetensors only; use_safetensors=False (pickle) is refused")
-        if kwargs.get("gguf_file"):
-            raise ValueError("UniQ checkpoints are safetensors only; gguf files are not supported")
-        kwargs["use_safetensors"] = True
-        name = pretrained_model_name_or_path
-        if isinstance(name, (str, os.PathLike)) and os.path.isdir(os.path.join(name, kwargs.get("subfolder") or "")):
-            weight_files(os.path.join(name, kwargs.get("subfolder") or ""))  # nothing read from outside the folder
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-
-    @staticmethod
-    def _load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys=None):  # noqa: ANN001
-        """Read the files ourselves (safetensors only), unpack, check, then hand over a full state dict
-        (less a classifier being re-initialised, which transformers then initialises with ``_init_weights``)."""
-        if state_dict is None:
-            for file in checkpoint_files or []:  # names and recorded quantization, from the header (packing.py)
-                check_header(file, model.config, model.model, _PREFIX, extra_keys=(CHECKSUM_KEY,))
-            state_dict, origin = read_safetensors(checkpoint_files or [])
-            where = os.fspath(checkpoint_files[0]) if checkpoint_files and len(checkpoint_files) == 1 else None
+        for key in ("gguf_file", "variant"):
+            if kwargs.get(key):
+                raise ValueError(f"UniQ checkpoints are model.safetensors (or its shards) only; no {key}=")
+        name, state = pretrained_model_name_or_path, kwargs.pop("state_dict", None)
+        if state is not None and name is not None:
+            raise ValueError("`state_dict` cannot be passed together with a model name; pass None as the name")
+        kwargs.pop("use_safetensors", None)
+        hub = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
+        config = kwargs.pop("config", None)
+        if not isinstance(config, PreTrainedConfig):  # as transformers: config overrides (num_labels=...) apply
+            loader = {key: kwargs.pop(key) for key in LOADER_KWARGS if key in kwargs}
+            config, kwargs = cls.config_class.from_pretrained(
+                name if config is None else config, return_unused_kwargs=True, **hub, **kwargs)
+            kwargs.update(loader)
+        with torch.device("meta"):  # the architecture the checks need, without memory or initialisation
+            skeleton = cls(copy.deepcopy(config))
+        if state is None:
+            files = checkpoint_files(name, hub)
+            for file in files:  # names and recorded quantization, from the header (packing.py)
+                check_header(file, config, skeleton.model, PREFIX, extra_keys=(CHECKSUM_KEY,))
+            state, origin = read_safetensors(files)
+            where = os.fspath(files[0]) if len(files) == 1 else ", ".join(sorted(set(origin.values())))
         else:
-            state_dict, origin, where = dict(state_dict), {}, "<state_dict>"
-        where = where or ", ".join(sorted(set(origin.values())))
-        state_dict = load_checked_state_dict(model, state_dict, where, load_config.ignore_mismatched_sizes)
-        return PreTrainedModel._load_pretrained_model(model, state_dict, None, load_config, expected_keys)
+            state, where = dict(state), "<state_dict>"
+        state = load_checked_state_dict(skeleton, state, where, kwargs.get("ignore_mismatched_sizes", False))
+        loaded = super().from_pretrained(None, *model_args, config=config, state_dict=state, **kwargs)
+        if name is not None:  # transformers names the config after the (None) name it was given
+            (loaded[0] if isinstance(loaded, tuple) else loaded).config.name_or_path = os.fspath(name)
+        return loaded
+
+
+def stored_checksum(folder: str | os.PathLike) -> list[int] | None:
+    """The checksum stored in a saved folder's weights; ``None`` when it has none (or no readable weights)."""
+    try:
+        for file in weight_files(folder):
+            with safe_open(os.fspath(file), framework="pt", device="cpu") as f:
+                if CHECKSUM_KEY in f.keys():
+                    return f.get_tensor(CHECKSUM_KEY).tolist()
+    except Exception:  # noqa: BLE001 (no folder, a broken index or file: nothing to compare with)
+        return None
+    return None
+
+
+def drop_stale_graph(folder: str | os.PathLike, before: list[int] | None) -> None:
+    """After weights were saved into ``folder``: its ``onnx/model.onnx`` is kept when they are the
+    weights it was beside (checksum ``before`` unchanged), else removed, as it would run other weights."""
+    path = os.path.join(folder, ONNX_FILE)
+    if not os.path.lexists(path):
+        return
+    if before is not None and stored_checksum(folder) == before:
+        logger.info("%s: kept; the weights saved are the ones it was beside (same checksum)", path)
+        return
+    os.remove(path)
+    logger.warning("%s: removed: it was not exported from the weights just saved; re-export it with "
+                   "`uniq-hub export-onnx %s` or uniq_hub.export_onnx(model, %r)", path, folder, path)
 
 
 class UniQModel(UniQPreTrainedModel):
     """The backbone of a UniQ classifier: ``forward(pixel_values)`` gives the last feature map
     (``last_hidden_state``), its global average (``pooler_output``, what the classifier reads)
     and, on request, ``hidden_states`` (stem output, then one per stage)."""
-
-    has_classifier = False
 
     def __init__(self, config: UniQConfig) -> None:
         super().__init__(config)
@@ -384,85 +364,10 @@ class UniQForImageClassification(UniQPreTrainedModel):
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states)
 
 
-def _without_classifier(
-    model: UniQPreTrainedModel,
-    state: dict[str, Tensor],
-    layout: dict[str, tuple[tuple[int, ...], torch.dtype]],
-    path: str | None,
-    ignore_mismatched_sizes: bool,
-    what: str,
-) -> tuple[dict[str, Tensor], dict[str, tuple[tuple[int, ...], torch.dtype]]]:
-    """``state`` and ``layout`` less the classifier's tensors where they are not to be loaded:
-    always for the base model; for a classifier whose tensors do not fit the config (new labels)
-    when ``ignore_mismatched_sizes`` says so (they are then initialised), else an error."""
-    head = f"{_PREFIX}{model.model.last_layer}."
-    drop = not model.has_classifier
-    if not drop:
-        misfits = [
-            f"{key} {'missing' if key not in state else tuple(state[key].shape)} (config: {shape})"
-            for key, (shape, _) in layout.items()
-            if key.startswith(head) and (key not in state or tuple(state[key].shape) != shape)
-        ]
-        if misfits and not ignore_mismatched_sizes:
-            raise CheckpointError(
-                path,
-                f"the classifier does not fit the config ({what}): {'; '.join(misfits[:3])}. For new labels pass "
-                "ignore_mismatched_sizes=True to from_pretrained: the classifier is then re-initialised",
-            )
-        drop = bool(misfits)
-    if not drop:
-        return state, layout
-    return (
-        {k: v for k, v in state.items() if not k.startswith(head)},
-        {k: v for k, v in layout.items() if not k.startswith(head)},
-    )
-
-
-def load_checked_state_dict(
-    model: UniQPreTrainedModel, state: dict[str, Tensor], path: str | None, ignore_mismatched_sizes: bool = False
-) -> dict[str, Tensor]:
-    """Verify the checksum, check every key / shape / dtype against ``model``, unpack if packed.
-
-    The classifier's tensors are left out for the base model, and for new labels with
-    ``ignore_mismatched_sizes`` (see :func:`_without_classifier`); nothing else may be missing.
-    """
-    if not state:
-        raise CheckpointError(path, "the checkpoint holds no tensors")
-    checksum = state.pop(CHECKSUM_KEY, None)
-    if checksum is not None and not torch.equal(checksum, state_dict_checksum(state)):
-        raise CheckpointError(
-            path, "checksum mismatch: the tensor data is corrupted (sha256 differs from the stored one)")
-    packed = is_packed(state)
-    layout = expected_layout(model.model, _PREFIX, packed)
-    config = model.config
-    what = f"arch={config.arch}, w_bits={config.w_bits}, a_bits={config.a_bits}, num_labels={config.num_labels}"
-    state, layout = _without_classifier(model, state, layout, path, ignore_mismatched_sizes, what)
-    missing, unexpected = sorted(set(layout) - set(state)), sorted(set(state) - set(layout))
-    if missing or unexpected:
-        problems = [f"{'packed' if packed else 'latent'} checkpoint"]
-        if missing:
-            problems.append(f"{len(missing)} tensors the model needs are missing (e.g. {missing[:3]})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} tensors are not part of the model (e.g. {unexpected[:3]})")
-        raise CheckpointError(path, f"{'; '.join(problems)}; does the file belong to this config.json ({what})?")
-    for key, (shape, dtype) in layout.items():
-        got = state[key]
-        if key.endswith(PACKED_SUFFIX):
-            continue  # byte counts are checked by unpacking, after the plain tensors
-        if tuple(got.shape) != shape:
-            raise CheckpointError(path, f"{key!r} has shape {tuple(got.shape)} but the config ({what}) builds {shape}")
-        if got.dtype != dtype and not (got.is_floating_point() and dtype.is_floating_point):
-            raise CheckpointError(path, f"{key!r} has dtype {got.dtype}, expected {dtype}")
-        if got.is_floating_point() and not torch.isfinite(got).all():
-            raise CheckpointError(path, f"{key!r} holds NaN or infinite values")
-    check_values(state, path, positive_steps=packed)  # steps > 0 (release files), BatchNorm variances >= 0
-    return unpack_state_dict(state, model.model, prefix=_PREFIX, path=path) if packed else state
-
-
 UniQModel.register_for_auto_class("AutoModel")
 UniQForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
-    "AUTO_MAP", "CHECKSUM_KEY", "UniQForImageClassification", "UniQModel", "UniQPreTrainedModel",
-    "build_architecture", "load_checked_state_dict", "read_safetensors",
+    "AUTO_MAP", "UniQForImageClassification", "UniQModel", "UniQPreTrainedModel", "build_architecture",
+    "drop_stale_graph", "stored_checksum",
 ]

@@ -139,7 +139,7 @@ class UniQQuantizer(nn.Module):
         return fake_quant_learnable(x, self.step, self.lo, self.hi, self.offset, self._grad_scale(numel), MIN_STEP)
 
 
-class _QuantizedMixin:
+class QuantizedMixin:
     """Shared by QConv2d / QLinear: optional weight and input quantizers and an eval-mode cache
     of the quantized weight (:class:`WeightCache`)."""
 
@@ -228,7 +228,7 @@ class _InputStepAdjoint(torch.autograd.Function):
         return grad_step, None, None, None, None, None
 
 
-class QConv2d(_QuantizedMixin, nn.Conv2d):
+class QConv2d(QuantizedMixin, nn.Conv2d):
     """``nn.Conv2d`` whose weight and input are fake-quantized."""
 
     def __init__(self, *args, w_spec: QuantSpec | None = None, a_spec: QuantSpec | None = None, **kwargs):
@@ -250,7 +250,7 @@ class QConv2d(_QuantizedMixin, nn.Conv2d):
         return self._apply_quantized(self._conv_forward, x, self.bias)
 
 
-class QLinear(_QuantizedMixin, nn.Linear):
+class QLinear(QuantizedMixin, nn.Linear):
     """``nn.Linear`` whose weight and input are fake-quantized."""
 
     def __init__(self, *args, w_spec: QuantSpec | None = None, a_spec: QuantSpec | None = None, **kwargs):

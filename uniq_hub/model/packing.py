@@ -4,9 +4,7 @@ A packed ``model.safetensors`` holds, for every layer whose weight has a quantiz
 
 * ``<layer>.weight.packed``: ``uint8``, 1-D, ``ceil(numel * bits / 8)`` bytes. The weight's codes
   (``quantize_codes`` with the layer's step and scheme, ``0 .. 2**bits - 1``), in row-major order
-  of the weight, written as a little-endian bit stream: code ``i`` occupies stream bits
-  ``i*bits .. i*bits + bits - 1`` (least significant bit first), stream bit ``j`` is bit ``j % 8``
-  of byte ``j // 8``; the last byte is zero-padded.
+  of the weight, written as a little-endian bit stream (:mod:`.bitpack`).
 * ``<layer>.weight_quantizer.step`` (float32) and every other tensor of the model's state dict
   (BatchNorm, activation steps, biases, full-precision layers, ``initialized`` flags) unchanged.
 
@@ -21,12 +19,16 @@ metadata (written before it existed) is still checked by its byte counts, so cod
 and finite and negative BatchNorm variances (:func:`check_values`). Unpacking gives exactly the fake-quantized
 weights the model was evaluated with; the weight quantizer maps them onto themselves, so the
 logits are bit-identical. A file is recognised as packed by its ``.weight.packed`` keys.
+
+Every file ``save_pretrained`` writes also holds :data:`CHECKSUM_KEY`, a sha256 over all its
+other tensors (:func:`state_dict_checksum`), verified before anything is loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import json
 import logging
 import math
@@ -41,14 +43,15 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .atomic import atomic_path
-from .modules import MIN_STEP, UniQQuantizer, _QuantizedMixin
+from .bitpack import pack_bits, packed_nbytes, unpack_bits
+from .constants import CHECKSUM_KEY
+from .modules import MIN_STEP, QuantizedMixin, UniQQuantizer
 from .quant import dequantize_codes, quantize_codes
 from .quantize import quantizers
 
 logger = logging.getLogger(__name__)
 
 PACKED_SUFFIX = ".weight.packed"
-_CHUNK = 1 << 21  # codes per chunk when packing / unpacking (a multiple of 8; bounds the temporaries)
 
 
 class CheckpointError(ValueError):
@@ -59,70 +62,42 @@ class CheckpointError(ValueError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
-def packed_nbytes(numel: int, bits: int) -> int:
-    """Bytes of ``numel`` codes at ``bits`` bits each."""
-    return (numel * bits + 7) // 8
+def state_dict_checksum(state: Mapping[str, Tensor]) -> Tensor:
+    """sha256 over the sorted keys, dtypes, shapes and bytes of every tensor but the checksum."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in state if k != CHECKSUM_KEY):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{str(tensor.dtype).removeprefix('torch.')}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
 
 
-def _check_bits(bits: int) -> None:
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
+def read_safetensors(files: Iterable[str | os.PathLike]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors of safetensors files and the file each key came from; unreadable files raise
+    :class:`CheckpointError` naming the file; other formats (pickle) are refused."""
+    state: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    for path in map(os.fspath, files):
+        if not path.endswith(".safetensors"):
+            raise CheckpointError(path, "UniQ checkpoints are read from safetensors only (pickle files are refused)")
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for key in f.keys():
+                    state[key] = f.get_tensor(key)
+                    origin[key] = path
+        except FileNotFoundError as err:
+            raise CheckpointError(path, "file not found") from err
+        except Exception as err:  # safetensors raises its own error type for every format problem
+            raise CheckpointError(path, f"not a valid safetensors file (truncated or corrupted?): {err}") from err
+    return state, origin
 
 
-def pack_bits(codes: Tensor, bits: int) -> Tensor:
-    """Pack integer codes ``0 .. 2**bits - 1`` (any shape, any device) into a 1-D ``uint8`` bit
-    stream on the same device.
-
-    Groups of 8 codes form one little-endian integer of ``bits`` bytes (``sum code_j << j*bits``).
-    """
-    _check_bits(bits)
-    flat = codes.reshape(-1)
-    n = flat.numel()
-    if n and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits):
-        lo, hi = int(flat.min()), int(flat.max())
-        raise ValueError(f"codes must lie in 0..{(1 << bits) - 1} for {bits} bits, got {lo}..{hi}")
-    out = torch.empty(-(-n // 8) * bits, dtype=torch.uint8, device=flat.device)
-    code_shifts = torch.arange(8, dtype=torch.int64, device=flat.device) * bits
-    byte_shifts = torch.arange(bits, dtype=torch.int64, device=flat.device) * 8
-    for start in range(0, n, _CHUNK):
-        group = flat[start : start + _CHUNK].to(torch.int64)
-        group = torch.nn.functional.pad(group, (0, -group.numel() % 8)).view(-1, 8)
-        words = (group << code_shifts).sum(1)
-        chunk = ((words[:, None] >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1)
-        out[start * bits // 8 : start * bits // 8 + chunk.numel()] = chunk
-    nbytes = packed_nbytes(n, bits)
-    return out if out.numel() == nbytes else out[:nbytes].clone()
-
-
-def unpack_bits(packed: Tensor, bits: int, numel: int) -> Tensor:
-    """Inverse of :func:`pack_bits`: ``numel`` codes as a 1-D ``uint8`` tensor on ``packed``'s device."""
-    _check_bits(bits)
-    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != packed_nbytes(numel, bits):
-        raise ValueError(
-            f"expected a 1-D uint8 tensor of {packed_nbytes(numel, bits)} bytes ({numel} codes at {bits} bits), "
-            f"got {packed.dtype} of shape {tuple(packed.shape)}"
-        )
-    out = torch.empty(-(-numel // 8) * 8, dtype=torch.uint8, device=packed.device)
-    code_shifts = torch.arange(8, dtype=torch.int64, device=packed.device) * bits
-    byte_shifts = torch.arange(bits, dtype=torch.int64, device=packed.device) * 8
-    mask = (1 << bits) - 1
-    step = _CHUNK // 8 * bits  # bytes per chunk: a whole number of 8-code groups
-    for start in range(0, packed.numel(), step):
-        chunk = packed[start : start + step].to(torch.int64)
-        chunk = torch.nn.functional.pad(chunk, (0, -chunk.numel() % bits)).view(-1, bits)
-        words = (chunk << byte_shifts).sum(1)
-        codes = ((words[:, None] >> code_shifts) & mask).to(torch.uint8).reshape(-1)
-        first = start // bits * 8
-        out[first : first + codes.numel()] = codes
-    return out[:numel]
-
-
-def quantized_layers(model: nn.Module) -> dict[str, tuple[_QuantizedMixin, UniQQuantizer]]:
+def quantized_layers(model: nn.Module) -> dict[str, tuple[QuantizedMixin, UniQQuantizer]]:
     """``{layer name: (layer, weight quantizer)}`` for every layer with a quantized weight."""
     return {
         name: (m, m.weight_quantizer)
         for name, m in model.named_modules()
-        if isinstance(m, _QuantizedMixin) and m.weight_quantizer is not None
+        if isinstance(m, QuantizedMixin) and m.weight_quantizer is not None
     }
 
 
@@ -310,24 +285,28 @@ def check_inside(folder: str | os.PathLike, path: str | os.PathLike, what: str =
     return path
 
 
+def index_shards(index: str | os.PathLike) -> list[str]:
+    """The weight file names a ``model.safetensors.index.json`` lists; each must be a plain file name
+    (beside the index), else :class:`CheckpointError` (``../x.safetensors``, an absolute path)."""
+    try:
+        names = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(index, f"not a readable weights index ({type(err).__name__}: {err})") from None
+    bad = [n for n in names if not isinstance(n, str) or os.path.basename(n) != n or n in ("", ".", "..") or "\\" in n]
+    if bad:
+        raise CheckpointError(index, f"names the weight file {bad[0]!r}, which is not a file name inside the "
+                                     "folder; an index may only name files beside it (refused)")
+    return names
+
+
 def weight_files(folder: str | os.PathLike) -> list[Path]:
     """The safetensors weight files of a saved folder (transformers' names: one file, or the shards
-    its index lists). Each must lie inside the folder: an index naming a path (``../x.safetensors``,
-    an absolute path) or a link leading out of it is a :class:`CheckpointError`."""
+    its index lists, :func:`index_shards`). Each must lie inside the folder: an index naming a path or
+    a link leading out of it is a :class:`CheckpointError`."""
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        check_inside(folder, index, "weights index")
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise CheckpointError(index, f"not a readable weights index ({type(err).__name__}: {err})") from None
-        bad = [n for n in names if not isinstance(n, str) or os.path.basename(n) != n or n in ("", ".", "..")
-               or "\\" in n]
-        if bad:
-            raise CheckpointError(index, f"names the weight file {bad[0]!r}, which is not a file name inside the "
-                                         "folder; an index may only name files beside it (refused)")
-        files = [folder / name for name in names]
+        files = [folder / name for name in index_shards(check_inside(folder, index, "weights index"))]
     else:
         files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
     return [check_inside(folder, f, "weight file") for f in files]
@@ -466,10 +445,10 @@ def check_values(
 
 
 __all__ = [
-    "CheckpointError", "METADATA_PREFIX", "allow_missing_metadata", "PACKED_SUFFIX", "POLICY_FIELDS",
-    "QUANTIZERS_KEY", "add_metadata",
-    "check_header", "check_inside", "record_computation", "weight_files", "check_metadata",
-    "check_values",
-    "computation_metadata", "describe_quantizer", "expected_layout", "information_bytes", "is_packed", "pack_bits",
-    "pack_state_dict", "packed_nbytes", "quantized_layers", "unpack_bits", "unpack_state_dict",
+    "CHECKSUM_KEY", "CheckpointError", "METADATA_PREFIX", "PACKED_SUFFIX", "POLICY_FIELDS", "QUANTIZERS_KEY",
+    "add_metadata", "allow_missing_metadata", "check_header", "check_inside", "check_metadata",
+    "check_values", "computation_metadata", "describe_quantizer", "expected_layout",
+    "index_shards", "information_bytes", "is_packed",
+    "pack_state_dict", "quantized_layers", "read_safetensors", "record_computation", "state_dict_checksum",
+    "unpack_state_dict", "weight_files",
 ]
