@@ -2,9 +2,9 @@
 # Run transformers' own common model tests (tests/test_modeling_common.py of the installed version's
 # source distribution) against UniQModel / UniQForImageClassification, outside this repository:
 # the ResNet-style tiny tester tests/transformers_common_tester.py (resnet20 w2a2) is copied next to
-# the downloaded tests. The expected
-# failures and their reasons are listed in README.md ("Fine-tuning and the Trainer"). About 5 min on
-# 2 cores. Usage: scripts/transformers_common_tests.sh [WORKDIR] [pytest args...]
+# the downloaded tests. The expected failures and their reasons are listed in README.md ("Fine-tuning
+# and the Trainer"). About 5 min on 2 cores. PYTHON overrides the interpreter (default .venv/bin/python).
+# Usage: scripts/transformers_common_tests.sh [WORKDIR] [pytest args...]
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 py="${PYTHON:-$repo/.venv/bin/python}"
