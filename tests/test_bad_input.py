@@ -13,16 +13,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification, pipeline
 
-from uniq_hub import CheckpointError, UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
+from tiny_models import tiny_model
+from uniq_hub import CheckpointError, UniQForImageClassification, UniQImageProcessor
 from uniq_hub.model.modeling_uniq import CHECKSUM_KEY, state_dict_checksum
 from uniq_hub.model.packing import allow_missing_metadata
 
 
 def _save(folder, **kwargs) -> str:
-    torch.manual_seed(0)
-    model = UniQForImageClassification(UniQConfig(**{"arch": "resnet20", "num_labels": 3, "image_size": 32, **kwargs}))
-    calibrate(model.model, [torch.randn(2, 3, 16, 16)], 1)
-    model.eval().save_pretrained(folder)
+    tiny_model(num_labels=3, image_size=32, calibration=(2, 16), **kwargs).save_pretrained(folder)
     return str(folder)
 
 

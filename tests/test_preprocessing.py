@@ -15,8 +15,8 @@ from transformers.image_utils import load_image
 
 from train_helpers import eager_kernels  # noqa: F401
 from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
-from uniq_hub.training import data
 from uniq_hub.cli import main
+from uniq_hub.training import data
 from uniq_hub.training.evaluate import evaluate
 
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "F"]
