@@ -45,6 +45,7 @@ def pushed(hub_server, hub_token, tmp_path_factory):
     out = {}
     for name, fields in CASES.items():
         folder = tmp_path_factory.mktemp(name) / "export"
+        # non-trivial BatchNorm statistics, so that a mix-up of tensors shows
         model = tiny_model(**fields, calibration=(8, fields["image_size"]),
                            batchnorm={"running_mean": (-0.5, 0.5), "running_var": (0.5, 2.0)})
         model.save_pretrained(folder)
