@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/: the tiny-model factory
 
 # (arch, num_channels, image size, batch)
 SETTINGS = [("resnet18", 3, 224, 1), ("mobilenetv2", 3, 224, 1), ("resnet20", 1, 28, 128), ("resnet18", 3, 224, 16),
@@ -70,26 +70,13 @@ TARGETS = [
 
 def build_model(arch: str, chans: int, size: int, bits: int | None, seed: int = 0):
     """A random UniQ model (``bits=None``: the float model) with random BatchNorm, calibrated."""
-    import torch
+    from tiny_models import RANDOM_BATCHNORM, tiny_model
 
-    from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
-
-    torch.manual_seed(seed)
-    b = 32 if bits is None else bits
-    config = UniQConfig(
-        arch=arch, w_bits=b, a_bits=b, num_labels=10 if size < 128 else 1000, num_channels=chans,
-        image_size=size, **(ZOO_OPTIONS.get(arch, {}) if bits is not None else {}),
+    return tiny_model(
+        arch, 32 if bits is None else bits, seed=seed, num_labels=10 if size < 128 else 1000, num_channels=chans,
+        image_size=size, calibration=None if bits is None else (4, size), batchnorm=RANDOM_BATCHNORM,
+        batchnorm_first=True, **(ZOO_OPTIONS.get(arch, {}) if bits is not None else {}),
     )
-    model = UniQForImageClassification(config)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.3, 0.3)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.3, 0.3)
-    if bits is not None:
-        calibrate(model.model, [torch.randn(4, chans, size, size)])
-    return model.eval()
 
 
 def runners(model, path: str, rows: tuple[str, ...], threads: int, x: np.ndarray) -> dict:

@@ -13,15 +13,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification, pipeline
 
-from uniq_hub import CheckpointError, UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
+from tiny_models import tiny_model
+from uniq_hub import CheckpointError, UniQForImageClassification, UniQImageProcessor
 from uniq_hub.model.packing import CHECKSUM_KEY, allow_missing_metadata, state_dict_checksum
 
 
 def _save(folder, **kwargs) -> str:
-    torch.manual_seed(0)
-    model = UniQForImageClassification(UniQConfig(**{"arch": "resnet20", "num_labels": 3, "image_size": 32, **kwargs}))
-    calibrate(model.model, [torch.randn(2, 3, 16, 16)], 1)
-    model.eval().save_pretrained(folder)
+    tiny_model(num_labels=3, image_size=32, calibration=(2, 16), **kwargs).save_pretrained(folder)
     return str(folder)
 
 

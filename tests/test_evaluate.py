@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from tiny_models import tiny_model
 from train_helpers import eager_kernels, make_tiny_dataset  # noqa: F401
-from uniq_hub import UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
+from uniq_hub import UniQForImageClassification, UniQImageProcessor
 from uniq_hub.cli import main
 from uniq_hub.hub.zoo import get_entry
 from uniq_hub.training.data.sources import load_image_dataset
@@ -54,11 +55,8 @@ def test_evaluate_model_percentages():
 
 def _tiny_model(tmp_path):
     tiny = make_tiny_dataset(tmp_path / "tiny", train=8, test=40)
-    torch.manual_seed(0)
-    config = UniQConfig(arch="resnet20", w_bits=3, a_bits=3, num_labels=4, num_channels=1, image_size=28,
-                        image_mean=[0.3], image_std=[0.3], id2label={0: "top", 1: "upper", 2: "lower", 3: "bottom"})
-    model = UniQForImageClassification(config)
-    calibrate(model.model, [torch.randn(16, 1, 28, 28)], 1)
+    model = tiny_model(bits=3, num_labels=4, num_channels=1, image_size=28, image_mean=[0.3], image_std=[0.3],
+                       id2label={0: "top", 1: "upper", 2: "lower", 3: "bottom"}, calibration=(16, 28))
     model.save_pretrained(tmp_path / "model")
     return tiny
 

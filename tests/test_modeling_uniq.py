@@ -15,24 +15,21 @@ from safetensors import safe_open
 from transformers import AutoModelForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
-from uniq_hub import QConv2d, UniQConfig, UniQForImageClassification, calibrate, quantizers
+from tiny_models import tiny_model
+from uniq_hub import QConv2d, UniQConfig, UniQForImageClassification, quantizers
 from uniq_hub.model.packing import CHECKSUM_KEY, PACKED_SUFFIX, quantized_layers
 
 X = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 
 
 def tiny(**kwargs) -> UniQForImageClassification:
-    """A calibrated resnet20 (random weights), in eval mode."""
-    kwargs = {"arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 5, "image_size": 32, **kwargs}
-    torch.manual_seed(0)
-    model = UniQForImageClassification(UniQConfig(**kwargs))
-    calibrate(model.model, [torch.randn(4, kwargs.get("num_channels", 3), 16, 16)], 1)
-    for module in model.model.modules():  # BatchNorm statistics that are not the identity
+    """A calibrated resnet20 (random weights) whose BatchNorm statistics are not the identity, in eval mode."""
+    model = tiny_model(**{"num_labels": 5, "image_size": 32, **kwargs},
+                       batchnorm={"running_mean": (-0.1, 0.1), "running_var": (0.5, 1.5)})
+    for module in model.model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
             module.num_batches_tracked.fill_(7)
-    return model.eval()
+    return model
 
 
 def logits(model, x=X) -> torch.Tensor:
@@ -110,10 +107,7 @@ def test_save_and_reload_is_bit_exact(tmp_path, kwargs, packed):
 
 
 def test_packed_reload_of_mobilenetv2_is_bit_exact(tmp_path):
-    torch.manual_seed(0)
-    model = UniQForImageClassification(UniQConfig(arch="mobilenetv2", w_bits=4, a_bits=4, num_labels=3))
-    calibrate(model.model, [torch.randn(2, 3, 16, 16)], 1)
-    model.eval()
+    model = tiny_model("mobilenetv2", 4, num_labels=3, calibration=(2, 16))
     x = torch.randn(1, 3, 16, 16)
     model.save_pretrained(tmp_path)
     assert torch.equal(logits(UniQForImageClassification.from_pretrained(tmp_path), x), logits(model, x))

@@ -11,8 +11,9 @@ import torch
 from onnx import numpy_helper
 from sklearn.datasets import load_sample_images
 
+from tiny_models import RANDOM_BATCHNORM, tiny_model
 from train_helpers import eager_kernels  # noqa: F401  (autouse: no torch.compile for a few batches)
-from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
+from uniq_hub import UniQConfig, UniQForImageClassification
 from uniq_hub.deploy.onnx_backends import (
     available_backends,
     compare_logits,
@@ -47,18 +48,9 @@ def real_images(n: int, size: int = SIZE) -> np.ndarray:
 
 def make_model(arch: str, w_bits: int, a_bits: int, seed: int = 0, **config) -> UniQForImageClassification:
     """A quantized model with random BatchNorm statistics, calibrated on real images."""
-    torch.manual_seed(seed)
-    model = UniQForImageClassification(
-        UniQConfig(arch=arch, w_bits=w_bits, a_bits=a_bits, num_labels=10, image_size=SIZE, **config)
-    )
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.3, 0.3)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.3, 0.3)
-    calibrate(model.model, [torch.from_numpy(real_images(4))])
-    return model.eval()
+    return tiny_model(arch, w_bits=w_bits, a_bits=a_bits, seed=seed, num_labels=10, image_size=SIZE,
+                      calibration=torch.from_numpy(real_images(4)), batchnorm=RANDOM_BATCHNORM, batchnorm_first=True,
+                      **config)
 
 
 CASES = [

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from tiny_models import tiny_model
 from train_helpers import CLASSES, eager_kernels, make_tiny_dataset, subprocess_env  # noqa: F401
-from uniq_hub import OnnxImageClassifier, UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
+from uniq_hub import OnnxImageClassifier, UniQForImageClassification, UniQImageProcessor
 from uniq_hub.cli import main
 from uniq_hub.deploy.onnx_backends import available_backends, compare_logits, within_bounds
 from uniq_hub.deploy.onnx_export import OnnxExportError, export_onnx, verify_onnx
@@ -22,21 +23,8 @@ BACKENDS = [b for b in available_backends() if b != "reference"]
 
 
 def _model(seed: int = 0) -> UniQForImageClassification:
-    torch.manual_seed(seed)
-    config = UniQConfig(
-        arch="resnet20",
-        w_bits=2,
-        a_bits=2,
-        num_labels=4,
-        num_channels=1,
-        image_size=28,
-        image_mean=[0.3],
-        image_std=[0.3],
-        id2label=dict(enumerate(CLASSES)),
-    )
-    model = UniQForImageClassification(config)
-    calibrate(model.model, [torch.rand(16, 1, 28, 28) * 2 - 0.5], 1)
-    return model.eval()
+    return tiny_model(seed=seed, num_labels=4, num_channels=1, image_size=28, image_mean=[0.3], image_std=[0.3],
+                      id2label=dict(enumerate(CLASSES)), calibration=lambda: torch.rand(16, 1, 28, 28) * 2 - 0.5)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
+from tiny_models import tiny_model
+from uniq_hub import UniQConfig, UniQForImageClassification
 from uniq_hub.model.bitpack import pack_bits, packed_nbytes, unpack_bits
 from uniq_hub.model.packing import (
     PACKED_SUFFIX,
@@ -57,13 +58,6 @@ def test_pack_bits_rejects_out_of_range_codes_and_wrong_lengths():
         unpack_bits(torch.zeros(2, dtype=torch.uint8), 3, 8)
 
 
-def _model(arch: str = "resnet20", **kwargs) -> UniQForImageClassification:
-    torch.manual_seed(0)
-    model = UniQForImageClassification(UniQConfig(arch=arch, num_labels=7, image_size=32, **kwargs)).eval()
-    calibrate(model.model, [torch.randn(2, 3, 16, 16)], 1)
-    return model.eval()
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -76,7 +70,7 @@ def _model(arch: str = "resnet20", **kwargs) -> UniQForImageClassification:
     ids=["w2a2", "w1a1", "w3a4-layer", "w4a4-lsq", "w5-mixed"],
 )
 def test_packed_state_dict_decodes_to_the_fake_quantized_weights(kwargs):
-    model = _model(**kwargs)
+    model = tiny_model(num_labels=7, image_size=32, calibration=(2, 16), **kwargs)
     arch = model.model
     packed = pack_state_dict(arch)
     layers = quantized_layers(arch)

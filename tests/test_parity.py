@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForImageClassification
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
+from tiny_models import tiny_model
 from train_helpers import eager_kernels  # noqa: F401
 from uniq_hub import (
     CheckpointError,
@@ -34,11 +35,7 @@ HEAD = "model.fc."
 
 def tiny(**kwargs) -> UniQForImageClassification:
     """A calibrated resnet20 (random weights) in eval mode."""
-    kwargs = {"arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 4, "image_size": 16, **kwargs}
-    torch.manual_seed(0)
-    model = UniQForImageClassification(UniQConfig(**kwargs))
-    calibrate(model.model, [torch.randn(8, kwargs.get("num_channels", 3), 16, 16)], 1)
-    return model.eval()
+    return tiny_model(**{"num_labels": 4, "image_size": 16, **kwargs}, calibration=(8, 16))
 
 
 def backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

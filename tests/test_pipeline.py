@@ -12,7 +12,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from transformers import AutoImageProcessor, pipeline
 
-from uniq_hub import UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate, imagenet_id2label
+from tiny_models import tiny_model
+from uniq_hub import UniQConfig, UniQForImageClassification, UniQImageProcessor, imagenet_id2label
 
 MODES = ["RGB", "L", "LA", "RGBA", "P", "PA", "CMYK", "YCbCr", "1", "I;16", "I", "F"]
 SIZES = [(1, 1), (7, 300), (45, 33)]
@@ -42,15 +43,9 @@ def as_mode(image: Image.Image, mode: str) -> Image.Image:
 
 
 def _save(folder, num_channels: int) -> str:
-    torch.manual_seed(0)
-    config = UniQConfig(
-        arch="resnet20", w_bits=2, a_bits=2, id2label=LABELS, num_channels=num_channels,
-        image_size=28 if num_channels == 1 else 32,
-        image_mean=[0.3] * num_channels, image_std=[0.35] * num_channels,
-    )
-    model = UniQForImageClassification(config)
-    calibrate(model.model, [torch.randn(4, num_channels, 16, 16)], 1)
-    model.eval().save_pretrained(folder)
+    model = tiny_model(id2label=LABELS, num_channels=num_channels, image_size=28 if num_channels == 1 else 32,
+                       image_mean=[0.3] * num_channels, image_std=[0.35] * num_channels)
+    model.save_pretrained(folder)
     return str(folder)
 
 
@@ -204,14 +199,11 @@ def test_pipeline_on_files(tmp_path, rgb_folder, gray_folder):
 
 
 def test_pipeline_on_a_real_photo_with_imagenet_labels(tmp_path):
-    torch.manual_seed(0)
-    config = UniQConfig(arch="resnet18", w_bits=4, a_bits=4, id2label=imagenet_id2label())
-    model = UniQForImageClassification(config)
-    calibrate(model.model, [torch.randn(2, 3, 32, 32)], 1)
-    model.eval().save_pretrained(tmp_path)
+    model = tiny_model("resnet18", 4, id2label=imagenet_id2label(), calibration=(2, 32))
+    model.save_pretrained(tmp_path)
     pipe = pipeline("image-classification", model=str(tmp_path))
     path = load_sample_images().filenames[0]  # china.jpg, 427 x 640
     assert pipe.image_processor(path, return_tensors="pt")["pixel_values"].shape == (1, 3, 224, 224)
     result = pipe(path)
-    assert len(result) == 5 and all(r["label"] in set(config.id2label.values()) for r in result)
+    assert len(result) == 5 and all(r["label"] in set(model.config.id2label.values()) for r in result)
     assert result == sorted(result, key=lambda r: -r["score"])

@@ -14,6 +14,7 @@ from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import save_file
 
 import uniq_hub
+from tiny_models import tiny_model
 from uniq_hub.cli import main
 from uniq_hub.hub.cards import checkpoint_size
 from uniq_hub.hub.publish_plan import PublishError, plan_upload
@@ -50,13 +51,8 @@ def _fake_export(folder: Path, config: dict | None = None, code: bool = True) ->
 def real_export(folder: Path) -> Path:
     """A real, tiny export (resnet20 w2a2, 28x28 grayscale, 10 labels): one that publish verifies.
     Deterministic, so equal folders share one verification per process."""
-    from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
-
-    torch.manual_seed(0)
     fields = {k: v for k, v in CONFIG.items() if k not in ("model_type", "auto_map")}
-    model = UniQForImageClassification(UniQConfig(**fields))
-    calibrate(model.model, [torch.randn(4, 1, 28, 28)], 1)
-    model.eval().save_pretrained(folder)
+    tiny_model(**fields, calibration=(4, 28)).save_pretrained(folder)
     return folder
 
 

@@ -22,8 +22,9 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from tiny_models import tiny_model
 from train_helpers import REPO, subprocess_env
-from uniq_hub import CheckpointError, UniQConfig, UniQForImageClassification, UniQImageProcessor, calibrate
+from uniq_hub import CheckpointError, UniQConfig, UniQForImageClassification, UniQImageProcessor
 from uniq_hub.model.registry import list_models
 from uniq_hub.timm_models import UniQTimmModel
 
@@ -38,25 +39,15 @@ CASES = {
 TIMM_KEYS = ("architecture", "num_classes", "label_names", "pretrained_cfg", "model_args")
 
 
-def _tiny_model(fields: dict) -> UniQForImageClassification:
-    torch.manual_seed(0)
-    model = UniQForImageClassification(UniQConfig(**fields))
-    side, ch = fields["image_size"], fields["num_channels"]
-    calibrate(model.model, [torch.randn(8, ch, side, side)], 1)
-    for m in model.modules():  # non-trivial BatchNorm statistics, so that a mix-up of tensors shows
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def pushed(hub_server, hub_token, tmp_path_factory):
     """Every CASES model saved, and pushed to the local Hub as uniq-timm/<name>."""
     out = {}
     for name, fields in CASES.items():
         folder = tmp_path_factory.mktemp(name) / "export"
-        model = _tiny_model(fields)
+        # non-trivial BatchNorm statistics, so that a mix-up of tensors shows
+        model = tiny_model(**fields, calibration=(8, fields["image_size"]),
+                           batchnorm={"running_mean": (-0.5, 0.5), "running_var": (0.5, 2.0)})
         model.save_pretrained(folder)
         repo_id = f"uniq-timm/{name}"
         HfApi(token=hub_token).create_repo(repo_id, exist_ok=True)
