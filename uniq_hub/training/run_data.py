@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..model.constants import SMALL_IMAGE
+from ..model.image_inputs import ONE_CHANNEL_PIL_MODES
 from .data.columns import class_names
 from .data.sources import load_image_dataset
 from .data.splits import check_training_split, stratified_split, validation_size
@@ -26,8 +27,6 @@ from .train_config import TrainConfig
 __all__ = ["DataBundle", "VAL_SPLIT_SEED", "load_data"]
 
 VAL_SPLIT_SEED = 0  # the validation hold-out does not follow --seed: a zoo chain's stages share it
-# TODO(image_inputs): use the shared mode table of uniq_hub.model.image_inputs (its one-channel PIL modes)
-_ONE_CHANNEL_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
 @dataclass
@@ -91,7 +90,7 @@ def load_data(cfg: TrainConfig) -> DataBundle:
     if len(evaluation) == 0:
         raise ValueError(f"dataset {cfg.dataset!r} split {cfg.eval_split!r} has no examples to evaluate on")
     image = _first_image(train)
-    num_channels = cfg.num_channels or (1 if getattr(image, "mode", "RGB") in _ONE_CHANNEL_MODES else 3)
+    num_channels = cfg.num_channels or (1 if getattr(image, "mode", "RGB") in ONE_CHANNEL_PIL_MODES else 3)
     native = max(getattr(image, "size", (224, 224)))
     image_size = cfg.image_size or (224 if native >= SMALL_IMAGE else native)
     try:
