@@ -86,7 +86,10 @@ def _onnx_classifier(folder: Path) -> tuple[Callable, str] | None:
 def _torch_classifier(folder: Path) -> tuple[Callable, str]:
     from transformers import pipeline
 
-    pipe = pipeline("image-classification", model=str(folder), trust_remote_code=True)
+    remote = (folder / "modeling_uniq.py").is_file()  # Hub repos carry the code; zoo/ release folders do not
+    if not remote:
+        import uniq_hub  # noqa: F401  (the installed library registers model_type "uniq" with transformers)
+    pipe = pipeline("image-classification", model=str(folder), trust_remote_code=remote)
     return (lambda image: pipe(image, top_k=TOP_K)), "PyTorch (transformers)"
 
 
