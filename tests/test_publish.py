@@ -89,7 +89,7 @@ def test_validation_names_the_problem(tmp_path):
          r"evil\.py: config\.json's auto_map names the module 'evil', which is not one of uniq_hub's"),
         (lambda: (folder / "config.json").write_text(json.dumps({k: v for k, v in CONFIG.items() if k != "auto_map"})),
          r"config\.json: no 'auto_map'"),
-        (lambda: (folder / "config.json").write_text("{trunc"), r"config\.json: not a readable JSON"),
+        (lambda: (folder / "config.json").write_text("{trunc"), r"config\.json: not valid JSON"),
         (lambda: (folder / "model.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{\"a\":"),
          r"model\.safetensors: not a valid safetensors file"),
         (lambda: (folder / "preprocessor_config.json").write_text("{}"), r"image_processor_type"),

@@ -17,19 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from .hub.zoo import get_entry
+from .model.atomic import read_json
 from .model.constants import EXPORT_DIR, FP_BITS, RESULTS_FILE, SUMMARY_FILE, TRAIN_CONFIG_FILE
 
 __all__ = ["RunResult", "read_dynamics", "pick_quantizers", "plot_dynamics", "run_results", "plot_accuracy",
            "plot_zoo", "add_arguments", "run"]
 
 _STATS = ("step", "std", "sqnr", "sqnr_opt")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
 
 
 def read_dynamics(run_dir: str | Path) -> dict[str, dict[str, list[float]]]:
@@ -84,7 +78,7 @@ def plot_dynamics(run_dir: str | Path, out: str | Path, patterns: list[str] | No
     run_dir = Path(run_dir)
     dynamics = read_dynamics(run_dir)
     names = pick_quantizers(list(dynamics), patterns, limit)
-    config = _read_json(run_dir / TRAIN_CONFIG_FILE) if (run_dir / TRAIN_CONFIG_FILE).is_file() else {}
+    config = read_json(run_dir / TRAIN_CONFIG_FILE) if (run_dir / TRAIN_CONFIG_FILE).is_file() else {}
     warmup = float(config.get("warmup_epochs") or 0)
     fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6), squeeze=False, sharex=True)
     for col, name in enumerate(names):
@@ -151,13 +145,13 @@ def run_results(run_dirs: list[str | Path]) -> list[RunResult]:
         config_path = run_dir / TRAIN_CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{run_dir} is not a training run directory: {TRAIN_CONFIG_FILE} is missing")
-        config = _read_json(config_path)
+        config = read_json(config_path)
         top1 = None
         export, summary = run_dir / EXPORT_DIR / RESULTS_FILE, run_dir / SUMMARY_FILE
-        if export.is_file() and _read_json(export).get("top1") is not None:
-            top1 = float(_read_json(export)["top1"])
-        elif summary.is_file() and (_read_json(summary).get("test") or {}).get("top1") is not None:
-            top1 = float(_read_json(summary)["test"]["top1"])
+        if export.is_file() and read_json(export).get("top1") is not None:
+            top1 = float(read_json(export)["top1"])
+        elif summary.is_file() and (read_json(summary).get("test") or {}).get("top1") is not None:
+            top1 = float(read_json(summary)["test"]["top1"])
         if top1 is None:
             raise ValueError(f"{run_dir}: no accuracy yet (neither export/eval_results.json nor summary.json)")
         results.append(RunResult(

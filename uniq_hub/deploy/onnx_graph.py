@@ -7,11 +7,11 @@ Torch-free (numpy, onnx, safetensors only), as the rest of the runtime.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from ..model.atomic import read_json
 from ..model.constants import CHECKSUM_KEY, ONNX_FILE
 
 __all__ = [
@@ -29,7 +29,7 @@ __all__ = [
     "graph_checksum",
     "graph_num_labels",
     "inside_folder",
-    "read_json",
+    "read_model_json",
     "weights_checksum",
 ]
 
@@ -47,16 +47,9 @@ class GraphError(ValueError):
     other weights); the message names the file and what to do."""
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A model folder's JSON file; a missing or invalid one is named in the error."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: not found (a UniQ model folder has config.json, preprocessor_config.json and {ONNX_FILE})"
-        )
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+def read_model_json(path: Path) -> dict[str, Any]:
+    """A model folder's JSON file (:func:`uniq_hub.model.atomic.read_json`, naming what a folder holds)."""
+    return read_json(path, f"a UniQ model folder has config.json, preprocessor_config.json and {ONNX_FILE}")
 
 
 def inside_folder(folder: Path, path: Path, what: str) -> Path:
@@ -87,7 +80,7 @@ def weights_checksum(folder: str | os.PathLike) -> str | None:
 
     folder = Path(folder)
     if (folder / WEIGHTS_INDEX).is_file():
-        index = read_json(inside_folder(folder, folder / WEIGHTS_INDEX, "weights index"))
+        index = read_model_json(inside_folder(folder, folder / WEIGHTS_INDEX, "weights index"))
         names = sorted(set(index["weight_map"].values()))
         files = [folder / n for n in names if isinstance(n, str) and os.path.basename(n) == n]
     else:

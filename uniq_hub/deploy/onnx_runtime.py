@@ -19,7 +19,7 @@ from PIL import Image
 from ..model.constants import MAX_IMAGE_SIZE
 from ..model.image_inputs import LUMA, array_white, open_image, pil_to_array
 from .onnx_backends import available_backends, exact_backends_of, load_backend
-from .onnx_graph import ONNX_FILE, check_graph, graph_num_labels, inside_folder, read_json
+from .onnx_graph import ONNX_FILE, check_graph, graph_num_labels, inside_folder, read_model_json
 
 __all__ = ["OnnxImageClassifier", "check_threads", "resolve_folder"]
 
@@ -170,9 +170,9 @@ class OnnxImageClassifier:
     def __init__(self, folder: str | os.PathLike, backend: str | None = None, threads: int = 2) -> None:
         folder = Path(folder)
         check_threads(threads)
-        config = read_json(inside_folder(folder, folder / "config.json", "config"))
+        config = read_model_json(inside_folder(folder, folder / "config.json", "config"))
         processor_file = inside_folder(folder, folder / "preprocessor_config.json", "processor config")
-        self.preprocess = _Preprocessor(read_json(processor_file), str(processor_file))
+        self.preprocess = _Preprocessor(read_model_json(processor_file), str(processor_file))
         if config.get("num_channels", self.preprocess.num_channels) != self.preprocess.num_channels:
             raise ValueError(f"{processor_file}: num_channels {self.preprocess.num_channels} disagrees with "
                              f"config.json's {config.get('num_channels')}")

@@ -11,7 +11,6 @@ zoo entry (``--zoo``, or the repo id when it is a zoo name) or else from ``confi
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -25,6 +24,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
+from ..model import atomic
 from ..model.configuration_uniq import UniQConfig
 from ..model.constants import RESULTS_FILE
 from ..model.packing import CheckpointError, weight_files
@@ -107,14 +107,11 @@ def _human(num_bytes: int) -> str:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``, else :class:`PublishError` naming the file."""
+    """The JSON object in ``path`` (:func:`uniq_hub.model.atomic.read_json`), else :class:`PublishError`."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PublishError(f"{path}: not a readable JSON file ({err})") from err
-    if not isinstance(data, dict):
-        raise PublishError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+        return atomic.read_json(path)
+    except (OSError, ValueError) as err:
+        raise PublishError(str(err)) from err
 
 
 def _class_refs(value: Any) -> list[str]:

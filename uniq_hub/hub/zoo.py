@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..model.atomic import read_json
 from ..model.constants import FP_BITS
 from ..training.recipe_table import recipe_kind, recipe_spec
 
@@ -296,10 +297,7 @@ def load_results(results_dirs: Sequence[str | os.PathLike] | None = None) -> lis
     results: list[Result] = []
     for directory in _results_dirs(results_dirs):
         for path in sorted(directory.rglob("*.json")) if directory.is_dir() else []:
-            try:
-                data = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise ValueError(f"results file {path} is not valid JSON: {err}") from err
+            data = read_json(path, object_only=False)
             records = data if isinstance(data, list) else [data]
             for record in records:
                 if isinstance(record, dict) and "model_id" in record and "top1" in record:

@@ -1,4 +1,5 @@
-"""Atomic file and folder writes: readers see the old one or the new one, never a half-written one."""
+"""Atomic file and folder writes (readers see the old one or the new one, never a half-written one),
+and the one JSON reader."""
 
 from __future__ import annotations
 
@@ -73,3 +74,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json(path: str | os.PathLike, hint: str = "", *, object_only: bool = True) -> Any:
+    """The JSON in ``path``: an object unless ``object_only=False``. A missing file raises
+    ``FileNotFoundError`` (with ``hint``: what the folder should hold), an unreadable one (not UTF-8,
+    not JSON, not an object) ``ValueError``; both name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found" + (f" ({hint})" if hint else ""))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not readable ({err})") from err
+    if object_only and not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
