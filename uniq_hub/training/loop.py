@@ -210,13 +210,24 @@ class TrainingLoop:
             metrics = self.evaluate()
         test = self.test_selected()
         acc.end_training()
+        return self.write_summary(test, last=metrics)
+
+    def write_summary(self, test: dict[str, Any] | None, last: dict[str, Any] | None = None,
+                      export_dir: Path | None = None, export_error: str | None = None) -> dict[str, Any]:
+        """The run's ``summary.json`` (best and selected checkpoint, the test numbers, directories),
+        written by the main process and returned; ``export_error`` when the export was incomplete."""
+        cfg, state = self.cfg, self.state
+        if export_dir is None and cfg.export:
+            export_dir = cfg.run_dir / EXPORT_DIR
         summary = {
-            "run_dir": str(cfg.run_dir), "export_dir": str(cfg.run_dir / EXPORT_DIR) if cfg.export else None,
-            "best_top1": state.best_metric, "best_step": state.best_step, "last": metrics,
+            "run_dir": str(cfg.run_dir), "export_dir": None if export_dir is None else str(export_dir),
+            "best_top1": state.best_metric, "best_step": state.best_step, "last": last,
             "selection": self._selection_record(), "test": test,
             "steps": state.global_step, "epochs": state.epoch,
         }
-        if acc.is_main_process:
+        if export_error is not None:
+            summary["export_error"] = export_error
+        if self.accelerator.is_main_process:
             write_json_atomic(cfg.run_dir / SUMMARY_FILE, summary)
         return summary
 

@@ -27,8 +27,6 @@ from typing import Any
 from accelerate import PartialState
 
 from ..hub.release_folder import ExportIncomplete
-from ..model.atomic import write_json_atomic
-from ..model.constants import SUMMARY_FILE
 from .checkpoint import CheckpointWriteError, RunCheckpointError, RunDirectoryError
 from .loop import NonFiniteLossError, TrainingLoop
 from .run_record import ResumeError
@@ -47,14 +45,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     try:
         return trainer.fit()
     except ExportIncomplete as err:
-        state, acc = trainer.state, trainer.accelerator
-        summary = {
-            "run_dir": str(cfg.run_dir), "export_dir": str(err.folder), "best_top1": state.best_metric,
-            "best_step": state.best_step, "steps": state.global_step, "epochs": state.epoch,
-            "test": {k: err.record.get(k) for k in ("top1", "top5", "num_examples")}, "export_error": str(err),
-        }
-        if acc.is_main_process:
-            write_json_atomic(cfg.run_dir / SUMMARY_FILE, summary)
+        test = {k: err.record.get(k) for k in ("top1", "top5", "num_examples")}
+        trainer.write_summary(test, export_dir=err.folder, export_error=str(err))
         raise
 
 
