@@ -333,4 +333,7 @@ def test_trainer_fine_tunes_a_fashion_mnist_model_on_a_five_class_subset(tmp_pat
     pixels = dataset[:16]["pixel_values"]
     with torch.no_grad():
         assert torch.equal(reloaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
-    assert AutoImageProcessor.from_pretrained(tmp_path / "finetuned").to_dict() == processor.to_dict()
+    saved, used = AutoImageProcessor.from_pretrained(tmp_path / "finetuned").to_dict(), processor.to_dict()
+    for fields in (saved, used):  # auto_map says where remote code finds the class (5.25 sets it on saving)
+        fields.pop("auto_map", None)
+    assert saved == used
