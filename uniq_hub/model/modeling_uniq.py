@@ -204,6 +204,8 @@ class UniQPreTrainedModel(PreTrainedModel):
             state_dict[CHECKSUM_KEY] = state_dict_checksum(state_dict)
         graph = is_main_process and os.path.lexists(os.path.join(save_directory, ONNX_FILE))
         before = stored_checksum(save_directory) if graph else None
+        # read before saving: transformers empties the state dict as it writes the shards
+        saved = state_dict[CHECKSUM_KEY].tolist() if graph and CHECKSUM_KEY in state_dict else None
         if is_main_process and save_image_processor:
             os.makedirs(save_directory, exist_ok=True)
             UniQImageProcessor.from_model_config(self.config).save_pretrained(save_directory)
@@ -211,7 +213,7 @@ class UniQPreTrainedModel(PreTrainedModel):
         out = super().save_pretrained(save_directory, is_main_process, state_dict, False, **kwargs)
         if is_main_process:  # bits, method, granularity, policy into the safetensors metadata (packing.py)
             record_computation(save_directory, self.config, self.model)
-            drop_stale_graph(save_directory, before)
+            drop_stale_graph(save_directory, before, saved)
         return out
 
     def push_to_hub(self, *args: Any, packed: bool = True, **kwargs: Any) -> Any:
@@ -283,13 +285,13 @@ def stored_checksum(folder: str | os.PathLike) -> list[int] | None:
     return None
 
 
-def drop_stale_graph(folder: str | os.PathLike, before: list[int] | None) -> None:
-    """After weights were saved into ``folder``: its ``onnx/model.onnx`` is kept when they are the
-    weights it was beside (checksum ``before`` unchanged), else removed, as it would run other weights."""
+def drop_stale_graph(folder: str | os.PathLike, before: list[int] | None, saved: list[int] | None) -> None:
+    """After weights (checksum ``saved``) were saved into ``folder``: its ``onnx/model.onnx`` is kept
+    when they are the weights it was beside (checksum ``before``), else removed, as it would run other weights."""
     path = os.path.join(folder, ONNX_FILE)
     if not os.path.lexists(path):
         return
-    if before is not None and stored_checksum(folder) == before:
+    if before is not None and saved == before:
         logger.info("%s: kept; the weights saved are the ones it was beside (same checksum)", path)
         return
     os.remove(path)
