@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Which change stopped the low-bit small-image MobileNetV2 from collapsing, and what would help more?
-Each variant trains one zoo stage (``uniq-hub train --zoo uniq/mobilenetv2-fashion-mnist-w{b}a{b}``:
-60 steps, seed 0; ``--bits 2`` starts from the chain's w3a3 run, ``--bits 1`` from its w2a2 run) with
-one change undone or added, and reports the top-1 on the 5000 held-out training images (the
-selection split) and on the test split. The small-image stem itself is not ablated here: the
-ImageNet-stride results are in docs/mobilenetv2.md.
+Each variant trains one zoo stage (``uniq-hub train --zoo uniq/mobilenetv2-fashion-mnist-w{b}a{b}
+--max-steps 60``: the first zoo's budget, seed 0; ``--bits 2`` starts from the chain's w3a3 run,
+``--bits 1`` from its w2a2 run) with one change undone or added, and reports the top-1 on the 5000
+held-out training images (the selection split) and on the test split. The small-image stem itself
+is not ablated here: the ImageNet-stride results are in docs/mobilenetv2.md.
 
     python benchmarks/mobilenetv2_ablation.py --runs runs/zoo --work runs/ablation \\
         --out benchmarks/results/mobilenetv2-ablation-fashion-mnist.json
@@ -35,6 +35,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "kd": ("added: distillation from the FP model (T 4, weight 0.5)",
            ["--teacher", "{runs}/mobilenetv2-fashion-mnist-fp"]),
     "longer": ("four times the steps (240)", ["--max-steps", "240"]),
+    "step-lr-10": ("the step sizes at ten times the network's learning rate", ["--step-lr-scale", "10"]),
+    "step-lr-0.1": ("the step sizes at a tenth of the network's learning rate", ["--step-lr-scale", "0.1"]),
 }
 
 
@@ -42,7 +44,7 @@ def run_variant(name: str, bits: int, runs: Path, work: Path, uniq_hub: str) -> 
     what, extra = VARIANTS[name]
     out = work / (name if bits == 2 else f"{name}-w{bits}a{bits}")
     entry = f"uniq/{FAMILY}-w{bits}a{bits}"
-    args = [uniq_hub, "train", "--zoo", entry, "--init-from", f"{runs}/{FAMILY}-{PREVIOUS[bits]}",
+    args = [uniq_hub, "train", "--zoo", entry, "--init-from", f"{runs}/{FAMILY}-{PREVIOUS[bits]}", "--max-steps", "60",
             *[a.format(runs=runs) for a in extra], "--output-dir", str(out), "--overwrite", "--no-export",
             "--no-progress", "--num-workers", "1"]
     start = time.perf_counter()

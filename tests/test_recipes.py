@@ -58,6 +58,32 @@ def test_no_weight_decay_on_step_sizes():
         build_optimizer(model, "rmsprop", 0.1, 0.0)
 
 
+def test_step_sizes_learn_at_their_own_rate_on_the_same_schedule():
+    model = quantize_(create_model("resnet20", num_classes=10, num_channels=1), QuantConfig(2, 2))
+    opt = build_optimizer(model, "sgd", lr=0.1, weight_decay=0.0, momentum=0.0, step_lr_scale=10.0)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, pytest.approx(1.0)]
+    scheduler = build_scheduler(opt, total_steps=4, warmup_steps=2, warmup_lr=0.01)
+    for _ in range(3):
+        opt.step()
+        scheduler.step()
+        weights, steps = (g["lr"] for g in opt.param_groups)
+        assert steps == pytest.approx(10 * weights)
+    # behaviour: one SGD step moves a step size ten times as far as the same gradient at the default scale
+    plain = build_optimizer(model, "sgd", lr=0.1, weight_decay=0.0, momentum=0.0)
+    scaled = build_optimizer(model, "sgd", lr=0.1, weight_decay=0.0, momentum=0.0, step_lr_scale=10.0)
+    step = next(q.step for q in quantizers(model).values())
+    moved = []
+    for opt in (plain, scaled):
+        before = step.detach().clone()
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 1e-3)
+        opt.step()
+        moved.append((before - step.detach()).abs().max().item())
+    assert moved[1] == pytest.approx(10 * moved[0], rel=1e-4)
+    with pytest.raises(ValueError, match="option 'step_lr_scale' must be a finite number > 0, got 0.0"):
+        resolve_config(arch="resnet20", bits=2, step_lr_scale=0.0)
+
+
 def _lrs(scheduler, n):
     out = []
     for _ in range(n):

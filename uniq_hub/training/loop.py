@@ -160,7 +160,7 @@ class TrainingLoop:
                 self.shuffle_generator.manual_seed(cfg.seed)
                 used = _calibrate(model, train_loader, cfg, acc.device)
                 logger.info("calibrated the step sizes on %d batches", used)
-        optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.step_lr_scale)
         self.dynamics = DynamicsRecorder(model.model) if cfg.quantized and cfg.dynamics_every else None
         self.model, self.optimizer, *prepared = acc.prepare(model, optimizer, *loaders)
         self.train_loader, self.eval_loader = prepared[:2]

@@ -10,7 +10,8 @@ bit), "multi" (otherwise). In short:
 * multi-bit: SGD, lr 0.01, momentum 0.9, cosine without restarts; weight decay 1e-4 / 0.5e-4 /
   0.25e-4 for 4 / 3 / 2 bits on ImageNet, 5e-4 on CIFAR-100;
 * 1 bit: Adam, 5 warm-up epochs at a constant lr 0.001, then 0.004 with cosine;
-* never any weight decay on the step sizes (:func:`param_groups`).
+* never any weight decay on the step sizes (:func:`param_groups`); their learning rate is the
+  network's unless ``step_lr_scale`` says otherwise (the paper gives them the same one).
 
 Schedules step once per optimizer step (not per epoch), so a run resumed mid-epoch continues on
 the same lr curve.
@@ -70,8 +71,9 @@ def recipe_defaults(family: str, w_bits: int, a_bits: int) -> dict[str, Any]:
     )
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: everything with ``weight_decay``, and the quantizer step sizes without."""
+def param_groups(model: nn.Module, weight_decay: float, step_lr: float | None = None) -> list[dict]:
+    """Two groups: everything with ``weight_decay``, and the quantizer step sizes without (at ``step_lr``
+    when given, else the optimizer's lr)."""
     steps = {id(m.step) for m in model.modules() if isinstance(m, UniQQuantizer)}
     decay, no_decay = [], []
     for p in model.parameters():
@@ -79,7 +81,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             (no_decay if id(p) in steps else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay, "name": "weights"}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "step_sizes"})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "step_sizes",
+                       **({} if step_lr is None else {"lr": step_lr})})
     return groups
 
 
@@ -98,11 +101,14 @@ def _adamw(groups, lr, **_):
 OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
-    """Optimizer by name with the no-decay-on-steps parameter groups (coupled L2 for sgd / adam)."""
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
+                    step_lr_scale: float = 1.0):
+    """Optimizer by name with the no-decay-on-steps parameter groups (coupled L2 for sgd / adam); the step
+    sizes learn at ``step_lr_scale * lr`` (the schedule scales both groups alike)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](param_groups(model, weight_decay), lr=lr, momentum=momentum)
+    step_lr = None if step_lr_scale == 1.0 else lr * step_lr_scale
+    return OPTIMIZERS[name](param_groups(model, weight_decay, step_lr), lr=lr, momentum=momentum)
 
 
 @dataclass

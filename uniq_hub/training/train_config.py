@@ -87,6 +87,7 @@ class TrainConfig:
     warmup_epochs: float | None = _f(None, "warm-up epochs")
     warmup_lr: float | None = _f(None, "constant warm-up lr (unset: linear ramp to lr)")
     min_lr: float = _f(0.0, "final lr of the cosine schedule")
+    step_lr_scale: float = _f(1.0, "learning rate of the quantizer step sizes as a multiple of lr (the paper: 1)")
     label_smoothing: float | None = _f(None, "cross-entropy label smoothing (default: the recipe's, else 0)")
     random_erasing: float | None = _f(None, "probability of timm's RandomErasing on training images "
                                       "(default: the recipe's, else 0)")
@@ -341,6 +342,8 @@ def _validate(cfg: TrainConfig) -> None:
             raise ValueError(f"option {name!r} must be a finite number >= 0, got {value}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ValueError(f"option 'max_steps' must be >= 1 (or unset), got {cfg.max_steps}")
+    if not (math.isfinite(cfg.step_lr_scale) and cfg.step_lr_scale > 0):
+        raise ValueError(f"option 'step_lr_scale' must be a finite number > 0, got {cfg.step_lr_scale}")
     if not (math.isfinite(cfg.warmup_epochs) and cfg.warmup_epochs >= 0):
         raise ValueError(f"option 'warmup_epochs' must be a finite number >= 0, got {cfg.warmup_epochs}")
     if cfg.image_size is not None and not 1 <= cfg.image_size <= MAX_IMAGE_SIZE:
