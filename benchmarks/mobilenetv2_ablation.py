@@ -37,6 +37,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "longer": ("four times the steps (240)", ["--max-steps", "240"]),
     "step-lr-10": ("the step sizes at ten times the network's learning rate", ["--step-lr-scale", "10"]),
     "step-lr-0.1": ("the step sizes at a tenth of the network's learning rate", ["--step-lr-scale", "0.1"]),
+    "seed-1": ("the zoo recipe again with seed 1: how far a rerun moves", ["--seed", "1"]),
 }
 
 
