@@ -13,6 +13,7 @@ from typing import Any
 
 from ..model.atomic import read_json
 from ..model.constants import CHECKSUM_KEY, ONNX_FILE
+from ..model.files import CheckpointError, check_inside, read_checksum
 
 __all__ = [
     "CHECKSUM_KEY",
@@ -38,7 +39,6 @@ META_SOURCE = "uniq_hub.source_sha256"  # hex sha256 checksum of the weights it 
 META_EXACT_BACKENDS = "uniq_hub.exact_backends"  # JSON list of the backends verified exact at export
 META_GRAPH = "uniq_hub.graph_sha256"  # hex sha256 of the graph itself (graph_checksum: all but the metadata)
 EXACT_FORMAT = "exact-qdq-1"  # META_FORMAT of the graphs onnx_export writes
-WEIGHTS_INDEX = "model.safetensors.index.json"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 
 
@@ -53,15 +53,12 @@ def read_model_json(path: Path) -> dict[str, Any]:
 
 
 def inside_folder(folder: Path, path: Path, what: str) -> Path:
-    """``path`` when it (links followed) lies in ``folder``, or in the Hub cache's blobs of a
-    snapshot folder; else :class:`GraphError` (the same rule as ``packing.check_inside``)."""
-    target = path.resolve()
-    roots = [folder.resolve()]
-    if folder.parent.name == "snapshots":  # the Hub cache: snapshot files link to ../../blobs
-        roots.append(folder.parent.parent.resolve() / "blobs")
-    if not any(target.is_relative_to(root) for root in roots):
-        raise GraphError(f"{path}: the {what} resolves to {target}, outside the model folder {folder}; refused")
-    return path
+    """``path`` when it (links followed) lies in ``folder`` (:func:`uniq_hub.model.files.check_inside`,
+    the Hub cache's blobs of a snapshot folder too); else :class:`GraphError`."""
+    try:
+        return check_inside(folder, path, what)
+    except CheckpointError as err:
+        raise GraphError(str(err)) from None
 
 
 def graph_checksum(model: Any) -> str:
@@ -75,28 +72,14 @@ def graph_checksum(model: Any) -> str:
 
 
 def weights_checksum(folder: str | os.PathLike) -> str | None:
-    """The hex sha256 ``save_pretrained`` stored in the folder's weights (``None``: no weights)."""
-    from safetensors import safe_open
-
-    folder = Path(folder)
-    if (folder / WEIGHTS_INDEX).is_file():
-        index = read_model_json(inside_folder(folder, folder / WEIGHTS_INDEX, "weights index"))
-        names = sorted(set(index["weight_map"].values()))
-        files = [folder / n for n in names if isinstance(n, str) and os.path.basename(n) == n]
-    else:
-        files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
-    if not files:
-        return None
-    for file in files:
-        try:
-            with safe_open(os.fspath(inside_folder(folder, file, "weight file")), framework="np") as f:
-                if CHECKSUM_KEY in f.keys():
-                    return bytes(f.get_tensor(CHECKSUM_KEY).tolist()).hex()
-        except GraphError:
-            raise
-        except Exception as err:  # noqa: BLE001 (safetensors raises its own error types)
-            raise GraphError(f"{file}: not a readable safetensors file ({err})") from err
-    return ""  # weights without a checksum: bound to nothing
+    """The hex sha256 ``save_pretrained`` stored in the folder's weights (:func:`read_checksum`; ``None``:
+    no weights, ``""``: weights without one, bound to nothing); a weight file outside the folder or one
+    that cannot be read is a :class:`GraphError`."""
+    try:
+        checksum = read_checksum(folder)
+    except CheckpointError as err:
+        raise GraphError(str(err)) from err
+    return None if checksum is None else checksum.hex()
 
 
 def check_graph(folder: str | os.PathLike, path: str | os.PathLike | None = None) -> Any:

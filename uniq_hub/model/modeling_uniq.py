@@ -30,7 +30,6 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import Tensor, nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
@@ -38,6 +37,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttenti
 
 from .configuration_uniq import UniQConfig
 from .constants import ONNX_FILE
+from .files import read_checksum
 from .image_processing_uniq import UniQImageProcessor
 from .loading import HUB_KWARGS, LOADER_KWARGS, PREFIX, checkpoint_files, load_checked_state_dict
 
@@ -52,7 +52,6 @@ from .packing import (
     read_safetensors,
     record_computation,
     state_dict_checksum,
-    weight_files,
 )
 from .preresnet import resnet18  # noqa: F401
 from .quantize import quantize_
@@ -205,7 +204,7 @@ class UniQPreTrainedModel(PreTrainedModel):
         graph = is_main_process and os.path.lexists(os.path.join(save_directory, ONNX_FILE))
         before = stored_checksum(save_directory) if graph else None
         # read before saving: transformers empties the state dict as it writes the shards
-        saved = state_dict[CHECKSUM_KEY].tolist() if graph and CHECKSUM_KEY in state_dict else None
+        saved = bytes(state_dict[CHECKSUM_KEY].tolist()) if graph and CHECKSUM_KEY in state_dict else None
         if is_main_process and save_image_processor:
             os.makedirs(save_directory, exist_ok=True)
             UniQImageProcessor.from_model_config(self.config).save_pretrained(save_directory)
@@ -273,19 +272,16 @@ class UniQPreTrainedModel(PreTrainedModel):
         return loaded
 
 
-def stored_checksum(folder: str | os.PathLike) -> list[int] | None:
-    """The checksum stored in a saved folder's weights; ``None`` when it has none (or no readable weights)."""
+def stored_checksum(folder: str | os.PathLike) -> bytes | None:
+    """The checksum stored in a saved folder's weights (:func:`read_checksum`); ``None`` when it has none,
+    or no readable weights."""
     try:
-        for file in weight_files(folder):
-            with safe_open(os.fspath(file), framework="pt", device="cpu") as f:
-                if CHECKSUM_KEY in f.keys():
-                    return f.get_tensor(CHECKSUM_KEY).tolist()
+        return read_checksum(folder) or None
     except Exception:  # noqa: BLE001 (no folder, a broken index or file: nothing to compare with)
         return None
-    return None
 
 
-def drop_stale_graph(folder: str | os.PathLike, before: list[int] | None, saved: list[int] | None) -> None:
+def drop_stale_graph(folder: str | os.PathLike, before: bytes | None, saved: bytes | None) -> None:
     """After weights (checksum ``saved``) were saved into ``folder``: its ``onnx/model.onnx`` is kept
     when they are the weights it was beside (checksum ``before``), else removed, as it would run other weights."""
     path = os.path.join(folder, ONNX_FILE)

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from .atomic import atomic_path
 from .bitpack import pack_bits, packed_nbytes, unpack_bits
 from .constants import CHECKSUM_KEY
+from .files import CheckpointError, check_inside, index_shards, weight_files
 from .modules import MIN_STEP, QuantizedMixin, UniQQuantizer
 from .quant import dequantize_codes, quantize_codes
 from .quantize import quantizers
@@ -52,14 +53,6 @@ from .quantize import quantizers
 logger = logging.getLogger(__name__)
 
 PACKED_SUFFIX = ".weight.packed"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be loaded; the message names the file and the problem."""
-
-    def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
-        self.path, self.problem = None if path is None else os.fspath(path), problem
-        super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
 def state_dict_checksum(state: Mapping[str, Tensor]) -> Tensor:
@@ -262,54 +255,6 @@ def _sort_header_metadata(path: Path) -> None:
             raise ValueError(f"{path}: the sorted safetensors header is longer than the original")
         f.seek(8)
         f.write(text.ljust(length, b" "))
-
-
-def _allowed_roots(folder: Path) -> list[Path]:
-    """Where a file of ``folder`` may resolve to: the folder, and for a snapshot of the Hub cache
-    (``.../snapshots/<revision>``, whose files are links to ``../../blobs/``) its blobs."""
-    root = folder.resolve()
-    roots = [root]
-    if folder.parent.name == "snapshots":
-        roots.append(folder.parent.parent.resolve() / "blobs")
-    return roots
-
-
-def check_inside(folder: str | os.PathLike, path: str | os.PathLike, what: str = "file") -> Path:
-    """``path`` when it (links followed) lies inside ``folder`` (or the Hub cache's blobs of a
-    snapshot folder), else :class:`CheckpointError`: no read or write leaves a model folder."""
-    folder, path = Path(folder), Path(path)
-    target = path.resolve()
-    if not any(target.is_relative_to(root) for root in _allowed_roots(folder)):
-        raise CheckpointError(path, f"the {what} resolves to {target}, outside the model folder {folder}; refused "
-                                    "(copy the file into the folder, or remove the link)")
-    return path
-
-
-def index_shards(index: str | os.PathLike) -> list[str]:
-    """The weight file names a ``model.safetensors.index.json`` lists; each must be a plain file name
-    (beside the index), else :class:`CheckpointError` (``../x.safetensors``, an absolute path)."""
-    try:
-        names = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise CheckpointError(index, f"not a readable weights index ({type(err).__name__}: {err})") from None
-    bad = [n for n in names if not isinstance(n, str) or os.path.basename(n) != n or n in ("", ".", "..") or "\\" in n]
-    if bad:
-        raise CheckpointError(index, f"names the weight file {bad[0]!r}, which is not a file name inside the "
-                                     "folder; an index may only name files beside it (refused)")
-    return names
-
-
-def weight_files(folder: str | os.PathLike) -> list[Path]:
-    """The safetensors weight files of a saved folder (transformers' names: one file, or the shards
-    its index lists, :func:`index_shards`). Each must lie inside the folder: an index naming a path or
-    a link leading out of it is a :class:`CheckpointError`."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        files = [folder / name for name in index_shards(check_inside(folder, index, "weights index"))]
-    else:
-        files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
-    return [check_inside(folder, f, "weight file") for f in files]
 
 
 def record_computation(folder: str | os.PathLike, config: Any, model: nn.Module) -> None:
