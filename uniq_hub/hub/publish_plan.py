@@ -23,6 +23,7 @@ from typing import Any
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
+from transformers.dynamic_module_utils import get_relative_imports
 
 from ..model import atomic
 from ..model.configuration_uniq import UniQConfig
@@ -53,7 +54,6 @@ SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")  # transformers' s
 LIBRARY_DIR = Path(__file__).resolve().parents[1] / "model"  # the shipped code: the model subpackage
 IGNORED_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
 IGNORED_SUFFIXES = (".pyc", ".lock")
-_RELATIVE_IMPORT = re.compile(r"^\s*(?:from\s+\.(\w+)\s+import|import\s+\.(\w+))", re.MULTILINE)
 
 
 class PublishError(ValueError):
@@ -151,8 +151,8 @@ def code_files(folder: Path, configs: dict[str, dict[str, Any]]) -> set[str]:
                                f"uploaded, and folder code is never run: re-save the folder with this version "
                                f"(`uniq-hub migrate {folder}`, or save_pretrained), or remove its code files")
         needed.add(name)
-        imports = _RELATIVE_IMPORT.findall(ours.read_text(encoding="utf-8"))
-        todo += [(a or b, f"a relative import in {name}") for a, b in imports]
+        # transformers' own parser: what its remote-code loader will fetch beside the file
+        todo += [(module, f"a relative import in {name}") for module in get_relative_imports(ours)]
     return needed
 
 
