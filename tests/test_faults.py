@@ -246,8 +246,15 @@ def test_degenerate_datasets_are_refused_naming_the_dataset_or_file(tmp_path):
 # Acceptance: SIGKILL at random points, resume, same final weights
 
 
+# Children come from a fork server, not a fork of pytest's process: after any earlier test ran autograd,
+# a forked child fails ("Unable to handle autograd's threading in combination with fork-based
+# multiprocessing"). The server imports the trainer once, so each child still starts in a fork's time.
+_FORKSERVER = multiprocessing.get_context("forkserver")
+_FORKSERVER.set_forkserver_preload(["uniq_hub.training.train"])
+
+
 def _child(args: list[str], kill_at: tuple[str, int] | None) -> None:
-    """One training process (forked: no interpreter start-up). ``kill_at=("any", n)`` SIGKILLs it
+    """One training process (forked from the fork server: no interpreter start-up). ``kill_at=("any", n)`` SIGKILLs it
     at its n-th ``os.replace``, ``("old", n)`` at the n-th that moves a step away to re-save it
     (the window between the two renames of a re-save)."""
     if kill_at is not None:
@@ -274,9 +281,9 @@ def _child(args: list[str], kill_at: tuple[str, int] | None) -> None:
 
 
 def _run(args: list[str], kill_after: float | None = None, kill_at: tuple[str, int] | None = None) -> int:
-    """Run the trainer in a forked process; SIGKILL it after ``kill_after`` seconds if still running.
+    """Run the trainer in a child process; SIGKILL it after ``kill_after`` seconds if still running.
     Returns its exit code (-9 when killed)."""
-    process = multiprocessing.get_context("fork").Process(target=_child, args=(args, kill_at))
+    process = _FORKSERVER.Process(target=_child, args=(args, kill_at))
     process.start()
     process.join(kill_after if kill_after is not None else 300)
     if process.is_alive():
