@@ -40,7 +40,7 @@ train() {  # ZOO_SHORT_NAME [extra uniq-hub train args...]
   $U train --zoo "uniq/$name" --output-dir "$dir" --no-progress --save-every 100 --num-workers 1 \
     $(local_sources "$name") "${resume[@]}" "$@"
   echo $((SECONDS - start)) >> "$dir/wall_times.txt"
-  echo "$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores; OMP_NUM_THREADS=${OMP_NUM_THREADS:-all}" \
+  echo "$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(env -u OMP_NUM_THREADS nproc) cores; OMP_NUM_THREADS=${OMP_NUM_THREADS:-all}" \
     > "$dir/machine.txt"  # the card names it
 }
 
