@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Which change stopped the low-bit small-image MobileNetV2 from collapsing, and what would help more?
+(``--family`` runs the same variants on another zoo family, e.g. ``resnet20-fashion-mnist``.)
 Each variant trains one zoo stage (``uniq-hub train --zoo uniq/mobilenetv2-fashion-mnist-w{b}a{b}
 --max-steps 60``: the first zoo's budget, seed 0; ``--bits 2`` starts from the chain's w3a3 run,
 ``--bits 1`` from its w2a2 run) with one change undone or added, and reports the top-1 on the 5000
@@ -20,34 +21,47 @@ import sys
 import time
 from pathlib import Path
 
-FAMILY = "mobilenetv2-fashion-mnist"
-PREVIOUS = {2: "w3a3", 1: "w2a2"}  # the chain's stage each bit-width starts from
+FAMILY = "mobilenetv2-fashion-mnist"  # the default family; --family takes any zoo family's entry prefix
 
 # name -> (what it tests, extra `uniq-hub train` arguments; {runs} is the zoo chain's run directory)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "zoo": ("the released recipe: from the previous stage, signed bottleneck inputs, per-channel weight steps", []),
     "unsigned": ("unsigned quantizers on the linear-bottleneck inputs", ["--no-signed-inputs"]),
     "layer-wise": ("one weight step per layer (the paper's MobileNetV2 setting)", ["--weight-granularity", "layer"]),
-    "from-fp": ("not progressive: started from the FP model", ["--init-from", "{runs}/mobilenetv2-fashion-mnist-fp"]),
+    "from-fp": ("not progressive: started from the FP model", ["--init-from", "{runs}/{family}-fp"]),
     "paper": ("all three undone: from FP, unsigned, layer-wise",
-              ["--init-from", "{runs}/mobilenetv2-fashion-mnist-fp", "--no-signed-inputs",
-               "--weight-granularity", "layer"]),
-    "kd": ("added: distillation from the FP model (T 4, weight 0.5)",
-           ["--teacher", "{runs}/mobilenetv2-fashion-mnist-fp"]),
+              ["--init-from", "{runs}/{family}-fp", "--no-signed-inputs", "--weight-granularity", "layer"]),
+    "kd": ("added: distillation from the FP model (T 4, weight 0.5)", ["--teacher", "{runs}/{family}-fp"]),
     "longer": ("four times the steps (240)", ["--max-steps", "240"]),
     "step-lr-10": ("the step sizes at ten times the network's learning rate", ["--step-lr-scale", "10"]),
     "step-lr-0.1": ("the step sizes at a tenth of the network's learning rate", ["--step-lr-scale", "0.1"]),
     "seed-1": ("the zoo recipe again with seed 1: how far a rerun moves", ["--seed", "1"]),
+    "label-smoothing-0.1": ("added: label smoothing 0.1", ["--label-smoothing", "0.1"]),
+    "random-erasing-0.25": ("added: timm's RandomErasing with probability 0.25", ["--random-erasing", "0.25"]),
 }
 
 
-def run_variant(name: str, bits: int, runs: Path, work: Path, uniq_hub: str) -> dict:
+def recipe_sources(entry: str, runs: Path) -> list[str]:
+    """The entry's recipe ``--init-from`` / ``--teacher`` (zoo names) as the chain's local run directories."""
+    from uniq_hub.hub.zoo import get_entry
+
+    recipe, args = get_entry(entry).recipe, []
+    for flag, source in (("--init-from", recipe.init_from), ("--teacher", recipe.teacher)):
+        if source and source.startswith("uniq/"):
+            args += [flag, f"{runs}/{source.split('/', 1)[1]}"]
+    return args
+
+
+def run_variant(name: str, bits: int, runs: Path, work: Path, uniq_hub: str, family: str = FAMILY,
+                max_steps: int | None = 60) -> dict:
     what, extra = VARIANTS[name]
-    out = work / (name if bits == 2 else f"{name}-w{bits}a{bits}")
-    entry = f"uniq/{FAMILY}-w{bits}a{bits}"
-    args = [uniq_hub, "train", "--zoo", entry, "--init-from", f"{runs}/{FAMILY}-{PREVIOUS[bits]}", "--max-steps", "60",
-            *[a.format(runs=runs) for a in extra], "--output-dir", str(out), "--overwrite", "--no-export",
-            "--no-progress", "--num-workers", "1"]
+    tag = f"w{bits}a{bits}"
+    out = (work / (name if bits == 2 else f"{name}-{tag}")) if family == FAMILY else work / family / f"{name}-{tag}"
+    entry = f"uniq/{family}-{tag}"
+    args = [uniq_hub, "train", "--zoo", entry, *recipe_sources(entry, runs),
+            *(["--max-steps", str(max_steps)] if max_steps else []),
+            *[a.format(runs=runs, family=family) for a in extra], "--output-dir", str(out), "--overwrite",
+            "--no-export", "--no-progress", "--num-workers", "1"]
     start = time.perf_counter()
     subprocess.run(args, check=True)
     summary = json.loads((out / "summary.json").read_text())
@@ -60,16 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=Path("runs/zoo"), help="the zoo chain's run directories")
     parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--bits", type=int, choices=sorted(PREVIOUS), default=2)
+    parser.add_argument("--family", default=FAMILY, help="the zoo family, e.g. resnet20-fashion-mnist")
+    parser.add_argument("--bits", type=int, choices=(1, 2, 3, 4), default=2)
+    parser.add_argument("--max-steps", type=int, default=60, help="steps per run (0: the recipe's)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma separated, of {list(VARIANTS)}")
     parser.add_argument("--uniq-hub", default="uniq-hub", help="the uniq-hub command")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     done = json.loads(args.out.read_text())["records"] if args.out and args.out.is_file() else []
-    records = [r for r in done if (r["variant"], r["entry"]) not in {(v, f"uniq/{FAMILY}-w{args.bits}a{args.bits}")
-                                                                    for v in args.variants.split(",")}]
+    entry = f"uniq/{args.family}-w{args.bits}a{args.bits}"
+    records = [r for r in done if (r["variant"], r["entry"]) not in {(v, entry) for v in args.variants.split(",")}]
     for name in args.variants.split(","):
-        records.append(run_variant(name, args.bits, args.runs, args.work, args.uniq_hub))
+        records.append(run_variant(name, args.bits, args.runs, args.work, args.uniq_hub, args.family, args.max_steps))
         print(json.dumps(records[-1]), flush=True)
         if args.out:  # written after every variant, so an interrupted study keeps what it measured
             command = "python benchmarks/mobilenetv2_ablation.py " + shlex.join(sys.argv[1:] if argv is None else argv)
