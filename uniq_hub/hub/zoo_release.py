@@ -87,9 +87,9 @@ def training_record(run_dir: str | os.PathLike) -> dict[str, Any]:
         "teacher": used.get("teacher"),
         "kd_temperature": used.get("kd_temperature") if used.get("teacher") else None,
         "kd_weight": used.get("kd_weight") if used.get("teacher") else None,
-        "recipe": {k: used[k] for k in ("optimizer", "lr", "momentum", "weight_decay", "epochs", "batch_size",
-                                        "warmup_epochs", "warmup_lr", "calib_batches", "label_smoothing",
-                                        "random_erasing", "val_split") if k in used},
+        "recipe": {k: used[k] for k in ("optimizer", "lr", "momentum", "weight_decay", "epochs", "max_steps",
+                                        "batch_size", "warmup_epochs", "warmup_lr", "calib_batches",
+                                        "label_smoothing", "random_erasing", "val_split") if k in used},
     }
 
 
