@@ -212,8 +212,9 @@ FAMILIES: tuple[_Family, ...] = (
     # The small-image MobileNetV2 (stride 1 at the stem). Signed inputs: with the paper's unsigned quantizer
     # on the linear bottlenecks, the ImageNet MobileNetV2 at 28x28 collapsed to a constant output (10.00% top-1
     # at w4a4, 8.93% at w2a2). Per-channel weight steps (the paper: per layer), for the depthwise convs.
+    # KD at 1 bit: +3.84 validation points over cross-entropy on the released one-epoch stage (57.50 -> 61.34).
     _Family("mobilenetv2_small", "fashion-mnist", "-fashion-mnist", "fashion-mnist-mobilenetv2", {}, None, None,
-            bits=(32, 4, 3, 2, 1), weight_granularity="channel", signed_inputs=True, progressive=True,
+            bits=(32, 4, 3, 2, 1), weight_granularity="channel", signed_inputs=True, progressive=True, kd_bits=(1,),
             name_arch="mobilenetv2", goals={32: 94.5, 4: 0.5, 3: 1.0, 2: 3.0, 1: 10.0}),
 )
 
