@@ -36,7 +36,7 @@ BUNDLE = {
     "uniq_hub/__init__.py", "uniq_hub/deploy/__init__.py", "uniq_hub/deploy/onnx_backends.py",
     "uniq_hub/deploy/onnx_graph.py", "uniq_hub/deploy/onnx_runtime.py", "uniq_hub/hub/__init__.py",
     "uniq_hub/hub/network.py", "uniq_hub/model/__init__.py", "uniq_hub/model/atomic.py", "uniq_hub/model/constants.py",
-    "uniq_hub/model/image_inputs.py",
+    "uniq_hub/model/files.py", "uniq_hub/model/image_inputs.py",
 }
 
 
