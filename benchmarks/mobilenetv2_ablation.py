@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from uniq_hub.hub.zoo import get_entry
+
 FAMILY = "mobilenetv2-fashion-mnist"  # the default family; --family takes any zoo family's entry prefix
 
 # name -> (what it tests, extra `uniq-hub train` arguments; {runs} is the zoo chain's run directory)
@@ -41,24 +43,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def recipe_sources(entry: str, runs: Path) -> list[str]:
-    """The entry's recipe ``--init-from`` / ``--teacher`` (zoo names) as the chain's local run directories."""
-    from uniq_hub.hub.zoo import get_entry
-
-    recipe, args = get_entry(entry).recipe, []
-    for flag, source in (("--init-from", recipe.init_from), ("--teacher", recipe.teacher)):
-        if source and source.startswith("uniq/"):
-            args += [flag, f"{runs}/{source.split('/', 1)[1]}"]
-    return args
-
-
 def run_variant(name: str, bits: int, runs: Path, work: Path, uniq_hub: str, family: str = FAMILY,
                 max_steps: int | None = 60) -> dict:
     what, extra = VARIANTS[name]
     tag = f"w{bits}a{bits}"
     out = (work / (name if bits == 2 else f"{name}-{tag}")) if family == FAMILY else work / family / f"{name}-{tag}"
     entry = f"uniq/{family}-{tag}"
-    args = [uniq_hub, "train", "--zoo", entry, *recipe_sources(entry, runs),
+    args = [uniq_hub, "train", "--zoo", entry, *get_entry(entry).recipe.local_sources(runs),
             *(["--max-steps", str(max_steps)] if max_steps else []),
             *[a.format(runs=runs, family=family) for a in extra], "--output-dir", str(out), "--overwrite",
             "--no-export", "--no-progress", "--num-workers", "1"]

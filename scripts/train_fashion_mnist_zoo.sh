@@ -18,14 +18,8 @@ U=${UNIQ_HUB:-.venv/bin/uniq-hub}
 PY=${PYTHON:-.venv/bin/python}
 
 local_sources() {  # ZOO_SHORT_NAME -> the recipe's --init-from / --teacher as local run directories
-  "$PY" - "$1" <<'PYEOF'
-import sys
-from uniq_hub.hub.zoo import get_entry
-recipe = get_entry("uniq/" + sys.argv[1]).recipe
-for flag, source in (("--init-from", recipe.init_from), ("--teacher", recipe.teacher)):
-    if source and source.startswith("uniq/"):
-        print(flag, "runs/zoo/" + source.split("/", 1)[1])
-PYEOF
+  "$PY" -c 'import sys; from uniq_hub.hub.zoo import get_entry
+print(*get_entry("uniq/" + sys.argv[1]).recipe.local_sources("runs/zoo"))' "$1"
 }
 
 train() {  # ZOO_SHORT_NAME [extra uniq-hub train args...]

@@ -56,6 +56,11 @@ def test_entry_fields_and_recipes(no_results):
     f = zoo.get_entry("uniq/resnet20-fashion-mnist-w2a2")
     assert f.config_kwargs() == dict(arch="resnet20", w_bits=2, a_bits=2, num_labels=10, num_channels=1, image_size=28)
     assert f.recipe.source == "here" and f.paper_top1 is None
+    # a chain trained here: the recipe's zoo sources as local run directories; pytorchcv weights stay remote
+    assert f.recipe.local_sources("runs/zoo") == ["--init-from", "runs/zoo/resnet20-fashion-mnist-w3a3",
+                                                  "--teacher", "runs/zoo/resnet20-fashion-mnist-fp"]
+    assert rec.local_sources("runs/zoo") == [] and zoo.get_entry("uniq/resnet20-fashion-mnist-fp").recipe.local_sources(
+        "runs/zoo") == []
     # every init_from points at a zoo entry or a pytorchcv model
     names = {e.name for e in zoo.list_entries()}
     for e in zoo.list_entries():

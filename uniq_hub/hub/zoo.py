@@ -83,6 +83,15 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def local_sources(self, runs: str | os.PathLike) -> list[str]:
+        """``--init-from`` / ``--teacher`` arguments with the zoo entries this recipe starts from and
+        distils from as the local run directories ``runs/<short name>`` (a chain trained here)."""
+        args: list[str] = []
+        for flag, source in (("--init-from", self.init_from), ("--teacher", self.teacher)):
+            if source and source.startswith("uniq/"):
+                args += [flag, os.path.join(runs, source.split("/", 1)[1])]
+        return args
+
 
 @dataclass(frozen=True)
 class Result:
