@@ -5,6 +5,7 @@
 # runs/zoo/<entry>/wall_times.txt.
 #
 #   bash scripts/train_fashion_mnist_zoo.sh [CHAIN...]     chains: resnet20, mobilenetv2 (default: both)
+#   ZOO_TRAIN_ARGS="--mixed-precision bf16" bash scripts/train_fashion_mnist_zoo.sh resnet20   (extra train options)
 #
 # A chain trains its family's entries in order, FP -> w4a4 -> w3a3 -> w2a2 -> w1a1, each started from the
 # run its recipe names (`--init-from uniq/X` and `--teacher uniq/X` become the local runs/zoo/X). Every
@@ -32,7 +33,7 @@ train() {  # ZOO_SHORT_NAME [extra uniq-hub train args...]
   local start=$SECONDS
   # shellcheck disable=SC2046
   $U train --zoo "uniq/$name" --output-dir "$dir" --no-progress --save-every 100 --num-workers 1 \
-    $(local_sources "$name") "${resume[@]}" "$@"
+    $(local_sources "$name") "${resume[@]}" ${ZOO_TRAIN_ARGS:-} "$@"
   echo $((SECONDS - start)) >> "$dir/wall_times.txt"
   echo "$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(env -u OMP_NUM_THREADS nproc) cores; OMP_NUM_THREADS=${OMP_NUM_THREADS:-all}" \
     > "$dir/machine.txt"  # the card names it
