@@ -23,6 +23,7 @@ from uniq_hub.hub.zoo_release import (  # noqa: E402
     refresh_card,
     release_entry,
     release_folders,
+    remeasure_release,
     resave_release,
 )
 from uniq_hub.model.constants import SUMMARY_FILE  # noqa: E402
@@ -49,6 +50,24 @@ def golden_logits(folder: Path) -> dict:
     return {"entry": GOLDEN_ENTRY, "split": "test", "indices": list(GOLDEN_IMAGES), "logits": logits.tolist()}
 
 
+def _remeasure(only: list[str] | None) -> int:
+    spread = {}
+    for repo_id in release_folders(RELEASE_DIR):
+        name = repo_id.split("/", 1)[1]
+        if only and name not in only:
+            continue
+        record = remeasure_release(repo_id, RELEASE_DIR)
+        spread[repo_id] = {"top1": record["top1"], "top5": record["top5"], **record["portability"]}
+        print(f"{repo_id}: top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% {record['portability']}", flush=True)
+    out = REPO / "benchmarks" / "results" / "isa-spread.json"
+    old = json.loads(out.read_text())["entries"] if out.is_file() else {}
+    out.write_text(json.dumps({"command": "python scripts/release_zoo.py --remeasure", "machine": record["machine"],
+                               "entries": {**old, **spread}}, indent=2) + "\n")
+    from generate_model_cards import main as generate
+
+    return generate([])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "zoo")
@@ -57,7 +76,13 @@ def main(argv: list[str] | None = None) -> int:
                         "training records and cards from the runs")
     parser.add_argument("--resave", action="store_true", help="no runs needed: re-save every release folder's "
                         "config with this version (key migrations), checking its tensors stay byte-identical")
+    parser.add_argument("--remeasure", action="store_true", help="no runs needed: measure every release folder's "
+                        "numbers again on this machine (PyTorch, per-image predictions and their spread across "
+                        "instruction sets, ONNX), keeping its training record; the spreads go to "
+                        "benchmarks/results/isa-spread.json")
     args = parser.parse_args(argv)
+    if args.remeasure:
+        return _remeasure(args.only)
     if args.resave:
         for repo_id, folder in release_folders(RELEASE_DIR).items():
             changed = resave_release(folder)

@@ -68,7 +68,7 @@ def test_cli_writes_results_matching_a_direct_computation(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "model"), "--dataset", str(tiny), "--split", "test",
                  "--batch-size", "16", "--num-workers", "0", "--output", str(out), "--no-progress"]) == 0
     record = json.loads(out.read_text())
-    assert set(record) == {"model_id", "dataset", "split", "top1", "top5", "num_examples", "command"}
+    assert set(record) == {"model_id", "dataset", "split", "top1", "top5", "num_examples", "command", "machine"}
     assert (record["dataset"], record["split"], record["num_examples"], record["top5"]) == (str(tiny), "test", 40, None)
     assert record["command"].startswith("uniq-hub evaluate ") and "--dataset" in record["command"]
     assert "top-1" in capsys.readouterr().out
@@ -98,3 +98,25 @@ def test_zoo_name_attaches_the_result_to_the_zoo_entry(tmp_path, capsys):
     assert "--zoo-name uniq/resnet20-fashion-mnist-w3a3" in record["command"]
     entry = get_entry("uniq/resnet20-fashion-mnist-w3a3", results_dirs=[results])
     assert entry.measured is not None and entry.measured.top1 == pytest.approx(record["top1"])
+
+
+def test_evaluate_never_replaces_a_folders_record_unless_asked(tmp_path, capsys):
+    """``--max-samples`` never goes to the folder's eval_results.json, and a whole-split evaluation keeps an
+    existing one (with its selection / training / ONNX keys) unless ``--replace-results`` is given."""
+    tiny = _tiny_model(tmp_path)
+    folder = tmp_path / "model"
+    args = ["evaluate", str(folder), "--dataset", str(tiny), "--batch-size", "16", "--num-workers", "0",
+            "--no-progress"]
+    assert main([*args, "--max-samples", "8"]) == 0
+    assert not (folder / "eval_results.json").exists()
+    assert "--max-samples 8 is a partial evaluation and never goes to" in capsys.readouterr().out
+    assert main(args) == 0  # no record yet: the whole split goes there
+    record = json.loads((folder / "eval_results.json").read_text())
+    record["selection"] = {"split": "train[held-out 8]"}
+    (folder / "eval_results.json").write_text(json.dumps(record))
+    for extra in (["--max-samples", "8"], []):
+        assert main([*args, *extra]) == 0
+        assert json.loads((folder / "eval_results.json").read_text()) == record
+    assert "exists and is kept (pass -o FILE, or --replace-results" in capsys.readouterr().out
+    assert main([*args, "--replace-results"]) == 0
+    assert "selection" not in json.loads((folder / "eval_results.json").read_text())

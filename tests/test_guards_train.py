@@ -139,3 +139,31 @@ def test_a_failed_onnx_verification_keeps_the_run(tiny, tmp_path, monkeypatch):
     summary = json.loads((run / SUMMARY_FILE).read_text())
     assert "ONNX export was left out" in summary["export_error"] and summary["steps"] == 2
     assert any((run / "checkpoints").iterdir()) and (run / "best" / "config.json").is_file()
+
+
+def test_one_active_run_per_output_directory_and_a_killed_one_does_not_block(tiny, tmp_path):
+    """A run still going holds its directory: a second train (or --resume) there is refused, naming the
+    process, and writes nothing; once that process is gone (killed: no clean-up), the run can resume."""
+    import subprocess
+    import sys
+
+    from uniq_hub.training.checkpoint import RunDirectoryError
+
+    out = tmp_path / "run"
+    train(_cfg(tiny, out, save_every=2))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom uniq_hub.training.checkpoint import hold_run_dir\n"
+         f"with hold_run_dir({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _snapshot(out)
+        for options in ({"resume": "latest"}, {"overwrite": True}):
+            with pytest.raises(RunDirectoryError, match=rf"{out} is in use by a run still going \(pid {holder.pid} "):
+                train(_cfg(tiny, out, save_every=2, **options))
+        assert _snapshot(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = train(_cfg(tiny, out, save_every=2, resume="latest"))  # the killed holder's lock is gone
+    assert summary["run_dir"] == str(out)

@@ -242,3 +242,28 @@ def test_a_model_loaded_as_remote_code_exports_the_same_verified_graph(tmp_path)
     x = real_images(3)
     graph_logits = load_backend(tmp_path / "theirs.onnx", "reference")(x)
     assert within_bounds(compare_logits(torch_logits(remote, x), graph_logits))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_int8_layers_cannot_saturate_int16_pair_sums(bits, tmp_path):
+    """CPUs without VNNI add pairs of u8 x s8 products into int16 with saturation (``vpmaddubsw``): every
+    int8 convolution of the exported graph keeps 2 * max|activation code| * max|weight level| <= 32767,
+    so its integer path is exact there too (docs/deploy.md)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(export_onnx(make_model("resnet20", bits, bits), tmp_path / "model.onnx", verify=False)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    pairs = []
+    for conv in (n for n in graph.node if n.op_type == "Conv"):
+        x_dq, w_dq = producer.get(conv.input[0]), producer.get(conv.input[1])
+        if x_dq is None or w_dq is None or w_dq.op_type != "DequantizeLinear" or x_dq.op_type != "DequantizeLinear":
+            continue  # a float convolution (8-bit or full-precision layers)
+        weights, q = inits[w_dq.input[0]], producer[x_dq.input[0]]
+        clip = producer[q.input[0]]  # the activation's Clip at (2^b - 1) * D before its QuantizeLinear (scale D)
+        assert weights.dtype == np.int8 and inits[q.input[2]].dtype == np.uint8 and clip.op_type == "Clip"
+        a_max = float(np.round(inits[clip.input[2]].max() / inits[q.input[1]].max()))
+        pairs.append(2 * a_max * float(np.abs(weights.astype(np.int32)).max()))
+    assert pairs and max(pairs) <= 32767, pairs
+    assert max(pairs) <= 2 * (2 ** max(bits, 2) - 1) ** 2  # the levels of the layer's own bit-width

@@ -27,6 +27,31 @@ def test_validation_size_counts_fractions_and_default():
     for bad in (-1, 2.5, 100, 1000):
         with pytest.raises(ValueError, match="val_split"):
             validation_size(bad, 100)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="val_split must be a finite number"):
+            validation_size(bad, 100)
+    with pytest.raises(ValueError, match="val_split 1 is ambiguous .one example, or the whole split"):
+        validation_size(1.0, 100)
+    assert validation_size(2, 100) == 2
+
+
+def test_val_split_nan_and_1_are_refused_by_the_cli_in_one_line(tmp_path):
+    from uniq_hub.cli import main
+
+    for value, message in (("nan", "finite number"), ("1.0", "ambiguous")):
+        with pytest.raises(SystemExit) as err:
+            main(["train", "--val-split", value, "--output-dir", str(tmp_path / value), "--epochs", "1"])
+        assert message in str(err.value) and "\n" not in str(err.value), err.value
+
+
+def test_val_split_0_warns_that_the_test_split_chooses(tmp_path, caplog):
+    from uniq_hub.training.run_data import _hold_out
+
+    cfg = resolve_config({"val_split": "0", "output_dir": str(tmp_path)})
+    with caplog.at_level("WARNING"):
+        _, val, selection = _hold_out(list(range(10)), 10, cfg)
+    assert val is None and "the test split chose the model" in selection["description"]
+    assert "--val-split 0: the `test` split chooses the model" in caplog.text
 
 
 def test_stratified_split_is_deterministic_disjoint_and_proportional():

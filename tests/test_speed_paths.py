@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from uniq_hub.model import quant_kernels
 from uniq_hub.model.modules import QConv2d, QLinear, QuantSpec
-from uniq_hub.model.quant import code_range, fake_quant, scale_grad
+from uniq_hub.model.quant import code_range, fake_quant, quantize, scale_grad
 from uniq_hub.model.quant_kernels import fake_quant_learnable, set_compile, set_recompute
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,3 +333,16 @@ def test_math_fake_quant_is_pure_and_equals_the_fused_node(compiled):
     assert quant_kernels._state["calls"] == calls + 1
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_inference_runs_the_eager_math_even_with_compiling_on(compiled, monkeypatch):
+    """Evaluation never goes through the compiled kernels: the same numbers wherever it runs (a compiled
+    CPU kernel's code depends on the instruction set it was generated for; docs/portability.md)."""
+    monkeypatch.setitem(quant_kernels._KERNELS, "forward_layer", lambda x, step, bounds: torch.zeros_like(x))
+    monkeypatch.setattr(quant_kernels, "_compiled", {})
+    monkeypatch.setattr(quant_kernels.torch, "compile", lambda fn, **kw: fn)
+    x = torch.randn(64, 256).relu()
+    step = torch.tensor(0.3, requires_grad=True)
+    with torch.no_grad():
+        assert torch.equal(quant_kernels.fake_quant_learnable(x, step, 0, 3, 0.0), quantize(x, step, 0, 3, 0.0))
+    assert not quant_kernels.fake_quant_learnable(x, step, 0, 3, 0.0).any()  # training: the (stubbed) kernel

@@ -12,6 +12,7 @@ from huggingface_hub import HfApi, ModelCard
 from transformers import pipeline
 
 from uniq_hub import UniQForImageClassification, UniQImageProcessor
+from uniq_hub.hub.portability import MAX_DIFFERING, read_predictions, rederivation_errors
 from uniq_hub.hub.zoo import list_entries
 from uniq_hub.hub.zoo_release import (
     LARGE_RELEASES,
@@ -49,7 +50,8 @@ def test_release_folder_is_small_and_complete(name):
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < LARGE_RELEASES.get(name, MAX_FOLDER_BYTES)
     names = {p.relative_to(folder).as_posix() for p in files}
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "eval_results.json"} <= names
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "eval_results.json",
+            "eval_predictions.json"} <= names
     assert all(n.endswith((".json", ".md", ".safetensors", ".onnx")) for n in names), names  # data only, no code
     record = json.loads((folder / "eval_results.json").read_text())
     assert record["zoo_name"] == name and record["num_examples"] == 10_000
@@ -105,16 +107,55 @@ def test_resave_brings_an_older_release_to_this_version_with_the_same_tensors(tm
     assert resave_release(folder, code=True) == [] and resave_release(folder) == sorted(with_code)
 
 
+def _rederive(folder: Path, committed_from: Path | None = None) -> list[str]:
+    """What is wrong with ``folder``'s card, re-derived here on the 10k test images (on another CPU
+    within the card's bound; docs/portability.md). ``committed_from``: the folder whose record it must match."""
+    committed_from = committed_from or folder
+    record = evaluate(str(folder), "fashion_mnist", "test", batch_size=500, num_workers=0, predictions=True)
+    committed = json.loads((committed_from / "eval_results.json").read_text())
+    return rederivation_errors(committed_from, record, committed)
+
+
 @needs_data
 @pytest.mark.parametrize("name", [e.name for e in ENTRIES])
 def test_card_numbers_are_re_derived(name):
-    """PyTorch top-1 / top-5 on the 10k test images equal the card's metadata and eval_results.json."""
+    """PyTorch top-1 / top-5 and the per-image predictions on the 10k test images agree with the card's
+    metadata, eval_results.json and eval_predictions.json: exactly on the machine that measured them,
+    within the card's bound (MAX_DIFFERING predictions) on another CPU."""
     folder = RELEASE_DIR / name.split("/")[1]
-    record = evaluate(str(folder), "fashion_mnist", "test", batch_size=500, num_workers=0)
     committed = json.loads((folder / "eval_results.json").read_text())
-    assert (record["top1"], record["top5"], record["num_examples"]) == (
-        committed["top1"], committed["top5"], committed["num_examples"])
-    assert _card_metrics(folder) == {"accuracy": record["top1"], "top-5-accuracy": record["top5"]}
+    assert _rederive(folder) == []
+    assert _card_metrics(folder) == {"accuracy": committed["top1"], "top-5-accuracy": committed["top5"]}
+    predictions = read_predictions(folder)
+    labels = load_image_dataset("fashion_mnist", "test")["label"]
+    assert committed["top1"] == round(100.0 * sum(p == y for p, y in zip(predictions, labels)) / len(labels), 2)
+    assert committed["portability"]["max_differing"] == MAX_DIFFERING
+    assert max(committed["portability"]["differing"].values()) <= MAX_DIFFERING
+    assert {"cpu", "isa", "torch"} <= set(committed["machine"])
+
+
+@needs_data
+def test_a_tampered_release_fails_the_re_derivation(tmp_path):
+    """A changed weight (re-saved, so its checksum holds), a changed processor config and a swapped
+    folder each fail, on this CPU and within another CPU's bound alike."""
+    import shutil
+
+    source = RELEASE_DIR / "resnet20-fashion-mnist-w2a2"
+    weights = shutil.copytree(source, tmp_path / "weights", ignore=shutil.ignore_patterns("onnx"))
+    model = UniQForImageClassification.from_pretrained(weights)
+    with torch.no_grad():
+        model.model.fc.bias.add_(torch.linspace(-1, 1, model.config.num_labels))
+    model.save_pretrained(weights)
+    processor = shutil.copytree(source, tmp_path / "processor")
+    config = json.loads((processor / "preprocessor_config.json").read_text())
+    config["image_mean"] = [m + 0.05 for m in config["image_mean"]]
+    (processor / "preprocessor_config.json").write_text(json.dumps(config))
+    swapped = RELEASE_DIR / "resnet20-fashion-mnist-w3a3"
+    for folder, committed_from in ((weights, source), (processor, source), (swapped, source)):
+        errors = _rederive(folder, committed_from)
+        assert errors and "differ from eval_predictions.json" in errors[0], (folder, errors)
+        differing = int(errors[0].split()[0])
+        assert differing > MAX_DIFFERING, (folder, errors)
 
 
 @needs_data

@@ -265,6 +265,7 @@ def render_card(
         card_data(entry, result), template_path=str(TEMPLATE), repo_id=repo_id, summary=summary,
         policy=_policy(entry), size_lines=size_lines, measured=result, onnx=extra.get("onnx"),
         paper_line=paper_line, training=extra.get("training"), selection=extra.get("selection"),
+        machine=extra.get("machine"), portability=extra.get("portability"),
         train_commands=train_commands,
         recipe_lines=_recipe_lines(entry), citation=PAPER_CITATION,
     )

@@ -27,7 +27,7 @@ from transformers.dynamic_module_utils import get_relative_imports
 
 from ..model import atomic
 from ..model.configuration_uniq import UniQConfig
-from ..model.constants import RESULTS_FILE
+from ..model.constants import PREDICTIONS_FILE, RESULTS_FILE
 from ..model.packing import CheckpointError, weight_files
 from .cards import entry_from_config, render_card
 from .zoo import ZooEntry, get_entry, parse_result
@@ -48,6 +48,7 @@ RELEASE_FILES: dict[str, str] = {
     "model.safetensors.index.json": "the index of sharded weights",
     "README.md": "the model card",
     **{name: "measured results" for name in RESULTS_FILES},
+    PREDICTIONS_FILE: "the per-image predictions behind the measured results (re-derivable on any CPU)",
     "onnx/model.onnx": "the exact ONNX export (uniq_hub.deploy.onnx_export)",
 }
 SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")  # transformers' shard names, top level only

@@ -36,13 +36,14 @@ from ..training.evaluate import evaluate
 from ..training.train_config import TrainConfig, resolve_config
 from .cards import render_card
 from .hub_client import DEFAULT_TIMEOUT, check_timeout, upload
+from .portability import measure_spread, write_predictions
 from .publish import prepare
 from .publish_plan import PublishError, check_repo_id
 from .release_folder import remove_code
 from .zoo import ZooEntry, get_entry, list_entries
 
 __all__ = ["NOT_RELEASED", "RELEASE_DIR", "release_folders", "release_records", "training_record",
-           "validation_selection", "release_entry", "zoo_table", "publish_zoo"]
+           "validation_selection", "release_entry", "remeasure_release", "zoo_table", "publish_zoo"]
 
 RELEASE_DIR = Path("zoo")  # relative to the working directory: a source checkout's root
 MAX_FOLDER_BYTES = 2 * 1024 * 1024  # a release folder kept in git; larger ONNX graphs are left out
@@ -133,11 +134,36 @@ def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str |
         shutil.rmtree(out)
         raise ValueError(f"{entry.name}: the release folder takes more than {limit} bytes without its "
                          "ONNX graph; it cannot be kept in git")
+    record = _measure(out, entry, num_workers)
+    record.update(training=training_record(run_dir), selection=validation_selection(run_dir, entry.dataset.eval_split))
+    if (out / ONNX_FILE).is_file():
+        record["onnx"] = _onnx_results(out, entry, num_workers)
+    _write_record(out, entry, record)
+    return record
+
+
+def _measure(out: Path, entry: ZooEntry, num_workers: int) -> dict[str, Any]:
+    """The release record's numbers: top-1 / top-5 on the whole eval split, the machine, the per-image
+    predictions (written to ``eval_predictions.json``) and their spread across instruction sets."""
     ds = entry.dataset
     command = f"uniq-hub evaluate zoo/{entry.short_name} --dataset {ds.hf_name} --split {ds.eval_split}"
-    record = evaluate(str(out), ds.hf_name, ds.eval_split, num_workers=num_workers, command=command)
-    record.update(model_id=entry.name, zoo_name=entry.name, training=training_record(run_dir))
-    record["selection"] = validation_selection(run_dir, ds.eval_split)
+    record = evaluate(str(out), ds.hf_name, ds.eval_split, num_workers=num_workers, command=command,
+                      predictions=True)
+    predictions = record.pop("predictions")
+    record.update(model_id=entry.name, zoo_name=entry.name,
+                  portability=measure_spread(out, ds.hf_name, ds.eval_split, predictions))
+    write_predictions(out, record, predictions)
+    return record
+
+
+def remeasure_release(entry: ZooEntry | str, root: str | os.PathLike = RELEASE_DIR,
+                      num_workers: int = 2) -> dict[str, Any]:
+    """Measure a release folder's numbers again on this machine (PyTorch, its predictions and their
+    spread, the ONNX runtimes), keeping its training and selection records; rewrites the card."""
+    entry = get_entry(entry) if isinstance(entry, str) else entry
+    out = Path(root) / entry.short_name
+    old = json.loads((out / RESULTS_FILE).read_text())
+    record = {**_measure(out, entry, num_workers), **{k: old[k] for k in ("training", "selection") if k in old}}
     if (out / ONNX_FILE).is_file():
         record["onnx"] = _onnx_results(out, entry, num_workers)
     _write_record(out, entry, record)

@@ -22,3 +22,5 @@ CHECKSUM_KEY = "uniq_hub.sha256"  # uint8[32] tensor in every weight file: sha25
 # Knowledge distillation defaults (train options and the cards that state them)
 KD_TEMPERATURE = 4.0
 KD_WEIGHT = 0.5
+# A release folder's per-image top-1 predictions on its eval split (uniq_hub.hub.portability)
+PREDICTIONS_FILE = "eval_predictions.json"

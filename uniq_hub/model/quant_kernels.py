@@ -2,8 +2,9 @@
 
 * :func:`fake_quant_learnable`: one autograd node for ``Q(x)`` with a learnable step, its
   positivity clamp and the LSQ gradient scale folded in; forward and backward each one pass.
-  On CPU, large float tensors run kernels compiled with ``torch.compile`` (``UNIQ_COMPILE=0`` or
-  :func:`set_compile` turns that off; a failed compile warns once and falls back to eager).
+  In training on CPU, large float tensors run kernels compiled with ``torch.compile``
+  (``UNIQ_COMPILE=0`` or :func:`set_compile` turns that off; a failed compile warns once and falls
+  back to eager); inference always runs the eager math.
 * :func:`recompute_fake_quant_saves`: saved-tensor hooks under which a conv / linear keeps a
   recipe for its fake-quantized input instead of the tensor (``UNIQ_RECOMPUTE=0`` turns it off).
 * :class:`WeightCache`: the eval-mode quantized weight, kept until the weight or step changes.
@@ -268,7 +269,11 @@ def fake_quant_learnable(
     x: Tensor, step: Tensor, lo: int, hi: int, offset: float, grad_scale: float = 1.0, min_step: float | None = None
 ) -> Tensor:
     """``fake_quant(x, scale_grad(step.clamp_min(min_step), grad_scale), ...)`` as one autograd node:
-    the same values and gradients as the three ops chained; what :class:`UniQQuantizer` calls."""
+    the same values and gradients as the three ops chained; what :class:`UniQQuantizer` calls.
+    Inference (grad disabled) runs the eager math: the compiled kernels save training passes only, and
+    evaluation then gives the same numbers wherever it runs (docs/portability.md)."""
+    if not torch.is_grad_enabled():
+        return quantize(x, _clamped(step, min_step), lo, hi, offset)
     return _FusedFakeQuant.apply(x, step, lo, hi, offset, grad_scale, min_step)
 
 

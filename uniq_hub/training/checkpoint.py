@@ -17,16 +17,20 @@ disk) raises :class:`CheckpointWriteError` naming the path and leaves earlier ch
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from accelerate import Accelerator
 
@@ -34,8 +38,8 @@ from ..model.atomic import write_json_atomic
 from ..model.constants import BEST_DIR, EXPORT_DIR, SUMMARY_FILE, TRAIN_CONFIG_FILE
 
 __all__ = ["RunCheckpointError", "CheckpointWriteError", "RunDirectoryError", "TrainerState", "Checkpointer",
-           "check_run_dir", "clear_run_dir", "latest_checkpoint", "list_checkpoints", "read_trainer_state",
-           "verify_checkpoint"]
+           "check_run_dir", "clear_run_dir", "hold_run_dir", "latest_checkpoint", "list_checkpoints",
+           "read_trainer_state", "verify_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +99,33 @@ def check_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None
     if found and not (resume or overwrite):
         raise RunDirectoryError(f"output directory {run_dir} already holds a run ({', '.join(found)}): pass "
                                 "--resume to continue it or --overwrite to delete it and start over")
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run directory while the block runs: an exclusive ``fcntl`` lock on the sibling file
+    ``.<name>.lock`` (beside the directory, so ``--overwrite`` replacing the directory keeps it). A second
+    ``train`` or ``--resume`` into the same directory is refused, naming the process that holds it; the
+    kernel drops the lock when that process ends, so a killed run never blocks its resume."""
+    run_dir = Path(run_dir)
+    path = run_dir.parent / f".{run_dir.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunDirectoryError(f"output directory {run_dir} is in use by a run still going ({holder}); wait "
+                                    "for it to end, stop it, or pass another --output-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def clear_run_dir(run_dir: str | Path) -> None:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..hub.zoo import get_entry
+from ..machine import machine_record
 from ..model.atomic import write_json_atomic
 from ..model.constants import RESULTS_FILE
 from ..model.image_processing_uniq import UniQImageProcessor
@@ -55,8 +56,12 @@ def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, batches: Iterable, accelerator=None, progress: bool = False) -> dict[str, Any]:
-    """``{"top1", "top5", "num_examples"}`` (percent) of ``model`` over ``batches``.
+def evaluate_model(model: nn.Module, batches: Iterable, accelerator=None, progress: bool = False,
+                   predictions: bool = False, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """``{"top1", "top5", "num_examples"}`` (percent) of ``model`` over ``batches``, and with
+    ``predictions`` the per-example top-1 class ids (``"predictions"``, a list in dataset order).
+    ``dtype``: cast the inputs to it (the model must be in it too; float64 is the ISA-independent
+    reference, see docs/portability.md).
 
     With an ``accelerator`` the batches are this process's shard (a prepared dataloader) and
     the counts are gathered with ``gather_for_metrics`` (duplicated padding dropped).
@@ -66,22 +71,25 @@ def evaluate_model(model: nn.Module, batches: Iterable, accelerator=None, progre
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     correct = {1: 0, 5: 0}
     total = 0
+    top1: list[Tensor] = []
     num_classes = None
     try:
         if progress:
             batches = tqdm(batches, desc="eval", leave=False, dynamic_ncols=True)
         for batch in batches:
             inputs, labels = split_batch(batch)
-            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            inputs, labels = inputs.to(device, dtype, non_blocking=True), labels.to(device, non_blocking=True)
             logits = _logits(model(inputs))
             num_classes = logits.shape[-1]
-            hits = topk_correct(logits.float(), labels)
-            stacked = torch.stack([hits[1], hits[5]], dim=-1)
+            hits = topk_correct(logits if logits.dtype == torch.float64 else logits.float(), labels)
+            stacked = torch.stack([hits[1], hits[5], logits.argmax(-1)], dim=-1)
             if accelerator is not None:
                 stacked = accelerator.gather_for_metrics(stacked)
             correct[1] += int(stacked[:, 0].sum())
             correct[5] += int(stacked[:, 1].sum())
             total += stacked.shape[0]
+            if predictions:
+                top1.append(stacked[:, 2])
     finally:
         model.train(was_training)
     if total == 0:
@@ -90,6 +98,7 @@ def evaluate_model(model: nn.Module, batches: Iterable, accelerator=None, progre
         "top1": 100.0 * correct[1] / total,
         "top5": 100.0 * correct[5] / total if num_classes and num_classes > 5 else None,
         "num_examples": total,
+        **({"predictions": torch.cat(top1).tolist()} if predictions else {}),
     }
 
 
@@ -111,14 +120,19 @@ def evaluate(
     command: str | None = None,
     progress: bool = False,
     runtime: str = "torch",
+    predictions: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model_id`` (a folder or Hub id) on ``dataset``/``split`` with its own image
     processor, exactly the preprocessing ``pipeline("image-classification")`` applies; returns
     the results record. Dataset labels are matched to the model's ``id2label`` by class name (a
     class the model does not know is an error). ``runtime``: "torch", or an ONNX backend
-    ("onnxruntime", "openvino") running the model's ``onnx/model.onnx`` on the same inputs."""
+    ("onnxruntime", "openvino") running the model's ``onnx/model.onnx`` on the same inputs.
+    ``predictions`` and ``dtype`` (the PyTorch model's, e.g. float64): see :func:`evaluate_model`."""
     accelerator = Accelerator()
     model = UniQForImageClassification.from_pretrained(model_id)
+    if dtype is not None:
+        model = model.to(dtype)
     processor = UniQImageProcessor.from_pretrained(model_id)
     ds = load_image_dataset(dataset, split, streaming=streaming, image_column=image_column,
                             label_column=label_column, limit=max_samples)
@@ -130,10 +144,12 @@ def evaluate(
     loader = make_dataloader(ds, eval_transform(processor), batch_size=batch_size, shuffle=False,
                              num_workers=num_workers, label_map=label_map, source=dataset)
     model, loader = accelerator.prepare(model, loader)
-    metrics = evaluate_model(model, loader, accelerator, progress=progress and accelerator.is_local_main_process)
+    metrics = evaluate_model(model, loader, accelerator, progress=progress and accelerator.is_local_main_process,
+                             predictions=predictions, dtype=dtype)
     return {
         "model_id": model_id, "dataset": dataset, "split": split, **metrics,
         "command": command or "uniq-hub evaluate " + shlex.join([model_id, "--dataset", dataset, "--split", split]),
+        "machine": machine_record(),
         **({} if runtime == "torch" else {"runtime": runtime}),
     }
 
@@ -152,7 +168,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
                         help="run the PyTorch model (default) or its onnx/model.onnx on an ONNX backend")
     parser.add_argument("--output", "-o", help="results JSON to write (default: <model folder>/eval_results.json "
-                        "for a local folder, else print only)")
+                        "for a local folder that has none yet and a whole split, else print only)")
+    parser.add_argument("--replace-results", action="store_true", help="without --output: replace the folder's "
+                        "existing eval_results.json (its selection, training and ONNX records are lost)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--zoo-name", help="the zoo entry this model is (recorded, so `uniq-hub zoo` and the "
                         "cards show the result when the JSON goes to benchmarks/results/)")
@@ -189,12 +207,29 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"uniq-hub evaluate: {err}") from err
     if args.zoo_name:
         record["zoo_name"] = args.zoo_name
-    results_file = RESULTS_FILE if args.runtime == "torch" else f"{Path(RESULTS_FILE).stem}_{args.runtime}.json"
-    output = args.output or (Path(args.model) / results_file if Path(args.model).is_dir() else None)
+    output, kept = _default_output(args) if not args.output else (args.output, None)
     if PartialState().is_main_process:
         top5 = "n/a" if record["top5"] is None else f"{record['top5']:.2f}%"
         print(f"{args.model} on {args.dataset}/{args.split}: top-1 {record['top1']:.2f}%  top-5 {top5}  "
               f"({record['num_examples']} examples)")
         if output:
             print(f"results: {write_results(output, record)}")
+        elif kept:
+            print(f"results not written: {kept}")
     return 0
+
+
+def _default_output(args: argparse.Namespace) -> tuple[Path | None, str | None]:
+    """Where results go without ``--output``: the folder's results file, unless that would replace a record
+    the folder already has (without ``--replace-results``) or hold a partial evaluation (``--max-samples``).
+    Returns ``(path or None, why nothing is written)``."""
+    if not Path(args.model).is_dir():
+        return None, None
+    results_file = RESULTS_FILE if args.runtime == "torch" else f"{Path(RESULTS_FILE).stem}_{args.runtime}.json"
+    path = Path(args.model) / results_file
+    if args.max_samples:
+        return None, (f"--max-samples {args.max_samples} is a partial evaluation and never goes to {path} "
+                      "(pass -o FILE to keep it)")
+    if path.exists() and not args.replace_results:
+        return None, f"{path} exists and is kept (pass -o FILE, or --replace-results to replace it)"
+    return path, None

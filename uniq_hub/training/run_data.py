@@ -4,6 +4,7 @@ hold-out, the image processor the model will ship and the transforms built from 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from .data.transforms import (
     train_transform,
 )
 from .train_config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DataBundle", "VAL_SPLIT_SEED", "load_data"]
 
@@ -114,6 +117,8 @@ def _hold_out(train: Any, num_train: int, cfg: TrainConfig) -> tuple[Any, Any, d
     (:func:`uniq_hub.training.stratified_split`, seed :data:`VAL_SPLIT_SEED` whatever the run's seed, so every
     stage of a zoo chain holds out the same images), or ``val`` None when ``val_split`` is 0."""
     if cfg.val_split == 0:
+        logger.warning("--val-split 0: the `%s` split chooses the model and is then reported on, so its number is "
+                       "optimistic (the card says so); the zoo never does this", cfg.eval_split)
         return train, None, {"split": cfg.eval_split, "description": f"the `{cfg.eval_split}` split (no "
                              "validation split held out: the test split chose the model)"}
     if cfg.streaming:

@@ -20,6 +20,7 @@ Run directory: ``train_config.json`` (resolved), ``log.jsonl`` (metrics), ``dyna
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 from accelerate import PartialState
 
 from ..hub.release_folder import ExportIncomplete
-from .checkpoint import CheckpointWriteError, RunCheckpointError, RunDirectoryError
+from .checkpoint import CheckpointWriteError, RunCheckpointError, RunDirectoryError, hold_run_dir
 from .loop import NonFiniteLossError, TrainingLoop
 from .run_record import ResumeError
 from .train_config import TrainConfig, add_config_arguments, config_from_args
@@ -41,13 +42,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     When the export's ONNX graph fails its verification (:class:`uniq_hub.hub.release_folder.ExportIncomplete`),
     the checkpoints, ``best/`` and the PyTorch release are on disk already: the summary is written
     with the error, then the error is raised."""
-    trainer = TrainingLoop(cfg)
-    try:
-        return trainer.fit()
-    except ExportIncomplete as err:
-        test = {k: err.record.get(k) for k in ("top1", "top5", "num_examples")}
-        trainer.write_summary(test, export_dir=err.folder, export_error=str(err))
-        raise
+    # one run per directory: the main process of each machine holds it until the run ends
+    with hold_run_dir(cfg.run_dir) if PartialState().is_local_main_process else contextlib.nullcontext():
+        trainer = TrainingLoop(cfg)
+        try:
+            return trainer.fit()
+        except ExportIncomplete as err:
+            test = {k: err.record.get(k) for k in ("top1", "top5", "num_examples")}
+            trainer.write_summary(test, export_dir=err.folder, export_error=str(err))
+            raise
 
 
 # ---------------------------------------------------------------------------------------------

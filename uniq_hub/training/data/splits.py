@@ -6,6 +6,7 @@ classifier cannot be trained on."""
 from __future__ import annotations
 
 import logging
+import math
 from typing import Sequence
 
 import numpy as np
@@ -51,9 +52,15 @@ def balanced_indices(labels: np.ndarray, limit: int) -> np.ndarray:
 
 
 def check_val_split(value: float) -> None:
-    """``val_split`` is a count >= 1, a fraction in (0, 1) or 0 (no hold-out)."""
+    """``val_split`` is a count >= 2, a fraction in (0, 1) or 0 (no hold-out). 1 is refused: it reads as
+    one example or as the whole split alike."""
+    if not math.isfinite(value):
+        raise ValueError(f"val_split must be a finite number (a count, a fraction or 0), got {value!r}")
+    if value == 1:
+        raise ValueError("val_split 1 is ambiguous (one example, or the whole split?): pass a count of at least 2 "
+                         "or a fraction below 1 (e.g. 0.1)")
     if value < 0 or (value >= 1 and not float(value).is_integer()):
-        raise ValueError(f"val_split must be a count >= 1, a fraction in (0, 1) or 0 (none), got {value!r}")
+        raise ValueError(f"val_split must be a count >= 2, a fraction in (0, 1) or 0 (none), got {value!r}")
 
 
 def validation_size(value: float | None, num_examples: int) -> int:
