@@ -27,8 +27,9 @@ def test_paper_recipes_by_bits():
     assert (cifar["weight_decay"], cifar["epochs"], cifar["batch_size"], cifar["calib_batches"]) == (
         5e-4, 350, 128, 100)
     assert recipe_defaults("imagenet", 32, 32)["calib_batches"] == 0
-    # max_steps (like epochs and weight decay) may depend on the bits: half an epoch at 4 and 3 bits here
-    assert [recipe_defaults("fashion-mnist", b, b)["max_steps"] for b in (4, 3, 2, 1)] == [215, 215, None, None]
+    # epochs and max_steps (like weight decay) may depend on the bits
+    assert [recipe_defaults("fashion-mnist", b, b)["epochs"] for b in (32, 4, 3, 2, 1)] == [50, 2, 2, 3, 4]
+    assert [recipe_defaults("fashion-mnist-mobilenetv2", b, b)["max_steps"] for b in (4, 3, 2)] == [240] * 3
     assert recipe_family("ILSVRC/imagenet-1k", "resnet20") == "imagenet"
     assert recipe_family("fashion_mnist", "resnet20") == "fashion-mnist"
     assert recipe_family("/data/my_imagefolder", "resnet18") == "imagenet"

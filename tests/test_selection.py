@@ -80,8 +80,8 @@ def test_val_split_option_and_zoo_recipes(tmp_path):
     fp = resolve_config({"zoo": "uniq/resnet20-fashion-mnist-fp"})
     assert fp.random_erasing == 0.0 and fp.label_smoothing == 0.0 and fp.max_steps is None
     assert resolve_config({"zoo": "uniq/mobilenetv2-fashion-mnist-w4a4"}).max_steps == 240  # a partial epoch
-    assert resolve_config({"zoo": "uniq/resnet20-fashion-mnist-w3a3"}).max_steps == 215
-    assert resolve_config({"zoo": "uniq/resnet20-fashion-mnist-w2a2"}).max_steps is None
+    assert resolve_config({"zoo": "uniq/resnet20-fashion-mnist-w3a3"}).max_steps is None
+    assert resolve_config({"zoo": "uniq/resnet20-fashion-mnist-w2a2"}).epochs == 3
     # progressive bits: each multi-bit entry starts from the one above, 1 bit from 2 bits
     chain = [get_entry(f"uniq/resnet20-fashion-mnist-w{b}a{b}").recipe.init_from for b in (4, 3, 2, 1)]
     assert chain == [f"uniq/resnet20-fashion-mnist-{t}" for t in ("fp", "w4a4", "w3a3", "w2a2")]
