@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             changed = resave_release(folder)
             print(f"{repo_id}: " + (", ".join(changed) if changed else "unchanged"))
         return 0
+    refused = 0
     for entry in list_entries():
         run = args.runs / entry.short_name
         if entry.dataset.key != "fashion-mnist" or (args.only and entry.short_name not in args.only):
@@ -98,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         if not (run / SUMMARY_FILE).is_file():
             print(f"{entry.name}: not trained yet ({run})")
             continue
-        record = refresh_card(entry, run, RELEASE_DIR) if args.cards_only else release_entry(entry, run, RELEASE_DIR)
+        try:
+            release = refresh_card if args.cards_only else release_entry
+            record = release(entry, run, RELEASE_DIR)
+        except (ValueError, OSError) as err:  # refused before zoo/<name> was touched: say why in one line
+            print(f"{entry.name}: not released: {err}", file=sys.stderr)
+            refused += 1
+            continue
         results = REPO / "benchmarks" / "results" / f"{entry.short_name}.json"
         results.write_text(json.dumps(record, indent=2) + "\n")
         onnx = {k: v["top1"] for k, v in record.get("onnx", {}).items()}
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         GOLDEN_FILE.write_text(json.dumps(golden_logits(golden), indent=1) + "\n")
     from generate_model_cards import main as generate
 
-    return generate([])
+    return generate([]) or int(refused > 0)
 
 
 if __name__ == "__main__":

@@ -143,3 +143,39 @@ def test_small_mobilenetv2_quantizes_with_signed_bottlenecks_and_per_channel_wei
     model.eval()
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(2, 1, 28, 28))).all()
+
+
+def test_release_checks_everything_before_it_touches_the_zoo_folder(tmp_path):
+    """A run selected on the test split, or a w4a4 run given as the w2a2 entry, is refused with the folder
+    left byte for byte as it was (weights, config, ONNX, card, records)."""
+    import hashlib
+    import shutil
+
+    from uniq_hub.hub.zoo import get_entry
+    from uniq_hub.hub.zoo_release import RELEASE_DIR, release_entry
+
+    root = tmp_path / "zoo"
+    shutil.copytree(RELEASE_DIR / "resnet20-fashion-mnist-w2a2", root / "resnet20-fashion-mnist-w2a2")
+
+    def snapshot():
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    entry = get_entry("uniq/resnet20-fashion-mnist-w2a2")
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    selected = {"split": "train[held-out 5000]", "num_examples": 5000, "top1": 90.0, "step": 10, "epoch": 1}
+    cases = (
+        ({"zoo": "uniq/resnet20-fashion-mnist-w4a4", "arch": "resnet20", "w_bits": 4, "a_bits": 4}, selected,
+         r"the run is not uniq/resnet20-fashion-mnist-w2a2: it records zoo='uniq/resnet20-fashion-mnist-w4a4' "
+         r"\(expected 'uniq/resnet20-fashion-mnist-w2a2'\), w_bits=4 \(expected 2\)"),
+        ({"zoo": entry.name, "arch": "resnet20", "w_bits": 2, "a_bits": 2}, {"split": "test"},
+         "the zoo never selects on the `test` split"),
+    )
+    for config, selection, message in cases:
+        (run / "train_config.json").write_text(json.dumps({**config, "output_dir": str(run), "seed": 0}))
+        (run / "summary.json").write_text(json.dumps({"selection": selection}))
+        with pytest.raises(ValueError, match=message):
+            release_entry(entry, run, root)
+        assert snapshot() == before and sorted(p.name for p in root.iterdir()) == ["resnet20-fashion-mnist-w2a2"]

@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 
 from ..deploy.onnx_graph import ONNX_FILE
-from ..model.atomic import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
+from ..model.atomic import atomic_dir, atomic_path, read_json, write_json_atomic, write_text_atomic
 from ..model.constants import BEST_DIR, RESULTS_FILE, SUMMARY_FILE, TRAIN_CONFIG_FILE
 from ..model.modeling_uniq import UniQForImageClassification
 from ..model.quantize import rename_legacy
@@ -43,7 +43,8 @@ from .release_folder import remove_code
 from .zoo import ZooEntry, get_entry, list_entries
 
 __all__ = ["NOT_RELEASED", "RELEASE_DIR", "release_folders", "release_records", "training_record",
-           "validation_selection", "release_entry", "remeasure_release", "zoo_table", "publish_zoo"]
+           "validation_selection", "check_run_is_entry", "release_entry", "remeasure_release", "zoo_table",
+           "publish_zoo"]
 
 RELEASE_DIR = Path("zoo")  # relative to the working directory: a source checkout's root
 MAX_FOLDER_BYTES = 2 * 1024 * 1024  # a release folder kept in git; larger ONNX graphs are left out
@@ -107,38 +108,58 @@ def validation_selection(run_dir: str | os.PathLike, eval_split: str) -> dict[st
 
 def _save_release(source: Path, out: Path, limit: int) -> None:
     """A trained model saved by this code in the release format (packed codes, the steps the forward
-    uses, this version's safetensors metadata; no code) with its exact ONNX graph, unless the
-    graph (about a byte per weight) would take the folder over ``limit`` bytes."""
+    uses, this version's safetensors metadata; no code) into the empty folder ``out``, with its exact
+    ONNX graph unless the graph (about a byte per weight) would take the folder over ``limit`` bytes."""
     from ..deploy.onnx_export import export_onnx
 
     model = UniQForImageClassification.from_pretrained(source)
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        remove_code(tmp)
-        if _folder_bytes(tmp) + sum(p.numel() for p in model.parameters()) <= limit:
-            export_onnx(model, tmp / ONNX_FILE)
+    model.save_pretrained(out)
+    remove_code(out)
+    if _folder_bytes(out) + sum(p.numel() for p in model.parameters()) <= limit:
+        export_onnx(model, out / ONNX_FILE)
+
+
+def check_run_is_entry(entry: ZooEntry, run_dir: str | os.PathLike) -> None:
+    """Refuse a run that is not ``entry``'s: its recorded zoo name, architecture and bits must be the entry's."""
+    path = Path(run_dir) / TRAIN_CONFIG_FILE
+    used = rename_legacy(read_json(path, "the run's resolved options"), str(path))
+    recorded = {"zoo": used.get("zoo"), "arch": used.get("arch"), "w_bits": used.get("w_bits"),
+                "a_bits": used.get("a_bits")}
+    expected = {"zoo": entry.name, "arch": entry.arch, "w_bits": entry.w_bits, "a_bits": entry.a_bits}
+    wrong = {k: v for k, v in recorded.items() if v != expected[k]}
+    if wrong:
+        raise ValueError(f"{path}: the run is not {entry.name}: it records "
+                         + ", ".join(f"{k}={v!r} (expected {expected[k]!r})" for k, v in wrong.items())
+                         + f"; zoo/{entry.short_name} is left as it was")
 
 
 def release_entry(entry: ZooEntry | str, run_dir: str | os.PathLike, root: str | os.PathLike = RELEASE_DIR,
                   num_workers: int = 2) -> dict[str, Any]:
-    """Save the run's best model (``best/``, latent weights; saving packs them) into ``root/<name>``
+    """Save the run's best model (``best/``, latent weights; saving packs them) as ``root/<name>``
     with its exact ONNX graph (where it fits the folder's size limit), evaluate it on the entry's whole
-    eval split (PyTorch and every ONNX runtime), write ``eval_results.json`` and the card; returns the record."""
+    eval split (PyTorch and every ONNX runtime), write ``eval_results.json`` and the card; returns the
+    record. Every check (the run is the entry's, it selected on a validation split, the folder fits)
+    comes first, and the folder is built aside, then put in place in one step: a refused or failed
+    release leaves ``root/<name>`` as it was."""
     entry = get_entry(entry) if isinstance(entry, str) else entry
+    run_dir = Path(run_dir)
+    check_run_is_entry(entry, run_dir)
+    selection = validation_selection(run_dir, entry.dataset.eval_split)
+    training = training_record(run_dir)
     out = Path(root) / entry.short_name
     limit = LARGE_RELEASES.get(entry.name, MAX_FOLDER_BYTES)
-    _save_release(Path(run_dir) / BEST_DIR, out, limit)
-    if _folder_bytes(out) > limit and (out / ONNX_FILE).is_file():
-        shutil.rmtree((out / ONNX_FILE).parent)
-    if _folder_bytes(out) > limit:
-        shutil.rmtree(out)
-        raise ValueError(f"{entry.name}: the release folder takes more than {limit} bytes without its "
-                         "ONNX graph; it cannot be kept in git")
-    record = _measure(out, entry, num_workers)
-    record.update(training=training_record(run_dir), selection=validation_selection(run_dir, entry.dataset.eval_split))
-    if (out / ONNX_FILE).is_file():
-        record["onnx"] = _onnx_results(out, entry, num_workers)
-    _write_record(out, entry, record)
+    with atomic_dir(out) as staged:
+        _save_release(run_dir / BEST_DIR, staged, limit)
+        if _folder_bytes(staged) > limit and (staged / ONNX_FILE).is_file():
+            shutil.rmtree((staged / ONNX_FILE).parent)
+        if _folder_bytes(staged) > limit:
+            raise ValueError(f"{entry.name}: the release folder takes more than {limit} bytes without its "
+                             f"ONNX graph; it cannot be kept in git ({out} is left as it was)")
+        record = _measure(staged, entry, num_workers)
+        record.update(training=training, selection=selection)
+        if (staged / ONNX_FILE).is_file():
+            record["onnx"] = _onnx_results(staged, entry, num_workers)
+        _write_record(staged, entry, record)
     return record
 
 
