@@ -93,7 +93,7 @@ def running_app(space_models):
     """The app serving the pushed models (downloaded by repo id, as on a Space) on 127.0.0.1."""
     app = _load_app()
     demo = app.build_demo(list(space_models))
-    demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    app.serve(demo, "127.0.0.1", _free_port(), prevent_thread_lock=True, quiet=True)
     try:
         yield app, demo, demo.local_url
     finally:
@@ -218,3 +218,40 @@ def test_publish_space_checks_the_folder_and_the_cli_dry_run(tmp_path, capsys):
     (broken / "app.py").unlink()
     with pytest.raises(SpaceError, match="missing"):
         stage_space(tmp_path / "out2", source=broken)
+
+
+@pytest.mark.parametrize("link", ["examples/zz.png", "requirements.txt"])
+def test_publish_space_refuses_a_link_out_of_the_space_folder(tmp_path, link):
+    """An example or a Space file that links to a file outside the folder is refused before anything is
+    staged: its bytes would otherwise go up to the Hub."""
+    secret = tmp_path / "outside.png"
+    secret.write_bytes(b"not for the Hub")
+    space = Path(shutil.copytree(SPACE_DIR, tmp_path / "space"))
+    (space / link).unlink(missing_ok=True)
+    (space / link).symlink_to(secret)
+    with pytest.raises(SpaceError, match=rf"{link}: resolves to {secret}, outside the Space folder"):
+        stage_space(tmp_path / "staged", source=space)
+    assert not (tmp_path / "staged").exists()
+    with pytest.raises(SystemExit, match="outside the Space folder"):
+        main(["publish-space", "--repo-id", "someone/demo", "--dry-run", "--source", str(space)])
+
+
+def test_app_refuses_huge_uploads_and_binds_loopback_by_default(running_app, tmp_path, monkeypatch):
+    """An image of more than MAX_PIXELS is refused from its header (a 6000x6000 PNG is a few KB on disk),
+    a file over MAX_UPLOAD_BYTES before it is read; ``python app.py`` binds 127.0.0.1 unless told."""
+    app, _, url = running_app
+    client = gradio_client.Client(url, verbose=False)
+    big = tmp_path / "big.png"
+    Image.new("L", (6000, 6000)).save(big)
+    with pytest.raises(Exception, match="6000x6000 pixels; this demo takes at most 25,000,000"):
+        client.predict(gradio_client.handle_file(str(big)), api_name="/classify")
+    heavy = tmp_path / "heavy.png"
+    heavy.write_bytes(os.urandom(app.MAX_UPLOAD_BYTES + 1))
+    with pytest.raises(Exception, match="(?i)file.*(large|size)"):
+        client.predict(gradio_client.handle_file(str(heavy)), api_name="/classify")
+    seen = {}
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.setattr(app, "build_demo", lambda models: "demo")
+    monkeypatch.setattr(app, "serve", lambda demo, host, port: seen.update(host=host, port=port))
+    app.main(["--models", "x"])
+    assert seen["host"] == "127.0.0.1"

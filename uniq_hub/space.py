@@ -82,6 +82,17 @@ def runtime_modules(start: str = RUNTIME_MODULE) -> list[Path]:
     return sorted(found.values())
 
 
+def _check_inside_space(source: Path, path: Path) -> None:
+    """A staged file must be a file of the Space folder itself: a link that resolves outside it (whose
+    bytes would go up to the Hub) is refused, as ``uniq-hub publish`` refuses one in a model folder."""
+    target = path.resolve()
+    if not target.is_relative_to(source.resolve()):
+        raise SpaceError(f"{path}: resolves to {target}, outside the Space folder {source}; refused (copy the file "
+                         "into the folder, or remove the link)")
+    if not target.is_file():
+        raise SpaceError(f"{path}: not a regular file")
+
+
 def stage_space(target: str | Path, source: str | Path = SPACE_DIR, models: list[str] | None = None) -> list[str]:
     """Copy the Space's files into ``target`` (created), with the runtime bundled and ``models`` in the card;
     returns the staged files, relative to ``target``."""
@@ -94,6 +105,9 @@ def stage_space(target: str | Path, source: str | Path = SPACE_DIR, models: list
         if meta.get(key) != expected:
             raise SpaceError(f"{source / 'README.md'}: its YAML front matter needs {key}: {expected}, "
                              f"got {meta.get(key)!r}")
+    examples = [e for e in sorted((source / "examples").glob("*")) if e.suffix.lower() in EXAMPLE_SUFFIXES]
+    for path in [source / name for name in SPACE_FILES] + examples:
+        _check_inside_space(source, path)
     target.mkdir(parents=True, exist_ok=True)
     for name in SPACE_FILES:
         shutil.copyfile(source / name, target / name)
@@ -103,10 +117,9 @@ def stage_space(target: str | Path, source: str | Path = SPACE_DIR, models: list
         metadata_save(target / "README.md", {**meta, "models": list(models)})
     if not (metadata_load(target / "README.md") or {}).get("models"):
         raise SpaceError(f"{source / 'README.md'}: no models: list (the models the Space shows)")
-    for example in sorted((source / "examples").glob("*")):
-        if example.suffix.lower() in EXAMPLE_SUFFIXES:
-            (target / "examples").mkdir(exist_ok=True)
-            shutil.copyfile(example, target / "examples" / example.name)
+    for example in examples:
+        (target / "examples").mkdir(exist_ok=True)
+        shutil.copyfile(example, target / "examples" / example.name)
     bundle = target / "uniq_hub"
     bundle.mkdir(exist_ok=True)
     (bundle / "__init__.py").write_text(BUNDLE_INIT)

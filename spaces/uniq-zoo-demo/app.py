@@ -33,6 +33,8 @@ EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*") if p.suffix.lowe
 TOP_K = 3
 WARMUP_RUNS = 5  # latency at load: median of this many runs on the first example
 TABLE_HEADERS = ["model", "bits", "runtime", "weights on disk", "latency (ms)", "top-1"]
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # an upload larger than this is refused before it is read
+MAX_PIXELS = 25_000_000  # and an image of more pixels before it is decoded (a 12000x12000 PNG: 4.9 GB)
 
 
 @dataclass
@@ -139,6 +141,17 @@ def classify_all(models: list[DemoModel], image: Image.Image | None) -> list[Any
     return [*labels, rows]
 
 
+def open_image(path: str | None) -> Image.Image | None:
+    """The uploaded file as an image, its size checked from the header before anything is decoded."""
+    if path is None:
+        return None
+    image = Image.open(path)  # reads the header only
+    if image.width * image.height > MAX_PIXELS:
+        raise gr.Error(f"The image is {image.width}x{image.height} pixels; this demo takes at most {MAX_PIXELS:,}.")
+    image.load()
+    return image
+
+
 def build_demo(models: list[str] | None = None) -> gr.Blocks:
     models = models or readme_models()
     if not models:
@@ -153,7 +166,7 @@ def build_demo(models: list[str] | None = None) -> gr.Blocks:
             "10 kinds of clothing: a photo of anything else shows what each bit-width makes of it."
         )
         with gr.Row():
-            image = gr.Image(type="pil", label="image", value=EXAMPLES[0] if EXAMPLES else None, height=280)
+            image = gr.Image(type="filepath", label="image", value=EXAMPLES[0] if EXAMPLES else None, height=280)
             with gr.Column():
                 button = gr.Button("Classify", variant="primary")
                 if EXAMPLES:
@@ -164,8 +177,8 @@ def build_demo(models: list[str] | None = None) -> gr.Blocks:
         gr.Markdown("Latency at start-up (median of %d runs, one image): %s" % (
             WARMUP_RUNS, ", ".join(f"{m.bits} {m.load_latency_ms:.2f} ms" for m in loaded)))
 
-        def run(img: Image.Image | None) -> list[Any]:
-            return classify_all(loaded, img)
+        def run(path: str | None) -> list[Any]:
+            return classify_all(loaded, open_image(path))
 
         button.click(run, inputs=image, outputs=[*outputs, table], api_name="classify")
         image.upload(run, inputs=image, outputs=[*outputs, table], api_name=False)
@@ -176,11 +189,17 @@ def build_demo(models: list[str] | None = None) -> gr.Blocks:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", help="Hub repo ids or release folders (default: README's models)")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
+    # 127.0.0.1 unless told otherwise: a Space sets GRADIO_SERVER_NAME itself
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args(argv)
     env = [m for m in os.environ.get("UNIQ_SPACE_MODELS", "").split(",") if m]
-    build_demo(args.models or env or None).launch(server_name=args.host, server_port=args.port)
+    serve(build_demo(args.models or env or None), args.host, args.port)
+
+
+def serve(demo: gr.Blocks, host: str, port: int, **kwargs: Any) -> None:
+    """Launch the demo with its upload cap (``MAX_UPLOAD_BYTES``)."""
+    demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD_BYTES, **kwargs)
 
 
 if __name__ == "__main__":
