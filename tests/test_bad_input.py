@@ -273,3 +273,35 @@ def test_processor_config_with_impossible_normalisation_is_refused(folder, key, 
         json.dump(config, f)
     with pytest.raises(ValueError, match=f"{key} must be"):
         UniQImageProcessor.from_pretrained(folder)
+
+
+def test_a_huge_declared_shape_is_refused_from_the_header(folder):
+    """A sparse file (no data on disk) whose header declares ``fc.bias`` as [2^31] floats is refused before any
+    tensor is read: no 8 GiB allocation, and the error names the key and both shapes, not the checksum."""
+    import resource
+    import struct
+
+    path = weights(folder)
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    huge, kept, start = 2 ** 31 * 4, b"", 0
+    for key, info in sorted(header.items(), key=lambda kv: kv[1].get("data_offsets", [0])[0]):
+        if key in ("__metadata__", "model.fc.bias"):
+            continue
+        begin, end = info["data_offsets"]
+        kept += data[begin:end]
+        info["data_offsets"], start = [start, start + end - begin], start + end - begin
+    data = kept  # fc.bias last: the only tensor whose bytes are not on disk
+    header["model.fc.bias"]["shape"] = [2 ** 31]
+    header["model.fc.bias"]["data_offsets"] = [len(data), len(data) + huge]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+        f.truncate(8 + len(text) + len(data) + huge)  # sparse: nothing written
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    message = _load_error(folder, "'model.fc.bias' is declared with shape [2147483648], but the config")
+    assert "builds [3]" in message and "no tensor data was read" in message and "checksum" not in message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1024 * 1024  # KiB: under 1 GiB more

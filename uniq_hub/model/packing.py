@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from .atomic import atomic_path
 from .bitpack import pack_bits, packed_nbytes, unpack_bits
-from .constants import CHECKSUM_KEY
+from .constants import CHECKSUM_KEY, MAX_NUM_LABELS
 from .files import CheckpointError, check_inside, index_shards, weight_files
 from .modules import MIN_STEP, QuantizedMixin, UniQQuantizer
 from .quant import dequantize_codes, quantize_codes
@@ -264,6 +264,9 @@ def record_computation(folder: str | os.PathLike, config: Any, model: nn.Module)
         add_metadata(path, metadata)
 
 
+MAX_HEAD_FEATURES = 65_536  # a classifier of another task read from the header: at most this many inputs
+
+
 def _head_prefix(model: nn.Module, prefix: str) -> str | None:
     last = getattr(model, "last_layer", None)
     return f"{prefix}{last}." if last else None
@@ -347,16 +350,18 @@ def check_header(
     try:
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             keys, metadata = list(f.keys()), dict(f.metadata() or {})
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
     except FileNotFoundError as err:
         raise CheckpointError(path, "file not found") from err
     except Exception as err:  # safetensors raises its own error type for every format problem
         raise CheckpointError(path, f"not a valid safetensors file (truncated or corrupted?): {err}") from err
-    layout = set(expected_layout(model, prefix, packed=is_packed(keys))) | set(extra_keys)
+    expected = expected_layout(model, prefix, packed=is_packed(keys))
+    layout = set(expected) | set(extra_keys)
     head = _head_prefix(model, prefix)
     headless = head is not None and not any(k.startswith(head) for k in layout)
     unexpected = sorted(k for k in keys if k not in layout and not (headless and k.startswith(head)))
+    what = ", ".join(f"{name}={getattr(config, name, None)}" for name in ("arch", "w_bits", "a_bits", "num_labels"))
     if unexpected:
-        what = ", ".join(f"{name}={getattr(config, name, None)}" for name in ("arch", "w_bits", "a_bits", "num_labels"))
         missing = sorted(layout - set(keys) - set(extra_keys))
         problems = [f"{'packed' if is_packed(keys) else 'latent'} checkpoint"]
         if missing:
@@ -367,6 +372,18 @@ def check_header(
             "(refused from the header; no tensor data was read)",
         )
     check_metadata(path, metadata, config, model, packed=is_packed(keys))
+    for key, shape in shapes.items():  # declared shapes, before any tensor is allocated
+        want = expected[key][0] if key in expected else None
+        if key.endswith(PACKED_SUFFIX) and want is not None:  # codes of other bits: the unpacking names them
+            want = shape if len(shape) == 1 and 0 < shape[0] <= 8 * want[0] else want
+        # the classifier may be another task's (ignore_mismatched_sizes / a headless model): bounded, not equal
+        head_ok = head is not None and key.startswith(head) and 0 < (shape or (1,))[0] <= MAX_NUM_LABELS and (
+            want is None or shape[1:] == want[1:]) and math.prod(shape) <= MAX_NUM_LABELS * MAX_HEAD_FEATURES
+        if (want is not None and shape != want and not head_ok) or (want is None and key.startswith(head or "\0")
+                                                                    and not head_ok):
+            raise CheckpointError(path, f"{key!r} is declared with shape {list(shape)}, but the config ({what}) builds "
+                                        f"{list(want) if want is not None else 'no such tensor'} (refused from the "
+                                        "header; no tensor data was read)")
     return metadata
 
 
