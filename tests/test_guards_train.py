@@ -9,6 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_onnx_runtime import _model
@@ -167,3 +168,48 @@ def test_one_active_run_per_output_directory_and_a_killed_one_does_not_block(tin
         holder.wait()
     summary = train(_cfg(tiny, out, save_every=2, resume="latest"))  # the killed holder's lock is gone
     assert summary["run_dir"] == str(out)
+
+
+def _dataset(path: Path, train_labels, test_labels, names=None, test_names=None, strings=False) -> Path:
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+    from PIL import Image as PILImage
+
+    def split(labels, split_names):
+        images = [PILImage.fromarray(np.full((28, 28), 40 * (i % 5), np.uint8), "L") for i in range(len(labels))]
+        label = Value("string") if strings else ClassLabel(names=split_names)
+        return Dataset.from_dict({"image": images, "label": labels}, features=Features({"image": Image(),
+                                                                                       "label": label}))
+
+    declared = names
+    if names is not None and not strings:  # datasets refuses out-of-range ids: save with room, then declare `names`
+        names = test_names = [*names, *(f"x{i}" for i in range(len(names), 10))]
+    DatasetDict({"train": split(train_labels, names), "test": split(test_labels, test_names or names)}
+                ).save_to_disk(str(path))
+    for info in path.glob("*/dataset_info.json") if declared is not None and not strings else ():
+        data = json.loads(info.read_text())
+        data["features"]["label"]["names"] = declared
+        info.write_text(json.dumps(data))
+    return path
+
+
+def test_datasets_are_checked_before_the_first_step(tmp_path):
+    """Labels outside the ClassLabel names, and an evaluation split whose (string) classes differ from the
+    training split's, are refused before any step, naming the values and classes; no run is written."""
+    names = ["a", "b", "c"]
+    cases = (
+        (_dataset(tmp_path / "ids", [0, 1, 2, 6, 9, 1] * 4, [0, 1, 2] * 3, names),
+         r"split 'train': labels \[6, 9\] are not ids of its 3 class names \['a', 'b', 'c'\] \(0..2\)"),
+        (_dataset(tmp_path / "test-ids", [0, 1, 2] * 8, [0, 1, 7], names),
+         r"split 'test': labels \[7\] are not ids of its 3 class names"),
+        (_dataset(tmp_path / "strings", ["shirt", "trouser", "dress"] * 8, ["shirt", "trousr", "dress"],
+                  strings=True),
+         r"split 'test' has classes the 'train' split does not have: \['trousr'\] \(and lacks \['trouser'\]\)"),
+    )
+    for data, message in cases:
+        out = tmp_path / f"run-{data.name}"
+        cfg = resolve_config({"dataset": str(data), "bits": 32, "epochs": 1, "batch_size": 4, "num_workers": 0,
+                              "val_split": 3, "save_every": 0, "log_with": "none", "progress": False,
+                              "cpu": True, "dynamics_every": 0, "export": False, "output_dir": str(out)})
+        with pytest.raises(ValueError, match=message):
+            train(cfg)
+        assert not (out / "checkpoints").exists() and not (out / "log.jsonl").exists()

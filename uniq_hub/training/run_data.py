@@ -14,7 +14,13 @@ from ..model.constants import SMALL_IMAGE
 from ..model.image_inputs import ONE_CHANNEL_PIL_MODES
 from .data.columns import class_names
 from .data.sources import load_image_dataset
-from .data.splits import check_training_split, stratified_split, validation_size
+from .data.splits import (
+    check_labels_in_range,
+    check_same_classes,
+    check_training_split,
+    stratified_split,
+    validation_size,
+)
 from .data.transforms import (
     NORMALIZATION,
     eval_transform,
@@ -92,6 +98,9 @@ def load_data(cfg: TrainConfig) -> DataBundle:
     num_train -= 0 if val is None else len(val)
     if len(evaluation) == 0:
         raise ValueError(f"dataset {cfg.dataset!r} split {cfg.eval_split!r} has no examples to evaluate on")
+    check_same_classes(names, class_names(evaluation), cfg.dataset, cfg.eval_split, cfg.train_split)
+    check_labels_in_range(sorted(set(evaluation.unique("label")), key=lambda v: (v is None, v or 0)), names,
+                          f"dataset {cfg.dataset!r} split {cfg.eval_split!r}")
     image = _first_image(train)
     num_channels = cfg.num_channels or (1 if getattr(image, "mode", "RGB") in ONE_CHANNEL_PIL_MODES else 3)
     native = max(getattr(image, "size", (224, 224)))

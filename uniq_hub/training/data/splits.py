@@ -16,7 +16,8 @@ from .columns import AnyDataset
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPLIT_DIR_NAMES", "balanced_indices", "check_batch_fits", "check_training_split", "check_val_split",
+__all__ = ["SPLIT_DIR_NAMES", "balanced_indices", "check_batch_fits", "check_labels_in_range", "check_same_classes",
+           "check_training_split", "check_val_split",
            "resolve_split", "stratified_split", "validation_size"]
 
 # requested split -> names that may stand in for it, in order of preference
@@ -103,10 +104,37 @@ def check_training_split(ds: AnyDataset, names: Sequence[str] | None, source: st
     if names is not None and len(names) < 2:
         raise ValueError(f"{where} has a single class {list(names)}: a classifier needs at least two")
     if isinstance(ds, Dataset):
-        present = sorted(set(ds.unique("label")))
+        present = sorted(set(ds.unique("label")), key=lambda v: (v is None, v if v is not None else 0))
+        check_labels_in_range(present, names, where)
         if len(present) < 2:
             shown = [names[i] for i in present] if names else present
             raise ValueError(f"{where}: every example has the same class {shown}: a classifier needs at least two")
+
+
+def check_labels_in_range(present: Sequence[int | None], names: Sequence[str] | None, where: str) -> None:
+    """Every label value must be one of the class names' ids: ``0 .. len(names) - 1``, none missing."""
+    if names is None:
+        return
+    bad = [v for v in present if v is None or not 0 <= v < len(names)]
+    if bad:
+        raise ValueError(f"{where}: labels {bad[:10]}{' ...' if len(bad) > 10 else ''} are not ids of its "
+                         f"{len(names)} class names {list(names)[:20]} (0..{len(names) - 1}); fix the label column "
+                         "or its ClassLabel names")
+
+
+def check_same_classes(names: Sequence[str], other: Sequence[str] | None, source: str, split: str,
+                       reference: str) -> None:
+    """The evaluation split must name the training split's classes, in the same order: a misspelt or extra
+    class name (string labels are encoded per split) is refused, naming it."""
+    if other is None or list(other) == list(names):
+        return
+    unknown = [n for n in other if n not in names]
+    missing = [n for n in names if n not in other]
+    detail = (f"classes the {reference!r} split does not have: {unknown[:10]}" if unknown else
+              f"the same classes in another order: {list(other)[:20]}")
+    raise ValueError(f"dataset {source!r} split {split!r} has {detail}"
+                     + (f" (and lacks {missing[:10]})" if missing else "")
+                     + f"; the {reference!r} split's classes are {list(names)[:20]}")
 
 
 def check_batch_fits(num_examples: int, batch_size: int, source: str, split: str) -> None:
