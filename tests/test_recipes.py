@@ -30,6 +30,7 @@ def test_paper_recipes_by_bits():
     # epochs and max_steps (like weight decay) may depend on the bits
     assert [recipe_defaults("fashion-mnist", b, b)["epochs"] for b in (32, 4, 3, 2, 1)] == [50, 2, 2, 3, 4]
     assert [recipe_defaults("fashion-mnist-mobilenetv2", b, b)["max_steps"] for b in (4, 3, 2)] == [240] * 3
+    assert recipe_defaults("fashion-mnist-mobilenetv2", 32, 32)["epochs"] == 10
     assert recipe_family("ILSVRC/imagenet-1k", "resnet20") == "imagenet"
     assert recipe_family("fashion_mnist", "resnet20") == "fashion-mnist"
     assert recipe_family("/data/my_imagefolder", "resnet18") == "imagenet"
