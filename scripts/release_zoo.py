@@ -57,6 +57,7 @@ def _remeasure(only: list[str] | None) -> int:
         if only and name not in only:
             continue
         record = remeasure_release(repo_id, RELEASE_DIR)
+        (REPO / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
         spread[repo_id] = {"top1": record["top1"], "top5": record["top5"], **record["portability"]}
         print(f"{repo_id}: top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% {record['portability']}", flush=True)
     out = REPO / "benchmarks" / "results" / "isa-spread.json"
