@@ -51,7 +51,9 @@ def test_quickstart_toy(quick):
     export = Path(result["export_dir"])
     assert export == work / "w2a2" / "export"
     record = json.loads((export / "eval_results.json").read_text())
-    assert set(record) == {"model_id", "dataset", "split", "top1", "top5", "num_examples", "command", "selection"}
+    assert set(record) == {"model_id", "dataset", "split", "top1", "top5", "num_examples", "command", "selection",
+                           "machine"}
+    assert {"cpu", "cores", "isa", "torch"} <= set(record["machine"])  # the machine that measured the number
     assert record["num_examples"] == 32 and record["split"] == "test"
     # chosen on 7 training images held out (a tenth, class-stratified), not on the test split it reports
     selection = record["selection"]
