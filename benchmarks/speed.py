@@ -99,7 +99,7 @@ class Runner:
             torch.cuda.synchronize()
 
     def train_step(self) -> None:
-        set_compile(self.compiled, after=0)
+        set_compile(self.compiled)
         set_recompute(self.recompute)
         net, opt = self.s["net"], self.s["opt"]
         net.train()
@@ -110,7 +110,7 @@ class Runner:
         opt.step()
 
     def eval_forward(self) -> torch.Tensor:
-        set_compile(self.compiled, after=0)
+        set_compile(self.compiled)
         net = self.s["net"]
         net.eval()
         with torch.no_grad(), self._ctx():

@@ -199,6 +199,8 @@ def test_weights_of_another_shape(folder):
     open(config_path, "w").write(json.dumps(config))
     _load_error(folder, "the classifier does not fit the config (arch=resnet20, w_bits=2, a_bits=2, num_labels=5): "
                         "model.fc.bias (3,) (config: (5,))")
+    with pytest.raises(RuntimeError, match="the classifier does not fit"):  # what transformers raises there
+        AutoModelForImageClassification.from_pretrained(folder)
 
 
 def test_nan_weights(folder):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tiny_models import tiny_model
-from train_helpers import CLASSES, eager_kernels, make_tiny_dataset, subprocess_env  # noqa: F401
+from train_helpers import CLASSES, WITHOUT_TORCH, eager_kernels, make_tiny_dataset, subprocess_env  # noqa: F401
 from uniq_hub import OnnxImageClassifier, UniQForImageClassification, UniQImageProcessor
 from uniq_hub.cli import main
 from uniq_hub.deploy.onnx_backends import available_backends, compare_logits, within_bounds
@@ -50,7 +50,7 @@ def _torch_logits(folder, images) -> np.ndarray:
 
 def test_classifier_runs_without_torch(folder):
     images = [str(folder / f"img{i}.png") for i in range(4)]
-    code = f"""
+    code = WITHOUT_TORCH + f"""
 import json, sys
 from uniq_hub import OnnxImageClassifier
 clf = OnnxImageClassifier.from_pretrained({str(folder / "model")!r})

@@ -23,7 +23,7 @@ from timm.data import create_transform, resolve_data_config
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from tiny_models import tiny_model
-from train_helpers import REPO, subprocess_env
+from train_helpers import REPO, WITHOUT_TORCH, subprocess_env
 from uniq_hub import CheckpointError, UniQConfig, UniQForImageClassification, UniQImageProcessor
 from uniq_hub.model.registry import list_models
 from uniq_hub.timm_models import UniQTimmModel
@@ -74,17 +74,32 @@ def test_import_uniq_hub_registers_every_architecture():
 
 
 @pytest.mark.parametrize("order", ["uniq_hub first", "timm first"])
-def test_registration_in_either_import_order_and_the_onnx_runtime_stays_torch_free(order):
+def test_import_registers_explicitly_in_either_order_without_import_hooks(order):
+    """``import uniq_hub`` registers with transformers and timm itself: no finder of ours stays in
+    ``sys.meta_path``, and the import order does not matter."""
     first, second = ("uniq_hub", "timm") if order == "uniq_hub first" else ("timm", "uniq_hub")
     code = (
-        "import sys\nimport uniq_hub.deploy.onnx_runtime\n"
-        "assert 'torch' not in sys.modules and 'timm' not in sys.modules\n"
-        f"import {first}\nimport {second}\nimport timm\nprint(len(timm.list_models('uniq_*')))\n"
+        f"import sys\nimport {first}\nimport {second}\nimport timm\n"
+        "from transformers import AutoConfig\n"
+        "ours = [type(f).__module__ for f in sys.meta_path if type(f).__module__.startswith('uniq_hub')]\n"
+        "assert not ours, ours\n"
+        "print(type(AutoConfig.for_model('uniq')).__name__, len(timm.list_models('uniq_*')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
                          cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.split()[-1]) == len(list_models())
+    assert out.stdout.split()[-2:] == ["UniQConfig", str(len(list_models()))]
+
+
+def test_the_onnx_runtime_imports_where_torch_cannot_be_imported():
+    code = WITHOUT_TORCH + (
+        "import uniq_hub\nfrom uniq_hub import OnnxImageClassifier\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\nprint(OnnxImageClassifier.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                         cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "OnnxImageClassifier"
 
 
 def test_saved_config_carries_timm_keys_beside_transformers_keys(pushed):

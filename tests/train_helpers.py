@@ -48,6 +48,19 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+# Python code that makes torch (and what needs it) unimportable in a subprocess: a machine that has only the
+# deployment runtime's packages (numpy, PIL, an ONNX backend) installed.
+WITHOUT_TORCH = """
+import sys
+class _Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "transformers", "timm", "accelerate"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+sys.meta_path.insert(0, _Absent())
+"""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -67,10 +80,13 @@ def accelerate_command(num_processes: int, *args: str) -> list[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def eager_kernels():
-    """Import into a test module: toy runs take a few steps, compiling the quantizer kernels
-    (after ``UNIQ_COMPILE_AFTER`` calls) would cost more than it saves."""
+    """Import into a test module: toy runs take a few steps, and compiling the quantizer kernels would
+    cost more than it saves. ``UNIQ_COMPILE=0`` overrides the trainer's ``compile_kernels`` too."""
     from uniq_hub.model.quant_kernels import set_compile
 
+    saved = os.environ.get("UNIQ_COMPILE")
+    os.environ["UNIQ_COMPILE"] = "0"
     enabled = set_compile(False)
     yield
+    os.environ.pop("UNIQ_COMPILE") if saved is None else os.environ.update(UNIQ_COMPILE=saved)
     set_compile(enabled)

@@ -36,7 +36,7 @@ from .model.modeling_uniq import build_architecture
 from .model.packing import CHECKSUM_KEY, CheckpointError, check_header, read_safetensors
 from .model.registry import list_models, model_info
 
-__all__ = ["UniQTimmModel", "timm_model_names"]
+__all__ = ["UniQTimmModel"]
 
 
 class UniQTimmModel(nn.Module):
@@ -154,11 +154,6 @@ def _entrypoint(arch: str) -> Any:
     entry.__module__ = __name__
     entry.__doc__ = f"UniQ {model_info(arch).display_name} (quantization from ``w_bits=``, ``a_bits=`` ...)."
     return entry
-
-
-def timm_model_names() -> list[str]:
-    """The timm names of every UniQ architecture."""
-    return [f"{TIMM_PREFIX}{arch}" for arch in list_models()]
 
 
 default_cfgs = generate_default_cfgs({f"{TIMM_PREFIX}{arch}": _default_cfg(arch) for arch in list_models()})

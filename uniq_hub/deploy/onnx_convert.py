@@ -1,7 +1,7 @@
 """The exact integer ONNX graph of a UniQ model: one converter per layer type and function.
 
 ``build_graph`` turns a model into the graph :func:`uniq_hub.deploy.onnx_export.export_onnx` writes
-(``onnx/model.onnx``). UniQ's levels are exact in int8 (see DESIGN.md, deployment facts), so the
+(``onnx/model.onnx``). UniQ's levels are exact in int8 (docs/deploy.md, the table at its top), so the
 graph needs no calibration and computes what the PyTorch model computes:
 
 * a weight with codes ``c`` (the packed release codes, ``packing.pack_state_dict``) becomes an

@@ -1,7 +1,8 @@
 """The flip diagnostic: when an exported graph and its PyTorch model differ, are the differing
 quantizer codes one-level flips at rounding boundaries (float-order ties, exact in the sense
-DESIGN.md defines) or real errors? ``export_onnx`` and ``verify_onnx`` consult it when the logits
-miss the exactness bounds; ``benchmarks/deploy_accuracy.py`` reports it.
+docs/deploy.md defines under "Backends and exactness") or real errors? ``export_onnx`` and
+``verify_onnx`` consult it when the logits miss the exactness bounds; ``benchmarks/deploy_accuracy.py``
+reports it.
 """
 
 from __future__ import annotations

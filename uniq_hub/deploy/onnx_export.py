@@ -159,7 +159,7 @@ def _check_matches(model: nn.Module, path: Path, x: np.ndarray, stats: dict[str,
         raise OnnxExportError(f"{what}: {stats}; flip diagnostic unavailable ({type(err).__name__}: {err})") from err
     argmax_ok = stats["argmax_agreement"] >= EXACT_BOUNDS["argmax_agreement"]
     if argmax_ok and flips["first_layer"] is not None and flips["all_at_boundary"]:
-        return  # only float-order ties rounded the other way: exact in the sense DESIGN.md defines
+        return  # only float-order ties rounded the other way: exact as docs/deploy.md defines it
     raise OnnxExportError(f"{what}: {stats}; {describe_flips(flips)}")
 
 

@@ -12,7 +12,8 @@ from safetensors import safe_open
 
 from .constants import CHECKSUM_KEY
 
-__all__ = ["WEIGHTS_INDEX", "CheckpointError", "check_inside", "index_shards", "read_checksum", "weight_files"]
+__all__ = ["WEIGHTS_INDEX", "CheckpointError", "ClassifierMismatchError", "check_inside", "index_shards",
+           "read_checksum", "weight_files"]
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
@@ -23,6 +24,11 @@ class CheckpointError(ValueError):
     def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
         self.path, self.problem = None if path is None else os.fspath(path), problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class ClassifierMismatchError(CheckpointError, RuntimeError):
+    """The checkpoint's classifier does not fit the config's labels. Also a ``RuntimeError``, which is what
+    transformers raises there (user code that catches it catches ours)."""
 
 
 def _allowed_roots(folder: Path) -> list[Path]:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from transformers.utils import cached_file
 
+from .files import ClassifierMismatchError
 from .packing import (
     CHECKSUM_KEY,
     PACKED_SUFFIX,
@@ -83,7 +84,7 @@ def _without_classifier(
             if key.startswith(head) and (key not in state or tuple(state[key].shape) != shape)
         ]
         if misfits and not ignore_mismatched_sizes:
-            raise CheckpointError(
+            raise ClassifierMismatchError(
                 path,
                 f"the classifier does not fit the config ({what}): {'; '.join(misfits[:3])}. For new labels pass "
                 "ignore_mismatched_sizes=True to from_pretrained: the classifier is then re-initialised",

@@ -2,9 +2,10 @@
 
 * :func:`fake_quant_learnable`: one autograd node for ``Q(x)`` with a learnable step, its
   positivity clamp and the LSQ gradient scale folded in; forward and backward each one pass.
-  In training on CPU, large float tensors run kernels compiled with ``torch.compile``
-  (``UNIQ_COMPILE=0`` or :func:`set_compile` turns that off; a failed compile warns once and falls
-  back to eager); inference always runs the eager math.
+  In training on CPU, large float tensors run kernels compiled with ``torch.compile`` once
+  :func:`set_compile` turns them on (the trainer does; ``UNIQ_COMPILE`` overrides); a failed compile
+  warns once, naming the error, and the process runs eager from then on. Inference always runs the
+  eager math.
 * :func:`recompute_fake_quant_saves`: saved-tensor hooks under which a conv / linear keeps a
   recipe for its fake-quantized input instead of the tensor (``UNIQ_RECOMPUTE=0`` turns it off).
 * :class:`WeightCache`: the eval-mode quantized weight, kept until the weight or step changes.
@@ -39,38 +40,25 @@ _FUSED_DEVICES = ("cpu",)
 _MIN_FUSED_NUMEL = 4096  # below this, guard checks and launches cost more than the passes saved
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "off", "no")
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    if not value.isdigit():
-        raise ValueError(f"environment variable {name} must be a non-negative integer, got {value!r}")
-    return int(value)
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value not in ("0", "false", "off", "no")
 
 
 _state = {
-    "compile": _env_flag("UNIQ_COMPILE"),
-    # Compiling costs seconds; a few calls (a test, classifying a handful of images) are cheaper
-    # eager. The first ``after`` eligible calls of the process run eager, later ones compiled.
-    "after": _env_int("UNIQ_COMPILE_AFTER", 256),
-    "calls": 0,
-    "recompute": _env_flag("UNIQ_RECOMPUTE"),
+    "compile": False,  # eager until asked: set_compile(True) (the trainer does, --compile-kernels)
+    "recompute": _env_flag("UNIQ_RECOMPUTE", True),
 }
 _compiled: dict[str, Callable] = {}
 
 
-def set_compile(enabled: bool, after: int | None = None) -> bool:
-    """Use the torch.compile'd kernels (default: on unless ``UNIQ_COMPILE=0``); returns the previous
-    setting. ``after``: eligible calls that run eager before compiling (default 256, or
-    ``UNIQ_COMPILE_AFTER``); 0 compiles on the first call."""
+def set_compile(enabled: bool) -> bool:
+    """Run the training-time quantizer kernels compiled with ``torch.compile`` (CPU), or eager. The
+    library default is eager; ``uniq-hub train`` turns it on (``--no-compile-kernels`` keeps it off).
+    The environment variable ``UNIQ_COMPILE`` (0 / 1), when set, overrides ``enabled``. Returns the
+    previous setting. Inference always runs eager (see :func:`fake_quant_learnable`)."""
     previous = _state["compile"]
-    _state["compile"] = bool(enabled)
-    if after is not None:
-        _state["after"] = int(after)
+    _state["compile"] = _env_flag("UNIQ_COMPILE", bool(enabled))
     return previous
 
 
@@ -193,9 +181,6 @@ def _fused_mode(x: Tensor, step: Tensor) -> tuple[str, str] | None:
         return None
     layout = _layout(x)
     if layout is None:
-        return None
-    if _state["calls"] < _state["after"]:
-        _state["calls"] += 1
         return None
     if step.numel() == 1:
         return "layer", layout

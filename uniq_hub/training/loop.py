@@ -20,8 +20,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..hub.release_folder import card_entry, export_model, load_trained, save_latent
+from ..machine import machine_record
 from ..model.atomic import write_json_atomic
 from ..model.constants import BEST_DIR, EXPORT_DIR, SUMMARY_FILE, TRAIN_CONFIG_FILE
+from ..model.quant_kernels import set_compile
 from ..model.quantize import QuantConfig, layer_bits
 from ..model.registry import create_model
 from .calibrate import calibrate
@@ -94,6 +96,7 @@ def _eval_record(cfg: TrainConfig, metrics: dict[str, Any], export_dir: Path) ->
         "top1": metrics["top1"], "top5": metrics["top5"], "num_examples": metrics["num_examples"],
         "command": "uniq-hub evaluate "
                    + shlex.join([str(export_dir), "--dataset", cfg.dataset, "--split", cfg.eval_split]),
+        "machine": machine_record(),
     }
 
 
@@ -117,6 +120,7 @@ class TrainingLoop:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        set_compile(cfg.compile_kernels)  # the quantizer kernels, explicitly (UNIQ_COMPILE overrides)
         self.accelerator = acc = _make_accelerator(cfg)
         check_run_dir(cfg.run_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite)  # every process, before any write
         _check_overrides(cfg)

@@ -33,7 +33,7 @@ HISTORY_FILE = "run_history.json"
 # Options a resumed run may change with --allow-changes: length, logging, checkpointing, workers.
 SAFE_TO_CHANGE = frozenset({
     "epochs", "max_steps", "num_workers", "progress", "log_with", "save_every", "eval_every", "log_every",
-    "dynamics_every", "keep_checkpoints",
+    "dynamics_every", "keep_checkpoints", "compile_kernels",
 })
 # Bookkeeping of the invocation itself, never compared.
 _NOT_COMPARED = frozenset({"resume", "overwrite", "allow_changes"})

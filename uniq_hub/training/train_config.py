@@ -105,6 +105,9 @@ class TrainConfig:
     seed: int = _f(0, "random seed")
     mixed_precision: str = _f("no", "no, bf16 or fp16")
     compile: bool = _f(False, "torch.compile the model")
+    compile_kernels: bool = _f(True, "torch.compile the quantizer kernels (CPU training: the same values, fewer "
+                               "passes; inference is always eager); the environment variable UNIQ_COMPILE=0/1 "
+                               "overrides")
     cpu: bool = _f(False, "train on the CPU even when a GPU is there")
     save_every: int = _f(500, "checkpoint every N optimizer steps (0: only at epoch ends)")
     keep_checkpoints: int = _f(2, "checkpoints kept in <run>/checkpoints")
