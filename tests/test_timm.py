@@ -315,3 +315,35 @@ def test_released_zoo_folder_same_top1_in_timm_transformers_and_onnx(hub_server,
     assert abs(top1["timm"] - top1["transformers"]) <= 0.1
     # the exact graph: rare one-level rounding flips (the zoo's ONNX top-1 is within 0.02 points, 2 images, on 10k)
     assert record["predictions_differing_from_transformers"]["onnx"] <= 4
+
+
+def test_timm_loads_through_the_same_gate_whatever_the_repos_config_says(pushed, hub_token, tmp_path):
+    """Without ``custom_load`` in the repo's config, timm still loads through ``load_pretrained``'s checks
+    (an ``lsq`` method over UniQ weights is refused as from_pretrained refuses it), and a config naming a
+    weights file on the user's disk is refused; so is a ``local-dir:`` folder without ``model.safetensors``."""
+    _, folder = pushed["r20-w2a2"]
+    edited = Path(shutil.copytree(folder, tmp_path / "no-custom-load"))
+    config = json.loads((edited / "config.json").read_text())
+    config["pretrained_cfg"].pop("custom_load")
+    config["model_args"]["method"] = "lsq"
+    (edited / "config.json").write_text(json.dumps(config))
+    _upload(hub_token, "uniq-timm/no-custom-load", edited)
+    with pytest.raises(CheckpointError, match="'uniq_hub.method' is \"uniq\" but config.json gives \"lsq\""):
+        timm.create_model("hf-hub:uniq-timm/no-custom-load", pretrained=True)
+
+    elsewhere = Path(shutil.copytree(folder, tmp_path / "elsewhere"))
+    config = json.loads((elsewhere / "config.json").read_text())
+    local = tmp_path / "users-own" / "model.safetensors"
+    local.parent.mkdir()
+    shutil.copyfile(pushed["r20-fp"][1] / "model.safetensors", local)
+    config["pretrained_cfg"].update(file=str(local), custom_load=False)
+    (elsewhere / "config.json").write_text(json.dumps(config))
+    _upload(hub_token, "uniq-timm/elsewhere", elsewhere)
+    with pytest.raises(CheckpointError, match=rf"names weights outside the repo \(file='{local}'\); refused"):
+        timm.create_model("hf-hub:uniq-timm/elsewhere", pretrained=True)
+
+    no_weights = Path(shutil.copytree(folder, tmp_path / "no-weights"))
+    (no_weights / "model.safetensors").unlink()
+    torch.save({}, no_weights / "pytorch_model.bin")
+    with pytest.raises(Exception, match="model.safetensors"):
+        timm.create_model(f"local-dir:{no_weights}", pretrained=True)

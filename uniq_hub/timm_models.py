@@ -121,16 +121,41 @@ def _with_classes(config: UniQConfig, num_classes: int) -> UniQConfig:
 
 def _filter_local_dir(state: dict[str, Tensor], model: UniQTimmModel) -> dict[str, Tensor]:
     """``local-dir:`` loads: timm read the folder's weights file itself; check and unpack it as the Hub path does."""
-    folder = (getattr(model, "pretrained_cfg", None) or {}).get("file")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    folder = cfg.get("file") if cfg.get("source") == "local-dir" else None
     path = os.path.join(folder, "model.safetensors") if folder else None
-    if path and os.path.isfile(path):
-        check_header(path, model.config, model.model, PREFIX, extra_keys=(CHECKSUM_KEY,))
-        state, _ = read_safetensors([path])
+    if path is None or not os.path.isfile(path):  # never a state dict whose file the checks cannot see
+        raise CheckpointError(path or cfg.get("hf_hub_id"), "UniQ weights load from a model.safetensors through "
+                              "timm's hf-hub: or local-dir: (with from_pretrained's checks), not from this source")
+    check_header(path, model.config, model.model, PREFIX, extra_keys=(CHECKSUM_KEY,))
+    state, _ = read_safetensors([path])
     return model.checked_state_dict(state, path)
+
+
+# pretrained_cfg keys that would make timm read weights from somewhere other than the repo or folder itself
+_FOREIGN_SOURCES = ("file", "url", "state_dict")
+
+
+def _gate(pretrained_cfg: Any) -> dict[str, Any]:
+    """The one loading gate for timm: a Hub repo always loads through :meth:`UniQTimmModel.load_pretrained`
+    (``custom_load="hf"``: the checks of ``from_pretrained``, whatever the repo's config says), and a repo's
+    config may not name weights outside the repo (a local ``file``, a ``url``, a ``state_dict``)."""
+    cfg = dict(pretrained_cfg.to_dict() if hasattr(pretrained_cfg, "to_dict") else pretrained_cfg or {})
+    if cfg.get("source") != "hf-hub":
+        return {}
+    foreign = {k: cfg[k] for k in _FOREIGN_SOURCES if cfg.get(k)}
+    if foreign:
+        raise CheckpointError(cfg.get("hf_hub_id"), f"config.json's pretrained_cfg names weights outside the repo "
+                              f"({', '.join(f'{k}={v!r}' for k, v in foreign.items())}); refused: a repo's weights "
+                              "are its own model.safetensors")
+    return {"custom_load": "hf"}
 
 
 def _create(arch: str, pretrained: bool = False, **kwargs: Any) -> UniQTimmModel:
     variant = f"{TIMM_PREFIX}{arch}"
+    if pretrained:
+        overlay = {**(kwargs.pop("pretrained_cfg_overlay", None) or {}), **_gate(kwargs.get("pretrained_cfg"))}
+        kwargs["pretrained_cfg_overlay"] = overlay or None
     # local-dir loads go through _filter_local_dir, whose load_checked_state_dict is the strict check (a new
     # classifier's tensors are left out there, which timm's own strict load_state_dict would refuse)
     return build_model_with_cfg(UniQTimmModel, variant, pretrained, arch=arch,
