@@ -163,8 +163,13 @@ def test_packed_weights_without_metadata_are_refused_until_migrated(m0):
     (m0 / "config.json").write_text(json.dumps({**config, "method": "lsq"}))  # an edit it could hide
     with pytest.raises(CheckpointError, match="no uniq_hub"):
         UniQForImageClassification.from_pretrained(m0)
+    before = {p.name: p.read_bytes() for p in m0.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit, match=r"no uniq_hub metadata, so config.json's a_bits=2, method='lsq'.* cannot be "
+                                         r"checked .* pass --trust-config; nothing was written"):
+        main(["migrate", str(m0)])  # the edited method is not blessed
+    assert {p.name: p.read_bytes() for p in m0.rglob("*") if p.is_file()} == before
     (m0 / "config.json").write_text(json.dumps(config))
-    assert main(["migrate", str(m0)]) == 0
+    assert main(["migrate", str(m0), "--trust-config"]) == 0
     migrated = UniQForImageClassification.from_pretrained(m0).eval()
     with torch.no_grad():
         assert torch.equal(migrated(x).logits, reference(x).logits)
