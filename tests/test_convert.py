@@ -60,3 +60,26 @@ def test_conversion_shape_mismatch_is_named():
         convert_state_dict(extra, create_model("resnet20", num_classes=10))
     with pytest.raises(ValueError, match="no conversion for pytorchcv model 'resnet50'"):
         convert_pytorchcv_model("resnet50", cv)
+
+
+def test_pytorchcv_weights_that_cannot_be_fetched_end_uniq_hub_train_in_one_line(tmp_path, monkeypatch):
+    """Offline, pytorchcv's download fails (here: its get_model raising what requests raises without a
+    network); ``uniq-hub train --init-from pytorchcv:...`` then ends with one line naming the model."""
+    import pytorchcv.model_provider
+    import requests
+
+    from train_helpers import make_tiny_dataset
+    from uniq_hub.cli import main
+
+    def offline(name, pretrained=False, **kwargs):
+        raise requests.exceptions.ConnectionError("Max retries exceeded with url: preresnet18-0972.pth.zip")
+
+    monkeypatch.setattr(pytorchcv.model_provider, "get_model", offline)
+    tiny = make_tiny_dataset(tmp_path / "tiny", train=40, test=8)
+    with pytest.raises(SystemExit) as err:
+        main(["train", "--dataset", str(tiny), "--arch", "resnet18", "--init-from", "pytorchcv:preresnet18",
+              "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--val-split", "8", "--log-with", "none",
+              "--no-progress", "--no-export", "--output-dir", str(tmp_path / "run")])
+    message = str(err.value.code)
+    assert message.startswith("uniq-hub train: OSError: could not get pytorchcv weights for 'preresnet18' "
+                              "(ConnectionError: Max retries") and "\n" not in message, message

@@ -75,8 +75,8 @@ def load_pytorchcv(name: str, pretrained: bool = True, **kwargs) -> nn.Module:
         raise ImportError("`--init-from pytorchcv:NAME` needs pytorchcv: pip install pytorchcv") from e
     try:
         cv_model = get_model(name, pretrained=pretrained)
-    except Exception as e:
-        raise RuntimeError(
+    except Exception as e:  # noqa: BLE001 - pytorchcv fails with requests', urllib's or its own errors
+        raise OSError(  # a missing file / network failure: `uniq-hub train` ends with this one line
             f"could not get pytorchcv weights for {name!r} ({type(e).__name__}: {e}); they are downloaded "
             "from github.com/osmr/imgclsmob on first use, so this needs network access, or put the "
             "file in ~/.torch/models"
