@@ -225,6 +225,21 @@ def test_push_to_hub_uploads_the_packed_release(hub_server, hub_token, tmp_path)
             assert any(k.endswith(PACKED_SUFFIX) for k in f.keys()) == packed
 
 
+def test_push_to_hub_takes_every_argument_of_transformers_push_to_hub():
+    """Our push_to_hub states its arguments (no hidden attribute tells save_pretrained what to save); it must
+    take every one transformers' takes, or a user's call would lose one: fails when transformers adds one."""
+    import inspect
+
+    from transformers.utils.hub import PushToHubMixin
+
+    from uniq_hub.model.modeling_uniq import _PUSH_ARGUMENTS
+
+    theirs = set(inspect.signature(PushToHubMixin.push_to_hub).parameters) - {"self"}
+    ours = set(inspect.signature(UniQForImageClassification.push_to_hub).parameters)
+    assert theirs <= ours, theirs - ours
+    assert set(_PUSH_ARGUMENTS) == ours - {"self", "packed", "max_shard_size"}
+
+
 def test_sharded_release_loads_exactly_from_a_folder_and_the_hub(hub_server, hub_token, tmp_path):
     """The loader resolves transformers' sharded layout itself (index, then each shard), locally and from the Hub."""
     model = tiny()

@@ -23,8 +23,10 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
+import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -185,10 +187,9 @@ class UniQPreTrainedModel(PreTrainedModel):
         saved are the ones it was beside (same checksum), else removed with a warning to re-export
         it (:func:`drop_stale_graph`). Other arguments are ``PreTrainedModel.save_pretrained``'s.
         """
-        packed = getattr(self, "_uniq_push_packed", True) if packed is None else packed
-        if push_to_hub:  # save here, then upload through push_to_hub so every file goes up
-            hub_keys = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr")
-            hub = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
+        packed = True if packed is None else packed
+        if push_to_hub:  # save here, then upload the release through push_to_hub (its own arguments go there)
+            hub = {k: kwargs.pop(k) for k in _PUSH_ARGUMENTS if k in kwargs}
             self.save_pretrained(
                 save_directory, is_main_process, state_dict, packed=packed,
                 save_image_processor=save_image_processor, **kwargs,
@@ -196,8 +197,7 @@ class UniQPreTrainedModel(PreTrainedModel):
             if not is_main_process:
                 return None
             repo_id = hub.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
-            shard = kwargs.get("max_shard_size", "50GB")
-            return self.push_to_hub(repo_id, packed=packed, max_shard_size=shard, **hub)
+            return self.push_to_hub(repo_id, packed=packed, max_shard_size=kwargs.get("max_shard_size", "50GB"), **hub)
         if state_dict is None:
             state_dict = self.packed_state_dict() if packed else dict(self.state_dict())
             state_dict[CHECKSUM_KEY] = state_dict_checksum(state_dict)
@@ -215,13 +215,34 @@ class UniQPreTrainedModel(PreTrainedModel):
             drop_stale_graph(save_directory, before, saved)
         return out
 
-    def push_to_hub(self, *args: Any, packed: bool = True, **kwargs: Any) -> Any:
-        """``PreTrainedModel.push_to_hub``, uploading the release format unless ``packed=False``."""
-        self._uniq_push_packed = packed
-        try:
-            return super().push_to_hub(*args, **kwargs)
-        finally:
-            del self._uniq_push_packed
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        packed: bool = True,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+    ) -> Any:
+        """``PreTrainedModel.push_to_hub``'s arguments and steps (create the repo, its tagged model card,
+        upload the saved folder), saving the release format unless ``packed=False``: transformers' own saves
+        through a ``save_pretrained`` call that cannot say ``packed``. Returns the commit info."""
+        from huggingface_hub import HfApi
+        from transformers.utils.hub import create_and_tag_model_card
+
+        api = HfApi(token=token if isinstance(token, str) else None)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        card = create_and_tag_model_card(repo_id, tags, token=token if isinstance(token, str) else None)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, packed=packed, max_shard_size=max_shard_size)
+            card.save(os.path.join(tmp, "README.md"))
+            return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message or "Upload model",
+                                     commit_description=commit_description, revision=revision, create_pr=create_pr)
 
     # ------------------------------------------------------------------------------------------
     # Loading
@@ -369,3 +390,8 @@ __all__ = [
     "AUTO_MAP", "UniQForImageClassification", "UniQModel", "UniQPreTrainedModel", "build_architecture",
     "drop_stale_graph", "stored_checksum",
 ]
+
+
+# push_to_hub's own arguments: what save_pretrained(push_to_hub=True, ...) forwards to it
+_PUSH_ARGUMENTS = tuple(n for n in inspect.signature(UniQForImageClassification.push_to_hub).parameters
+                        if n not in ("self", "packed", "max_shard_size"))
