@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from uniq_hub import reestimate_batchnorm
-from uniq_hub.hub.release_folder import load_trained
+from uniq_hub.catalog.release_folder import load_trained
 from uniq_hub.model.constants import TRAIN_CONFIG_FILE
 from uniq_hub.training.data.loader import make_dataloader
 from uniq_hub.training.evaluate import evaluate_model

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from uniq_hub.hub.zoo import get_entry
+from uniq_hub.catalog.zoo import get_entry
 
 FAMILY = "mobilenetv2-fashion-mnist"  # the default family; --family takes any zoo family's entry prefix
 

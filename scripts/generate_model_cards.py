@@ -11,8 +11,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a clone without installing
 
-from uniq_hub.hub.cards import generate_cards  # noqa: E402
-from uniq_hub.hub.zoo import list_entries  # noqa: E402
+from uniq_hub.catalog.cards import generate_cards  # noqa: E402
+from uniq_hub.catalog.zoo import list_entries  # noqa: E402
 from uniq_hub.hub.zoo_release import release_folders  # noqa: E402
 
 

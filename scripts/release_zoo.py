@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from uniq_hub.hub.zoo import list_entries  # noqa: E402
+from uniq_hub.catalog.zoo import list_entries  # noqa: E402
 from uniq_hub.hub.zoo_release import (  # noqa: E402
     NOT_RELEASED,
     refresh_card,

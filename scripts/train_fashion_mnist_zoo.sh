@@ -19,7 +19,7 @@ U=${UNIQ_HUB:-.venv/bin/uniq-hub}
 PY=${PYTHON:-.venv/bin/python}
 
 local_sources() {  # ZOO_SHORT_NAME -> the recipe's --init-from / --teacher as local run directories
-  "$PY" -c 'import sys; from uniq_hub.hub.zoo import get_entry
+  "$PY" -c 'import sys; from uniq_hub.catalog.zoo import get_entry
 print(*get_entry("uniq/" + sys.argv[1]).recipe.local_sources("runs/zoo"))' "$1"
 }
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import ModelCard
 
-from uniq_hub.hub import cards, zoo
+from uniq_hub.catalog import cards, zoo
 from uniq_hub.model.quantize import QuantConfig, layer_bits
 from uniq_hub.model.registry import create_model
 

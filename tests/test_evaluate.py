@@ -11,8 +11,8 @@ from torch import nn
 from tiny_models import tiny_model
 from train_helpers import eager_kernels, make_tiny_dataset  # noqa: F401
 from uniq_hub import UniQForImageClassification, UniQImageProcessor
+from uniq_hub.catalog.zoo import get_entry
 from uniq_hub.cli import main
-from uniq_hub.hub.zoo import get_entry
 from uniq_hub.training.data.sources import load_image_dataset
 from uniq_hub.training.evaluate import evaluate_model, topk_correct
 

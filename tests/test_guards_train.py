@@ -16,10 +16,10 @@ from test_onnx_runtime import _model
 
 from train_helpers import CLASSES, eager_kernels, make_tiny_dataset  # noqa: F401
 from uniq_hub import UniQForImageClassification
+from uniq_hub.catalog.release_folder import ExportIncomplete
 from uniq_hub.cli import main
 from uniq_hub.deploy import onnx_backends
 from uniq_hub.deploy.onnx_graph import ONNX_FILE
-from uniq_hub.hub.release_folder import ExportIncomplete
 from uniq_hub.model.constants import EXPORT_DIR, SUMMARY_FILE, TRAIN_CONFIG_FILE
 from uniq_hub.training.distill import load_teacher
 from uniq_hub.training.run_record import HISTORY_FILE, ResumeError

@@ -231,6 +231,40 @@ def test_no_import_circle():
     assert cycle is None, "import circle: " + " -> ".join(cycle)
 
 
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph folded onto uniq_hub's subpackages (``uniq_hub.hub``, ``uniq_hub.training`` ...;
+    a top-level module is its own node, the root ``uniq_hub`` is left out: it imports what it exports)."""
+    def package(name: str) -> str:
+        parts = name.split(".")
+        return ".".join(parts[:2]) if len(parts) > 2 or (PACKAGE / parts[-1]).is_dir() else name
+
+    out: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        if name == "uniq_hub":
+            continue
+        out.setdefault(package(name), set()).update(package(t) for t in targets if t != "uniq_hub")
+    return {k: v - {k} for k, v in out.items()}
+
+
+def test_no_import_circle_between_packages():
+    """The subpackages layer: model < deploy < catalog < training < hub (and the top-level modules above)."""
+    packages = package_graph(import_graph())
+    assert {"uniq_hub.catalog", "uniq_hub.model"} <= packages["uniq_hub.training"]
+    assert "uniq_hub.training" in packages["uniq_hub.hub"]
+    cycle = find_cycle(packages)
+    assert cycle is None, "import circle between packages: " + " -> ".join(cycle)
+
+
+def test_package_graph_folds_modules_and_finds_a_package_circle():
+    graph = {"uniq_hub": {"uniq_hub.hub.a"}, "uniq_hub.hub.a": {"uniq_hub.training.b"},
+             "uniq_hub.training.b": {"uniq_hub.hub.c", "uniq_hub.machine"}, "uniq_hub.hub.c": set(),
+             "uniq_hub.machine": set()}
+    packages = package_graph(graph)
+    assert packages == {"uniq_hub.hub": {"uniq_hub.training"},
+                        "uniq_hub.training": {"uniq_hub.hub", "uniq_hub.machine"}, "uniq_hub.machine": set()}
+    assert find_cycle(packages) == ["uniq_hub.hub", "uniq_hub.training", "uniq_hub.hub"]
+
+
 def test_no_module_over_500_lines():
     lengths = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
     assert not {n: k for n, k in lengths.items() if k > MAX_LINES}, f"modules over {MAX_LINES} lines: " + ", ".join(

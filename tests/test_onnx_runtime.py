@@ -208,7 +208,7 @@ def test_export_after_saving_carries_the_onnx_model(hub_server, hub_token, tmp_p
 
 
 def test_training_export_writes_the_onnx_model(tmp_path):
-    from uniq_hub.hub.release_folder import export_model
+    from uniq_hub.catalog.release_folder import export_model
 
     model = _model(seed=3)
     folder = export_model(model, tmp_path / "export", record={"top1": 50.0})

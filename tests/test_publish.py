@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 
 import uniq_hub
 from tiny_models import tiny_model
+from uniq_hub.catalog.cards import checkpoint_size
+from uniq_hub.catalog.zoo import get_entry
 from uniq_hub.cli import main
-from uniq_hub.hub.cards import checkpoint_size
 from uniq_hub.hub.publish_plan import PublishError, plan_upload
-from uniq_hub.hub.zoo import get_entry
 
 CONFIG = {
     "model_type": "uniq", "arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 10, "num_channels": 1,
@@ -273,7 +273,7 @@ def test_release_folder_holds_no_code_and_publish_adds_it(tmp_path, pristine):
     """save_pretrained copies the shipped code (trust_remote_code works on the folder); a run's release
     folder keeps its data only, and publish uploads the library's code with it."""
     from uniq_hub import UniQForImageClassification
-    from uniq_hub.hub.release_folder import export_model
+    from uniq_hub.catalog.release_folder import export_model
 
     assert {p.name for p in pristine.glob("*.py")} == set(LIBRARY_CODE)
     model = UniQForImageClassification.from_pretrained(pristine)

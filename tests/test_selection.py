@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from uniq_hub import QuantConfig, create_model, quantize_
-from uniq_hub.hub.zoo import get_entry
+from uniq_hub.catalog.zoo import get_entry
 from uniq_hub.hub.zoo_release import validation_selection
 from uniq_hub.model.registry import model_info
 from uniq_hub.training.data.loader import make_dataloader
@@ -151,7 +151,7 @@ def test_release_checks_everything_before_it_touches_the_zoo_folder(tmp_path):
     import hashlib
     import shutil
 
-    from uniq_hub.hub.zoo import get_entry
+    from uniq_hub.catalog.zoo import get_entry
     from uniq_hub.hub.zoo_release import RELEASE_DIR, release_entry
 
     root = tmp_path / "zoo"

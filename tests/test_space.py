@@ -34,8 +34,8 @@ PHOTO = SPACE_DIR / "examples" / "photo-china.jpg"
 # The torch-free runtime the Space bundles: its modules at their package paths, and their packages' __init__.py.
 BUNDLE = {
     "uniq_hub/__init__.py", "uniq_hub/deploy/__init__.py", "uniq_hub/deploy/onnx_backends.py",
-    "uniq_hub/deploy/onnx_graph.py", "uniq_hub/deploy/onnx_runtime.py", "uniq_hub/hub/__init__.py",
-    "uniq_hub/hub/network.py", "uniq_hub/model/__init__.py", "uniq_hub/model/atomic.py", "uniq_hub/model/constants.py",
+    "uniq_hub/deploy/onnx_graph.py", "uniq_hub/deploy/onnx_runtime.py",
+    "uniq_hub/network.py", "uniq_hub/model/__init__.py", "uniq_hub/model/atomic.py", "uniq_hub/model/constants.py",
     "uniq_hub/model/files.py", "uniq_hub/model/image_inputs.py",
 }
 
@@ -202,7 +202,7 @@ def test_publish_space_checks_the_folder_and_the_cli_dry_run(tmp_path, capsys):
     # The bundle alone imports: every module the runtime needs, function-level imports included, without torch.
     code = (
         f"import sys; sys.path.insert(0, {str(staged)!r})\n"
-        "import uniq_hub.deploy.onnx_runtime as runtime, uniq_hub.hub.network\n"
+        "import uniq_hub.deploy.onnx_runtime as runtime, uniq_hub.network\n"
         f"assert runtime.__file__.startswith({str(staged)!r}), runtime.__file__\n"
         "assert 'torch' not in sys.modules\n"
     )

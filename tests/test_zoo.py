@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from uniq_hub.catalog import zoo
 from uniq_hub.cli import main
-from uniq_hub.hub import zoo
 from uniq_hub.model.registry import list_models
 
 PAPER = {  # Tables 2 / 3 (ImageNet) and 4 (CIFAR-100 ResNet-32), bits -> top-1

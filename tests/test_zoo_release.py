@@ -12,8 +12,8 @@ from huggingface_hub import HfApi, ModelCard
 from transformers import pipeline
 
 from uniq_hub import UniQForImageClassification, UniQImageProcessor
+from uniq_hub.catalog.zoo import list_entries
 from uniq_hub.hub.portability import MAX_DIFFERING, read_predictions, rederivation_errors
-from uniq_hub.hub.zoo import list_entries
 from uniq_hub.hub.zoo_release import (
     LARGE_RELEASES,
     MAX_FOLDER_BYTES,

@@ -10,7 +10,7 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "zoo": ("uniq_hub.hub.zoo", "list the model zoo"),
+    "zoo": ("uniq_hub.catalog.zoo", "list the model zoo"),
     "train": ("uniq_hub.training.train", "train a UniQ model with Accelerate"),
     "evaluate": ("uniq_hub.training.evaluate", "top-1 / top-5 of a model on a dataset split"),
     "publish": ("uniq_hub.hub.publish", "upload an exported model folder to the Hub"),
@@ -29,7 +29,7 @@ DEBUG_ENV = "UNIQ_HUB_DEBUG"  # set to 1: tracebacks instead of one-line errors 
 def _known_errors() -> tuple[type[BaseException], ...]:
     """What a command raises for bad input or an unreachable Hub (one line); anything else is a bug
     and keeps its traceback."""
-    from .hub.network import network_errors
+    from .network import network_errors
 
     return (ValueError, OSError, ImportError, KeyError, FloatingPointError, *network_errors())
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == chosen:
             importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
-    from .hub.network import default_timeout, hub_timeout
+    from .network import default_timeout, hub_timeout
 
     try:
         with hub_timeout(default_timeout()):

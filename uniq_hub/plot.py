@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .hub.zoo import get_entry
+from .catalog.zoo import get_entry
 from .model.atomic import read_json
 from .model.constants import EXPORT_DIR, FP_BITS, RESULTS_FILE, SUMMARY_FILE, TRAIN_CONFIG_FILE
 

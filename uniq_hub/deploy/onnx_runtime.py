@@ -142,7 +142,7 @@ def resolve_folder(
     folder_or_repo: str | os.PathLike, revision: str | None = None, token: Any = None, timeout: float | None = None
 ) -> Path:
     """A local folder as is, else the three files the classifier needs from the Hub (each request
-    within ``timeout`` seconds, :func:`uniq_hub.hub.network.default_timeout` by default)."""
+    within ``timeout`` seconds, :func:`uniq_hub.network.default_timeout` by default)."""
     if os.path.isdir(folder_or_repo):
         return Path(folder_or_repo)
     name = os.fspath(folder_or_repo)
@@ -150,7 +150,7 @@ def resolve_folder(
         raise FileNotFoundError(f"{name}: no such model folder (and not a Hub repo id ORG/NAME)")
     from huggingface_hub import snapshot_download
 
-    from ..hub.network import default_timeout, hub_timeout
+    from ..network import default_timeout, hub_timeout
 
     files = ["config.json", "preprocessor_config.json", ONNX_FILE]
     timeout = default_timeout() if timeout is None else timeout

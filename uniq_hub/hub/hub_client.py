@@ -17,7 +17,7 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, HfApi, get_session
 from huggingface_hub.errors import HfHubHTTPError
 
-from .network import DEFAULT_TIMEOUT, hub_timeout
+from ..network import DEFAULT_TIMEOUT, hub_timeout
 from .publish_plan import PublishError, UploadPlan
 
 __all__ = ["DEFAULT_TIMEOUT", "check_timeout", "hub_errors", "upload"]

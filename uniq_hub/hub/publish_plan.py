@@ -25,12 +25,12 @@ from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 from transformers.dynamic_module_utils import get_relative_imports
 
+from ..catalog.cards import entry_from_config, render_card
+from ..catalog.zoo import ZooEntry, get_entry, parse_result
 from ..model import atomic
 from ..model.configuration_uniq import UniQConfig
 from ..model.constants import PREDICTIONS_FILE, RESULTS_FILE
 from ..model.packing import CheckpointError, weight_files
-from .cards import entry_from_config, render_card
-from .zoo import ZooEntry, get_entry, parse_result
 
 __all__ = ["LIBRARY_DIR", "RELEASE_FILES", "REQUIRED_FILES", "RESULTS_FILES", "PublishError", "UploadPlan",
            "check_processor_config", "check_repo_id", "code_files", "plan_upload", "read_json"]

@@ -27,6 +27,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from ..catalog.cards import render_card
+from ..catalog.release_folder import remove_code
+from ..catalog.zoo import ZooEntry, get_entry, list_entries
 from ..deploy.onnx_graph import ONNX_FILE
 from ..model.atomic import atomic_dir, atomic_path, read_json, write_json_atomic, write_text_atomic
 from ..model.constants import BEST_DIR, RESULTS_FILE, SUMMARY_FILE, TRAIN_CONFIG_FILE
@@ -34,13 +37,10 @@ from ..model.modeling_uniq import UniQForImageClassification
 from ..model.quantize import rename_legacy
 from ..training.evaluate import evaluate
 from ..training.train_config import TrainConfig, resolve_config
-from .cards import render_card
 from .hub_client import DEFAULT_TIMEOUT, check_timeout, upload
 from .portability import measure_spread, write_predictions
 from .publish import prepare
 from .publish_plan import PublishError, check_repo_id
-from .release_folder import remove_code
-from .zoo import ZooEntry, get_entry, list_entries
 
 __all__ = ["NOT_RELEASED", "RELEASE_DIR", "release_folders", "release_records", "training_record",
            "validation_selection", "check_run_is_entry", "release_entry", "remeasure_release", "zoo_table",

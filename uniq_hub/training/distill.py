@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..hub.release_folder import load_trained
+from ..catalog.release_folder import load_trained
 
 __all__ = ["distillation_loss", "load_teacher"]
 

@@ -1,6 +1,6 @@
 """Top-1 / top-5 accuracy of a model on a dataset split: ``uniq-hub evaluate MODEL ...``.
 
-Writes the results JSON the zoo and the model cards read (schema in :mod:`uniq_hub.hub.zoo`)::
+Writes the results JSON the zoo and the model cards read (schema in :mod:`uniq_hub.catalog.zoo`)::
 
     {"model_id", "dataset", "split", "top1", "top5", "num_examples", "command"}
 
@@ -21,7 +21,7 @@ from accelerate import Accelerator, PartialState
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..hub.zoo import get_entry
+from ..catalog.zoo import get_entry
 from ..machine import machine_record
 from ..model.atomic import write_json_atomic
 from ..model.constants import RESULTS_FILE

@@ -19,7 +19,7 @@ from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..hub.release_folder import card_entry, export_model, load_trained, save_latent
+from ..catalog.release_folder import card_entry, export_model, load_trained, save_latent
 from ..machine import machine_record
 from ..model.atomic import write_json_atomic
 from ..model.constants import BEST_DIR, EXPORT_DIR, SUMMARY_FILE, TRAIN_CONFIG_FILE

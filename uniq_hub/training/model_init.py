@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from ..hub.release_folder import load_trained
+from ..catalog.release_folder import load_trained
 from ..model.configuration_uniq import UniQConfig
 from ..model.modeling_uniq import UniQForImageClassification
 from .convert import load_pytorchcv

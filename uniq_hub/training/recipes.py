@@ -1,7 +1,7 @@
 """Training recipes of the paper (Section 5): defaults by data family and bits, and the
 optimizer / LR-schedule factories.
 
-The hyperparameter tables live in one place, :data:`uniq_hub.training.recipe_table.RECIPES`
+The hyperparameter tables live in one place, :data:`uniq_hub.catalog.recipe_table.RECIPES`
 (family -> kind -> fields), which the zoo entries are built from too; :func:`recipe_defaults` resolves
 them for any architecture / bits, so ``--arch resnet18 --bits 3`` trains exactly like
 ``--zoo uniq/resnet18-w3a3``. The kinds follow the bits: "fp" (32), "binary" (either side 1
@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hub.zoo import DATASETS, FAMILIES
+from ..catalog.recipe_table import recipe_spec
+from ..catalog.zoo import DATASETS, FAMILIES
 from ..model.modules import UniQQuantizer
 from ..model.registry import model_info
-from .recipe_table import recipe_spec
 
 __all__ = [
     "OPTIMIZERS", "recipe_family", "recipe_defaults",
@@ -58,7 +58,7 @@ def _family_calib_batches(family: str) -> int:
 
 
 def recipe_defaults(family: str, w_bits: int, a_bits: int) -> dict[str, Any]:
-    """The training options of the recipe (:func:`uniq_hub.training.recipe_table.recipe_spec`) for these bits:
+    """The training options of the recipe (:func:`uniq_hub.catalog.recipe_table.recipe_spec`) for these bits:
     optimizer, lr, momentum, epochs, batch_size, weight_decay, warmup_epochs, warmup_lr, calib_batches,
     label_smoothing, random_erasing (0 where the recipe has none), max_steps (None: whole epochs)."""
     spec = recipe_spec(family, w_bits, a_bits, _family_calib_batches(family))

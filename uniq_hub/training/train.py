@@ -10,7 +10,7 @@ The orchestration only; each step is another module's job::
     recipes       optimizer (no decay on steps) + per-step warm-up / cosine schedule
     checkpoint    atomic Accelerate state every N steps and each epoch; --resume mid-epoch
     dynamics      per-quantizer step / std / SQNR every K steps (Figure 4)
-    hub.release_folder   best model in the release format + card -> <run>/export (ready to publish)
+    catalog.release_folder   best model in the release format + card -> <run>/export (ready to publish)
 
 Run directory: ``train_config.json`` (resolved), ``log.jsonl`` (metrics), ``dynamics.jsonl``,
 ``tensorboard/``, ``checkpoints/step-*``, ``best/`` (latent weights, for ``--init-from``),
@@ -27,7 +27,7 @@ from typing import Any
 
 from accelerate import PartialState
 
-from ..hub.release_folder import ExportIncomplete
+from ..catalog.release_folder import ExportIncomplete
 from .checkpoint import CheckpointWriteError, RunCheckpointError, RunDirectoryError, hold_run_dir
 from .loop import NonFiniteLossError, TrainingLoop
 from .run_record import ResumeError
@@ -39,7 +39,7 @@ __all__ = ["train", "add_arguments", "run", "main"]
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the training ``cfg`` describes; returns a summary (best top-1, steps, directories).
 
-    When the export's ONNX graph fails its verification (:class:`uniq_hub.hub.release_folder.ExportIncomplete`),
+    When the export's ONNX graph fails its verification (:class:`uniq_hub.catalog.release_folder.ExportIncomplete`),
     the checkpoints, ``best/`` and the PyTorch release are on disk already: the summary is written
     with the error, then the error is raised."""
     # one run per directory: the main process of each machine holds it until the run ends
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="uniq_hub.training.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    from ..hub.network import default_timeout, hub_timeout
+    from ..network import default_timeout, hub_timeout
 
     with hub_timeout(default_timeout()):  # `accelerate launch -m uniq_hub.training.train` bypasses the CLI's timeout
         return run(parser.parse_args(argv))

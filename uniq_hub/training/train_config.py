@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ..hub.zoo import get_entry
+from ..catalog.zoo import get_entry
 from ..model.constants import FP_BITS, KD_TEMPERATURE, KD_WEIGHT, MAX_IMAGE_SIZE
 from ..model.quantize import QUANT_FIELD_HELP, QUANT_FIELDS, QuantConfig, check_quant_fields, rename_legacy
 from .data.splits import check_val_split

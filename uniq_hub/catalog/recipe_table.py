@@ -1,5 +1,5 @@
 """The training recipes: one table of hyperparameters per recipe family and kind (:data:`RECIPES`)
-and its resolver (:func:`recipe_spec`). The zoo entries (:mod:`uniq_hub.hub.zoo`) and ``uniq-hub train``
+and its resolver (:func:`recipe_spec`). The zoo entries (:mod:`uniq_hub.catalog.zoo`) and ``uniq-hub train``
 (:func:`uniq_hub.training.recipes.recipe_defaults`) both read it here. Torch-free, and it imports
 nothing from the zoo: the zoo imports it."""
 
@@ -12,7 +12,7 @@ from ..model.constants import FP_BITS
 __all__ = ["RECIPES", "recipe_kind", "recipe_spec"]
 
 # Recipes per family kind: "fp", "multi" (2..4 bits; weight_decay, epochs and max_steps may be dicts over bits),
-# "binary". The zoo families name their recipe family (uniq_hub.hub.zoo.FAMILIES).
+# "binary". The zoo families name their recipe family (uniq_hub.catalog.zoo.FAMILIES).
 _ADAM_WARMUP = dict(optimizer="adam", lr=0.004, warmup_epochs=5, warmup_lr=0.001)
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "imagenet": {

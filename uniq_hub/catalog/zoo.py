@@ -1,7 +1,7 @@
 """The model zoo: every published UniQ model, its training recipe, the paper's number and ours.
 
 Entries are built from small tables (datasets, architecture families here; the recipes in
-:mod:`uniq_hub.training.recipe_table`), not written out one by one. ``get_entry(name)`` /
+:mod:`uniq_hub.catalog.recipe_table`), not written out one by one. ``get_entry(name)`` /
 ``list_entries()`` return :class:`ZooEntry` objects whose ``measured`` field is filled from results
 JSON files, when one exists.
 
@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 
 from ..model.atomic import read_json
 from ..model.constants import FP_BITS
-from ..training.recipe_table import recipe_kind, recipe_spec
+from .recipe_table import recipe_kind, recipe_spec
 
 ORG = "uniq"
 RESULTS_ENV = "UNIQ_HUB_RESULTS"
@@ -189,7 +189,7 @@ class _Family:
     arch: str
     dataset: str
     name_suffix: str  # "" for ImageNet, else "-<dataset>"
-    recipes: str  # key of uniq_hub.training.recipe_table.RECIPES
+    recipes: str  # key of uniq_hub.catalog.recipe_table.RECIPES
     paper: dict[int, float]  # bits -> top-1 reported by the paper; FP_BITS: its FP baseline
     paper_source: str | None
     fp_init: str | None  # where multi-bit training starts; None: the family's own FP entry
