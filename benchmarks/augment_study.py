@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from uniq_hub.machine import benchmark_command, write_benchmark
 
 SETTINGS = {"baseline": {}, "random-erasing-0.5": {"random_erasing": 0.5},
             "label-smoothing-0.1": {"label_smoothing": 0.1}, "both": {"random_erasing": 0.5, "label_smoothing": 0.1}}
@@ -52,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in records:
         print(json.dumps(r))
     if args.out:
-        command = "python benchmarks/augment_study.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-        args.out.write_text(json.dumps({"command": command, "records": records}, indent=2) + "\n")
+        write_benchmark(args.out, {"records": records}, benchmark_command("benchmarks/augment_study.py", argv))
     return 0
 
 

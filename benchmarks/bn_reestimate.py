@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 
 from uniq_hub import reestimate_batchnorm
 from uniq_hub.catalog.release_folder import load_trained
+from uniq_hub.machine import benchmark_command, write_benchmark
 from uniq_hub.model.constants import TRAIN_CONFIG_FILE
 from uniq_hub.training.data.loader import make_dataloader
 from uniq_hub.training.evaluate import evaluate_model
@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         records.append(measure(run, args.batches, args.batch_size))
         print(json.dumps(records[-1]))
     if args.out:
-        command = "python benchmarks/bn_reestimate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-        args.out.write_text(json.dumps({"command": command, "records": records}, indent=2) + "\n")
+        write_benchmark(args.out, {"records": records}, benchmark_command("benchmarks/bn_reestimate.py", argv))
     return 0
 
 

@@ -26,6 +26,7 @@ from uniq_hub.hub.zoo_release import (  # noqa: E402
     remeasure_release,
     resave_release,
 )
+from uniq_hub.machine import write_benchmark  # noqa: E402
 from uniq_hub.model.constants import SUMMARY_FILE  # noqa: E402
 
 RELEASE_DIR = REPO / "zoo"
@@ -62,8 +63,7 @@ def _remeasure(only: list[str] | None) -> int:
         print(f"{repo_id}: top-1 {record['top1']:.2f}% top-5 {record['top5']:.2f}% {record['portability']}", flush=True)
     out = REPO / "benchmarks" / "results" / "isa-spread.json"
     old = json.loads(out.read_text())["entries"] if out.is_file() else {}
-    out.write_text(json.dumps({"command": "python scripts/release_zoo.py --remeasure", "machine": record["machine"],
-                               "entries": {**old, **spread}}, indent=2) + "\n")
+    write_benchmark(out, {"entries": {**old, **spread}}, "python scripts/release_zoo.py --remeasure")
     from generate_model_cards import main as generate
 
     return generate([])

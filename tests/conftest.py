@@ -21,6 +21,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,18 @@ def hf_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # for subprocesses
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A real, tiny export (tiny_models.real_export), made once per test module."""
+    from tiny_models import real_export
+
+    return real_export(tmp_path_factory.mktemp("pristine") / "export")
+
+
+@pytest.fixture()
+def export(tmp_path, pristine):
+    """A fresh copy of the pristine export, for one test to change (byte-identical copies: publish verifies
+    equal folders once per process)."""
+    return Path(shutil.copytree(pristine, tmp_path / "export"))

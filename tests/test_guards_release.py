@@ -19,9 +19,8 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from test_onnx_runtime import _model
-from test_publish import real_export
 
+from tiny_models import onnx_model, real_export
 from uniq_hub import OnnxImageClassifier, UniQConfig, UniQForImageClassification, UniQImageProcessor
 from uniq_hub.cli import main
 from uniq_hub.deploy.onnx_export import OnnxExportError, OnnxModule, export_onnx, verify_onnx
@@ -36,7 +35,7 @@ def saved(tmp_path_factory):
     """Two small models (different weights), each saved with its exact ONNX graph, and an image."""
     root = tmp_path_factory.mktemp("guards")
     for seed in (0, 1):
-        model = _model(seed)
+        model = onnx_model(seed)
         model.save_pretrained(root / f"m{seed}")
         export_onnx(model, root / f"m{seed}" / ONNX_FILE)
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8), "L").save(root / "x.png")
@@ -211,7 +210,7 @@ def test_onnx_classifier_checks_processor_labels_top_k_and_threads(m0, saved):
 
 def test_scalar_image_mean_and_std_save_and_load(tmp_path):
     """transformers allows a float or a list; both save (from_model_config) and load."""
-    model = _model()
+    model = onnx_model()
     model.config.image_mean, model.config.image_std = 0.3, 0.3  # as transformers' common tests set them
     model.save_pretrained(tmp_path / "m")
     processor = UniQImageProcessor.from_pretrained(tmp_path / "m")
@@ -233,7 +232,7 @@ def test_sizes_are_bounded_before_allocation(m0):
     _one_line_exit(["export-onnx", str(m0)], "uniq-hub export-onnx: ValueError: UniQConfig.image_size must be an "
                                              "int in 1..2048, got 20000")
     with pytest.raises(OnnxExportError, match="input size 20000x20000 is not in 1..2048"):
-        export_onnx(_model(), m0 / "x.onnx", input_size=20000)
+        export_onnx(onnx_model(), m0 / "x.onnx", input_size=20000)
 
 
 def test_cli_errors_are_one_line_unless_debug(tmp_path, monkeypatch):

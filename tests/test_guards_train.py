@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_onnx_runtime import _model
 
+from tiny_models import onnx_model
 from train_helpers import CLASSES, eager_kernels, make_tiny_dataset  # noqa: F401
 from uniq_hub import UniQForImageClassification
 from uniq_hub.catalog.release_folder import ExportIncomplete
@@ -55,7 +55,7 @@ def test_overrides_that_match_no_layer_are_refused(tiny, tmp_path):
 
 
 def test_teacher_with_other_classes_is_refused_unless_mapped_by_name(tiny, tmp_path):
-    teacher = _model()  # CLASSES, the dataset's order
+    teacher = onnx_model()  # CLASSES, the dataset's order
     teacher.config.id2label = dict(enumerate(reversed(CLASSES)))
     teacher.config.label2id = {v: k for k, v in teacher.config.id2label.items()}
     teacher.save_pretrained(tmp_path / "teacher")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tiny_models import tiny_model
+from tiny_models import onnx_model
 from train_helpers import CLASSES, WITHOUT_TORCH, eager_kernels, make_tiny_dataset, subprocess_env  # noqa: F401
 from uniq_hub import OnnxImageClassifier, UniQForImageClassification, UniQImageProcessor
 from uniq_hub.cli import main
@@ -22,16 +22,11 @@ from uniq_hub.deploy.onnx_graph import ONNX_FILE
 BACKENDS = [b for b in available_backends() if b != "reference"]
 
 
-def _model(seed: int = 0) -> UniQForImageClassification:
-    return tiny_model(seed=seed, num_labels=4, num_channels=1, image_size=28, image_mean=[0.3], image_std=[0.3],
-                      id2label=dict(enumerate(CLASSES)), calibration=lambda: torch.rand(16, 1, 28, 28) * 2 - 0.5)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A saved model with its ONNX graph (written by the CLI) and a few 28x28 test images."""
     root = tmp_path_factory.mktemp("onnx_rt")
-    _model().save_pretrained(root / "model")
+    onnx_model().save_pretrained(root / "model")
     assert main(["export-onnx", str(root / "model")]) == 0
     rng = np.random.default_rng(0)
     for i in range(4):
@@ -178,7 +173,7 @@ def test_bad_onnx_files_are_refused(folder, tmp_path):
     with pytest.raises(ValueError, match=r"onnx/model\.onnx"):
         OnnxImageClassifier.from_pretrained(bad, backend="onnxruntime")
     # a graph exported from other weights (stale / foreign) is refused by name
-    export_onnx(_model(seed=1), bad / ONNX_FILE, verify=False)
+    export_onnx(onnx_model(seed=1), bad / ONNX_FILE, verify=False)
     with pytest.raises(OnnxExportError, match=r"onnx/model\.onnx: stale or foreign file"):
         verify_onnx(bad)
     (bad / ONNX_FILE).unlink()
@@ -192,7 +187,7 @@ def test_export_after_saving_carries_the_onnx_model(hub_server, hub_token, tmp_p
     none); uploaded with the folder, the classifier loads it from the (local) Hub by repo id."""
     from huggingface_hub import HfApi
 
-    model = _model(seed=2)
+    model = onnx_model(seed=2)
     model.save_pretrained(tmp_path / "saved")
     assert not (tmp_path / "saved" / ONNX_FILE).exists()
     export_onnx(model, tmp_path / "saved" / ONNX_FILE)
@@ -210,7 +205,7 @@ def test_export_after_saving_carries_the_onnx_model(hub_server, hub_token, tmp_p
 def test_training_export_writes_the_onnx_model(tmp_path):
     from uniq_hub.catalog.release_folder import export_model
 
-    model = _model(seed=3)
+    model = onnx_model(seed=3)
     folder = export_model(model, tmp_path / "export", record={"top1": 50.0})
     assert (folder / ONNX_FILE).is_file()
     assert verify_onnx(folder)["argmax_agreement"] == 1.0

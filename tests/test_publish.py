@@ -14,18 +14,13 @@ from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import save_file
 
 import uniq_hub
-from tiny_models import tiny_model
+from tiny_models import EXPORT_CONFIG
 from uniq_hub.catalog.cards import checkpoint_size
 from uniq_hub.catalog.zoo import get_entry
 from uniq_hub.cli import main
 from uniq_hub.hub.publish_plan import PublishError, plan_upload
 
-CONFIG = {
-    "model_type": "uniq", "arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 10, "num_channels": 1,
-    "image_size": 28,
-    "auto_map": {"AutoConfig": "configuration_uniq.UniQConfig",
-                 "AutoModelForImageClassification": "modeling_uniq.UniQForImageClassification"},
-}
+CONFIG = EXPORT_CONFIG
 
 
 LIBRARY = Path(uniq_hub.__file__).parent / "model"  # the shipped code
@@ -48,23 +43,6 @@ def _fake_export(folder: Path, config: dict | None = None, code: bool = True) ->
     return folder
 
 
-def real_export(folder: Path) -> Path:
-    """A real, tiny export (resnet20 w2a2, 28x28 grayscale, 10 labels): one that publish verifies.
-    Deterministic, so equal folders share one verification per process."""
-    fields = {k: v for k, v in CONFIG.items() if k not in ("model_type", "auto_map")}
-    tiny_model(**fields, calibration=(4, 28)).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return real_export(tmp_path_factory.mktemp("pristine") / "export")
-
-
-@pytest.fixture()
-def export(tmp_path, pristine):
-    """A fresh copy of a real export, for one test to change."""
-    return Path(shutil.copytree(pristine, tmp_path / "export"))
 
 
 def test_validation_names_the_problem(tmp_path):

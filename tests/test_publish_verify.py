@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -14,23 +13,11 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_publish import real_export
 
 from uniq_hub.cli import main
 from uniq_hub.hub.publish import publish
 from uniq_hub.hub.publish_plan import PublishError, plan_upload
 from uniq_hub.model.packing import CHECKSUM_KEY, state_dict_checksum
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return real_export(tmp_path_factory.mktemp("pristine") / "export")
-
-
-@pytest.fixture()
-def export(tmp_path, pristine):
-    """A fresh copy of a real export (byte-identical to test_publish's: one verification serves both)."""
-    return Path(shutil.copytree(pristine, tmp_path / "export"))
 
 
 def _publish_error(folder: Path, match: str, **kwargs) -> str:

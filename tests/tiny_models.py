@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from train_helpers import CLASSES
 from uniq_hub import UniQConfig, UniQForImageClassification, calibrate
 
 # BatchNorm attribute -> uniform range, applied to every BatchNorm2d in this order
@@ -68,3 +69,26 @@ def tiny_model(
     if batchnorm is not None and not batchnorm_first:
         randomize_batchnorm(model, batchnorm)
     return model.eval()
+
+
+# A real, tiny export as publish sees it (resnet20 w2a2, 28x28 grayscale, 10 labels): tests/test_publish*.py
+EXPORT_CONFIG = {
+    "model_type": "uniq", "arch": "resnet20", "w_bits": 2, "a_bits": 2, "num_labels": 10, "num_channels": 1,
+    "image_size": 28,
+    "auto_map": {"AutoConfig": "configuration_uniq.UniQConfig",
+                 "AutoModelForImageClassification": "modeling_uniq.UniQForImageClassification"},
+}
+
+
+def real_export(folder):
+    """Save the real, tiny export of :data:`EXPORT_CONFIG` (one that publish verifies) into ``folder``.
+    Deterministic, so equal folders share one verification per process."""
+    fields = {k: v for k, v in EXPORT_CONFIG.items() if k not in ("model_type", "auto_map")}
+    tiny_model(**fields, calibration=(4, 28)).save_pretrained(folder)
+    return folder
+
+
+def onnx_model(seed: int = 0) -> UniQForImageClassification:
+    """A 4-class 28x28 grayscale w2a2 model whose classes are train_helpers.CLASSES (the ONNX runtime tests)."""
+    return tiny_model(seed=seed, num_labels=4, num_channels=1, image_size=28, image_mean=[0.3], image_std=[0.3],
+                      id2label=dict(enumerate(CLASSES)), calibration=lambda: torch.rand(16, 1, 28, 28) * 2 - 0.5)

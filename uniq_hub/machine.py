@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-__all__ = ["cpu_model", "machine_record"]
+__all__ = ["cpu_model", "machine_record", "benchmark_command", "write_benchmark"]
 
 # The environment variables that cap the kernels' instruction set (recorded when set).
 ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
@@ -40,3 +42,15 @@ def machine_record() -> dict[str, Any]:
     if caps:
         record["isa_env"] = caps
     return record
+
+
+def benchmark_command(script: str, argv: Sequence[str] | None = None) -> str:
+    """The command that reproduces a benchmark run: ``python <script> <its arguments>``."""
+    return f"python {script} " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+
+def write_benchmark(path: str | os.PathLike, data: dict[str, Any], command: str) -> Path:
+    """A benchmark's results JSON (atomically): its ``command``, the machine it ran on, then ``data``."""
+    from .model.atomic import write_json_atomic
+
+    return write_json_atomic(path, {"command": command, "machine": machine_record(), **data})
