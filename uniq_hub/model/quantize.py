@@ -91,14 +91,14 @@ def check_quant_fields(values: Mapping[str, Any], name_as: str = "{}") -> dict[s
         if field_name in out and not isinstance(out[field_name], bool):
             raise ValueError(f"{name_as.format(field_name)} must be a bool, got {out[field_name]!r}")
     if "overrides" in out:
-        out["overrides"] = _check_overrides(out["overrides"] or {}, name_as)
+        out["overrides"] = _valid_overrides(out["overrides"] or {}, name_as)
     if out.get("method") == "lsq" and 1 in (out.get("w_bits"), *(w for w, _ in out.get("overrides", {}).values())):
         raise ValueError(f"{name_as.format('method')} 'lsq' has no 1-bit weight quantizer (two's complement codes "
                          "{-1, 0})")
     return out
 
 
-def _check_overrides(overrides: Any, name_as: str) -> dict[str, list[int]]:
+def _valid_overrides(overrides: Any, name_as: str) -> dict[str, list[int]]:
     if not isinstance(overrides, Mapping):
         raise ValueError(f"{name_as.format('overrides')} must map layer patterns to [w_bits, a_bits], got "
                          f"{overrides!r}")

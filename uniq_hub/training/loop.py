@@ -100,7 +100,7 @@ def _eval_record(cfg: TrainConfig, metrics: dict[str, Any], export_dir: Path) ->
     }
 
 
-def _check_overrides(cfg: TrainConfig) -> None:
+def _check_overrides_match_layers(cfg: TrainConfig) -> None:
     """Per-layer overrides must each match a layer of the architecture (refused before anything is written)."""
     if cfg.overrides:
         net = create_model(cfg.arch, num_classes=2, num_channels=cfg.num_channels or 3)
@@ -123,7 +123,7 @@ class TrainingLoop:
         set_compile(cfg.compile_kernels)  # the quantizer kernels, explicitly (UNIQ_COMPILE overrides)
         self.accelerator = acc = _make_accelerator(cfg)
         check_run_dir(cfg.run_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite)  # every process, before any write
-        _check_overrides(cfg)
+        _check_overrides_match_layers(cfg)
         changes = check_resume(cfg) if cfg.resume else None  # a resume with other options is refused, writing nothing
         acc.wait_for_everyone()
         if acc.is_main_process:
