@@ -10,7 +10,7 @@ graph needs no calibration and computes what the PyTorch model computes:
   (per output channel when kernel-wise) and zero point 0;
 * an unsigned input quantizer becomes ``Clip(max=(2^b-1) D)`` (``QuantizeLinear`` only saturates
   at 255), ``QuantizeLinear`` to uint8 with scale ``D`` and ``DequantizeLinear``; a symmetric one
-  (the first conv's signed image) computes its codes in float, exactly as ``quant.quantize``
+  (the first conv's signed image) computes its codes in float, exactly as ``quant.quantize_dequantize``
   (Div, Add, Clip, Round, Sub, Mul), followed by an int8 Q/DQ with scale ``D / 2`` when its
   levels fit int8 (they are then reproduced exactly);
 * levels that do not fit 8 bits (UniQ's 8-bit symmetric first conv and classifier: the odd
@@ -145,7 +145,7 @@ def _input_quant(g: _Graph, q: UniQQuantizer, x: str, where: str) -> str:
         if any(bounds):
             x = g.op("Clip", [x, *bounds], f"{where}.in_clip")
         scale = g.const(f"{where}.in_scale", step)
-    else:  # half-integer offset: the codes in float, as quant.quantize computes them
+    else:  # half-integer offset: the codes in float, as quant.quantize_dequantize computes them
         s = g.const(f"{where}.in_step", step)
         y = g.op("Div", [x, s], f"{where}.in_div")
         y = g.op("Add", [y, g.const(f"{where}.in_offset", _f32(q.offset))], f"{where}.in_add")

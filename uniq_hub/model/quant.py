@@ -27,7 +27,7 @@ Kind = Literal["weight", "activation"]
 Bound = float | Tensor  # a tensor too, so one compiled kernel serves every bit-width
 
 __all__ = [
-    "code_range", "quantize", "inside", "eq6", "fake_quant_backward", "fake_quant", "fake_quant_weight",
+    "code_range", "quantize_dequantize", "inside", "eq6", "fake_quant_backward", "fake_quant", "fake_quant_weight",
     "fake_quant_activation", "fake_quant_weight_lsq", "quantize_codes", "dequantize_codes",
     "grad_scale_factor", "scale_grad", "optimal_step", "lsq_init_step",
 ]
@@ -52,7 +52,7 @@ def _nonzero(offset: Bound) -> bool:
     return isinstance(offset, Tensor) or offset != 0
 
 
-def quantize(x: Tensor, step: Tensor, lo: Bound, hi: Bound, offset: Bound = 0.0) -> Tensor:
+def quantize_dequantize(x: Tensor, step: Tensor, lo: Bound, hi: Bound, offset: Bound = 0.0) -> Tensor:
     """``Q(x)`` (Eq. 3 / 5), in ``x``'s dtype; ``step`` broadcasts to ``x``."""
     step = step.to(x.dtype)
     q = x / step
@@ -73,7 +73,7 @@ def inside(x: Tensor, step: Tensor, lo: Bound, hi: Bound, offset: Bound = 0.0) -
 def eq6(x: Tensor, step: Tensor, lo: Bound, hi: Bound, offset: Bound = 0.0, mask: Tensor | None = None) -> Tensor:
     """``D * dQ/dD = Q(x) - 1[inside] x`` elementwise (Eq. 6 times the step); ``mask``: :func:`inside`."""
     mask = inside(x, step, lo, hi, offset) if mask is None else mask
-    return quantize(x, step, lo, hi, offset).sub_(x * mask)
+    return quantize_dequantize(x, step, lo, hi, offset).sub_(x * mask)
 
 
 def fake_quant_backward(
@@ -93,7 +93,7 @@ class _FakeQuant(torch.autograd.Function):
     def forward(ctx, x: Tensor, step: Tensor, lo: int, hi: int, offset: float) -> Tensor:
         ctx.spec = (lo, hi, offset)
         ctx.save_for_backward(x, step)
-        return quantize(x, step, lo, hi, offset)
+        return quantize_dequantize(x, step, lo, hi, offset)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .quant import eq6, fake_quant_backward, inside, quantize
+from .quant import eq6, fake_quant_backward, inside, quantize_dequantize
 
 __all__ = [
     "set_compile", "set_recompute", "fake_quant_learnable", "fake_quant_step_derivative",
@@ -74,11 +74,11 @@ def set_recompute(enabled: bool) -> bool:
 # One function per kernel: torch.compile caches (and limits recompiles) per code object.
 # ``bounds`` is ``[lo, hi, offset]``: x is ``(N,)`` with a ``()`` step (layer) or ``(C, K)`` with ``(C, 1)``.
 def _k_forward_layer(x: Tensor, step: Tensor, bounds: Tensor) -> Tensor:
-    return quantize(x, step, bounds[0], bounds[1], bounds[2]).to(x.dtype)
+    return quantize_dequantize(x, step, bounds[0], bounds[1], bounds[2]).to(x.dtype)
 
 
 def _k_forward_channel(x: Tensor, step: Tensor, bounds: Tensor) -> Tensor:
-    return quantize(x, step, bounds[0], bounds[1], bounds[2]).to(x.dtype)
+    return quantize_dequantize(x, step, bounds[0], bounds[1], bounds[2]).to(x.dtype)
 
 
 def _k_grads(grad: Tensor, x: Tensor, step: Tensor, bounds: Tensor) -> tuple[Tensor, Tensor]:
@@ -193,7 +193,7 @@ def _quantize(x: Tensor, step: Tensor, spec: tuple) -> Tensor:
     """Forward values of :class:`_FusedFakeQuant` (no autograd); ``spec`` as stored on its ctx."""
     lo, hi, offset, mode = spec
     if mode is None:
-        return quantize(x, step, lo, hi, offset)
+        return quantize_dequantize(x, step, lo, hi, offset)
     kind, layout = mode
     rows = x.shape[0] if kind == "channel" else None
     q = _run_kernel("forward_" + kind, _flat(x, layout, rows), _kernel_step(step, rows),
@@ -258,7 +258,7 @@ def fake_quant_learnable(
     Inference (grad disabled) runs the eager math: the compiled kernels save training passes only, and
     evaluation then gives the same numbers wherever it runs (docs/portability.md)."""
     if not torch.is_grad_enabled():
-        return quantize(x, _clamped(step, min_step), lo, hi, offset)
+        return quantize_dequantize(x, _clamped(step, min_step), lo, hi, offset)
     return _FusedFakeQuant.apply(x, step, lo, hi, offset, grad_scale, min_step)
 
 
