@@ -103,7 +103,7 @@ def test_config_that_disagrees_with_the_weights_is_refused(export, changes, matc
 
 def test_processor_config_is_checked(export):
     _edit_json(export / "preprocessor_config.json", image_std=[0.0])
-    _publish_error(export, "preprocessor_config.json: 'image_std' is [0.0]; expected numbers, each positive and finite")
+    _publish_error(export, "preprocessor_config.json: image_std must be positive and finite, got [0.0]")
     _edit_json(export / "preprocessor_config.json", image_std=[0.5], crop_size={"height": 32, "width": 32})
     plan = plan_upload(export, "me/model")
     assert plan.warnings == [

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..model.constants import MAX_IMAGE_SIZE
-from ..model.image_inputs import LUMA, array_white, open_image, pil_to_array
+from ..model.image_inputs import LUMA, array_white, normalization, open_image, pil_to_array
 from .onnx_backends import available_backends, exact_backends_of, load_backend
 from .onnx_graph import ONNX_FILE, check_graph, graph_num_labels, inside_folder, read_model_json
 
@@ -91,8 +91,7 @@ class _Preprocessor:
             self.crop = None if crop is None else (int(crop["height"]), int(crop["width"]))
             self.rescale = float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0
             normalize = config.get("do_normalize", True)
-            self.mean = np.asarray(config["image_mean"] if normalize else [0.0] * self.num_channels, np.float32)
-            self.std = np.asarray(config["image_std"] if normalize else [1.0] * self.num_channels, np.float32)
+            mean, std = (config["image_mean"], config["image_std"]) if normalize else (0.0, 1.0)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(
                 f"{where}: missing or invalid field {err} (expected size.shortest_edge, crop_size, "
@@ -100,14 +99,8 @@ class _Preprocessor:
             ) from err
         if self.num_channels not in (1, 3):
             raise ValueError(f"{where}: num_channels must be 1 or 3, got {self.num_channels}")
-        # A scalar mean / std applies to every channel (transformers accepts a float or a list).
-        self.mean = np.broadcast_to(self.mean, (self.num_channels,)) if self.mean.ndim == 0 else self.mean
-        self.std = np.broadcast_to(self.std, (self.num_channels,)) if self.std.ndim == 0 else self.std
-        if self.mean.shape != (self.num_channels,) or self.std.shape != (self.num_channels,):
-            raise ValueError(f"{where}: image_mean / image_std must hold {self.num_channels} values")
-        if not (np.isfinite(self.std).all() and (self.std > 0).all()) or not np.isfinite(self.mean).all():
-            raise ValueError(f"{where}: image_std must be positive and finite and image_mean finite, got "
-                             f"image_mean={self.mean.tolist()}, image_std={self.std.tolist()}")
+        mean, std = normalization(mean, std, self.num_channels, where)
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         if not (math.isfinite(self.rescale) and self.rescale > 0):
             raise ValueError(f"{where}: rescale_factor must be positive and finite, got {self.rescale}")
         for name, side in (("size.shortest_edge", self.shortest_edge), *zip(("crop height", "crop width"),

@@ -11,7 +11,6 @@ zoo entry (``--zoo``, or the repo id when it is a zoo name) or else from ``confi
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -30,6 +29,7 @@ from ..catalog.zoo import ZooEntry, get_entry, parse_result
 from ..model import atomic
 from ..model.configuration_uniq import UniQConfig
 from ..model.constants import PREDICTIONS_FILE, RESULTS_FILE
+from ..model.image_inputs import normalization
 from ..model.packing import CheckpointError, weight_files
 
 __all__ = ["LIBRARY_DIR", "RELEASE_FILES", "REQUIRED_FILES", "RESULTS_FILES", "PublishError", "UploadPlan",
@@ -164,18 +164,13 @@ def check_processor_config(
     positive and finite and ``image_mean`` finite (else :class:`PublishError` naming the key);
     returns warnings where the model input size the processor produces differs from the config's
     ``image_size`` (it runs, but not as the model was trained)."""
-    for key, ok, expected in (
-        ("image_std", lambda v: math.isfinite(v) and v > 0, "positive and finite"),
-        ("image_mean", math.isfinite, "finite"),
-    ):
-        values = processor.get(key)
-        values = [values] if isinstance(values, (int, float)) else values
-        numbers = isinstance(values, list) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v) for v in values
-        )
-        if values is not None and not numbers:
-            problem = f"{key!r} is {values!r}; expected numbers, each {expected}"
-            raise PublishError(f"{path}: {problem}" if path is not None else problem)
+    if "image_mean" in processor or "image_std" in processor:
+        channels = processor.get("num_channels", config.get("num_channels", 3))
+        try:
+            normalization(processor.get("image_mean", 0.0), processor.get("image_std", 1.0), channels,
+                          os.fspath(path) if path is not None else "preprocessor_config.json")
+        except ValueError as err:
+            raise PublishError(str(err)) from None
     side = config.get("image_size")
     if processor.get("do_center_crop", True) and isinstance(processor.get("crop_size"), dict):
         key, produced = "crop_size", processor["crop_size"]

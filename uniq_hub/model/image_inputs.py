@@ -11,9 +11,11 @@ read as they are, scaled by the value that maps to white.
 from __future__ import annotations
 
 import io
+import math
 import os
 import urllib.error
 import urllib.request
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -33,6 +35,26 @@ ARRAY_WHITE = {("u", 1): 255.0, ("b", 1): 1.0, ("u", 2): 65535.0, ("i", 2): 6553
                ("i", 8): None, ("u", 4): None, ("f", 2): 1.0, ("f", 4): 1.0, ("f", 8): 1.0}
 FETCH_TIMEOUT = 10.0  # seconds: default timeout of URL fetches
 _READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def normalization(mean: Any, std: Any, num_channels: int, where: str) -> tuple[list[float], list[float]]:
+    """A processor config's ``image_mean`` / ``image_std`` as one float per channel (a number stands for
+    every channel, as transformers accepts); ``ValueError`` naming ``where`` and the key unless each holds
+    ``num_channels`` numbers, every ``image_std`` positive and finite, every ``image_mean`` finite. The one
+    check of the image processor, the ONNX classifier and publish."""
+    out = []
+    for key, value, ok, expected in (("image_mean", mean, math.isfinite, "finite"),
+                                     ("image_std", std, lambda v: math.isfinite(v) and v > 0, "positive and finite")):
+        values = [value] * num_channels if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        numbers = isinstance(values, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if not numbers or len(values) != num_channels:
+            raise ValueError(f"{where}: {key} must hold {num_channels} numbers (or one for every channel), "
+                             f"got {value!r}")
+        if not all(ok(float(v)) for v in values):
+            raise ValueError(f"{where}: {key} must be {expected}, got {value!r}")
+        out.append([float(v) for v in values])
+    return out[0], out[1]
 
 
 def _white_of_wide_ints(array: np.ndarray) -> float:

@@ -32,7 +32,6 @@ URLs itself, with no timeout unless given one: ``pipe(url, timeout=10)``.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -45,7 +44,7 @@ from transformers.image_utils import ChannelDimension, PILImageResampling, infer
 from transformers.processing_utils import ImagesKwargs
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_SIZE
-from .image_inputs import FETCH_TIMEOUT, LUMA, array_white, open_image, pil_to_array
+from .image_inputs import FETCH_TIMEOUT, LUMA, array_white, normalization, open_image, pil_to_array
 
 
 class UniQImageProcessorKwargs(ImagesKwargs, total=False):
@@ -149,18 +148,10 @@ class UniQImageProcessor(TorchvisionBackend):
         super().__init__(**kwargs)
         if self.num_channels not in (1, 3):
             raise ValueError(f"UniQImageProcessor.num_channels must be 1 or 3, got {self.num_channels!r}")
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):  # one number for every channel
-                setattr(self, name, [float(value)] * self.num_channels)
-            if len(getattr(self, name)) != self.num_channels:
-                raise ValueError(
-                    f"UniQImageProcessor.{name} must hold {self.num_channels} values, got {getattr(self, name)!r}"
-                )
-        if not all(math.isfinite(v) and v > 0 for v in self.image_std):
-            raise ValueError(f"UniQImageProcessor.image_std must be positive and finite, got {self.image_std!r}")
-        if not all(math.isfinite(v) for v in self.image_mean):
-            raise ValueError(f"UniQImageProcessor.image_mean must be finite, got {self.image_mean!r}")
+        per_channel = normalization(self.image_mean, self.image_std, self.num_channels, "UniQImageProcessor")
+        for name, values in zip(("image_mean", "image_std"), per_channel):  # a number: one for every channel
+            if isinstance(getattr(self, name), (int, float)):
+                setattr(self, name, values)
         sides = {"size.shortest_edge": getattr(self.size, "shortest_edge", None),
                  "crop_size.height": getattr(self.crop_size, "height", None),
                  "crop_size.width": getattr(self.crop_size, "width", None)}
