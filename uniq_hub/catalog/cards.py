@@ -6,6 +6,7 @@ The metadata's ``model-index`` holds only numbers measured in this project (resu
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -14,8 +15,8 @@ from typing import Any, Mapping
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..model.bitpack import packed_nbytes
 from ..model.constants import KD_TEMPERATURE, KD_WEIGHT
+from ..model.packing import expected_layout
 from ..model.quantize import QuantConfig, layer_bits, quantize_
 from ..model.registry import create_model, model_info
 from .zoo import FP_BITS, ORG, DatasetInfo, Result, ZooEntry, parse_result
@@ -66,10 +67,8 @@ def _sizes(arch: str, num_labels: int, num_channels: int, w_bits: int, a_bits: i
         layers[label] = layers.get(label, 0) + 1
     with torch.device("meta"):
         quantize_(model, config)
-    low_bit = {f"{name}.weight": m.weight_quantizer.bits for name, m in model.named_modules()
-               if getattr(m, "weight_quantizer", None) is not None}
-    total = sum(packed_nbytes(t.numel(), low_bit[key]) if key in low_bit else t.numel() * t.element_size()
-                for key, t in model.state_dict().items())
+    # the release layout (packing's own): packed codes as uint8 bytes, every other tensor at its dtype
+    total = sum(math.prod(shape) * dtype.itemsize for shape, dtype in expected_layout(model, packed=True).values())
     return total, fp32, layers
 
 
