@@ -8,12 +8,11 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run from a clone without installing
+from uniq_hub.catalog.cards import generate_cards
+from uniq_hub.catalog.zoo import list_entries
+from uniq_hub.hub.zoo_release import release_folders
 
-from uniq_hub.catalog.cards import generate_cards  # noqa: E402
-from uniq_hub.catalog.zoo import list_entries  # noqa: E402
-from uniq_hub.hub.zoo_release import release_folders  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:

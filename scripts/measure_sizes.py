@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from uniq_hub import UniQConfig, UniQForImageClassification  # noqa: E402
-from uniq_hub.model.packing import information_bytes  # noqa: E402
+from uniq_hub import UniQConfig, UniQForImageClassification
+from uniq_hub.model.packing import information_bytes
 
 BITS = (32, 4, 3, 2, 1)
 

@@ -13,12 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from uniq_hub.catalog.zoo import list_entries  # noqa: E402
-from uniq_hub.hub.zoo_release import (  # noqa: E402
+from uniq_hub.catalog.zoo import list_entries
+from uniq_hub.hub.zoo_release import (
     NOT_RELEASED,
     refresh_card,
     release_entry,
@@ -26,8 +22,10 @@ from uniq_hub.hub.zoo_release import (  # noqa: E402
     remeasure_release,
     resave_release,
 )
-from uniq_hub.machine import write_benchmark  # noqa: E402
-from uniq_hub.model.constants import SUMMARY_FILE  # noqa: E402
+from uniq_hub.machine import write_benchmark
+from uniq_hub.model.constants import SUMMARY_FILE
+
+REPO = Path(__file__).resolve().parent.parent
 
 RELEASE_DIR = REPO / "zoo"
 GOLDEN_ENTRY = "uniq/resnet20-fashion-mnist-w2a2"

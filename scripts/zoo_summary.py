@@ -11,11 +11,10 @@ import re
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from uniq_hub.hub.zoo_release import release_records, zoo_table
+from uniq_hub.plot import plot_zoo
 
-from uniq_hub.hub.zoo_release import release_records, zoo_table  # noqa: E402
-from uniq_hub.plot import plot_zoo  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 README = REPO / "README.md"
 PICTURE = REPO / "docs" / "zoo-accuracy-size.png"
