@@ -46,6 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from baseline_quant import to_baseline  # noqa: E402
 from uniq_hub import QuantConfig, calibrate, create_model, quantize_  # noqa: E402
+from uniq_hub.machine import cpu_model  # noqa: E402
 from uniq_hub.model.quant_kernels import set_compile, set_recompute  # noqa: E402
 
 # name -> (input channels, image size, batch, classes)
@@ -344,13 +345,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         for r in model_rows:
             print(f"{r['model']:>9} {r['name']:>18}  train {r['train_ms']:8.1f} ms {r['train_ratio']:5.2f}x"
                   f"   eval {r['eval_ms']:7.1f} ms {r['eval_ratio']:5.2f}x", flush=True)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
-    if args.device == "cpu":
-        try:
-            device_name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                               if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_model()
     report = {
         "command": shlex.join([_display_path(sys.executable), _display_path(sys.argv[0]), *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

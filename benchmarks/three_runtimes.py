@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -94,13 +93,6 @@ def three_runtimes(repo_id: str, limit: int | None = None, batch_size: int = 100
     }
 
 
-def _cpu() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -116,6 +108,8 @@ def main() -> None:
                           HF_HUB_DISABLE_TELEMETRY="1")
         from huggingface_hub import HfApi
 
+        from uniq_hub.machine import cpu_model
+
         source = Path(args.folder)
         folder, redone = prepare_folder(source, Path(tmp) / source.name)
         repo_id = f"uniq/{source.name}"
@@ -124,7 +118,7 @@ def main() -> None:
         api.upload_folder(repo_id=repo_id, folder_path=folder)
         record = {**three_runtimes(repo_id, args.limit), "folder": str(source.relative_to(REPO) if
                                                                           source.is_relative_to(REPO) else source),
-                  "redone_before_upload": redone, "cpu": _cpu(),
+                  "redone_before_upload": redone, "cpu": cpu_model(),
                   "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
                   "command": "python benchmarks/three_runtimes.py " + " ".join(sys.argv[1:])}
     print(json.dumps(record, indent=2))

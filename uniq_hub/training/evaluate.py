@@ -57,11 +57,9 @@ def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, batches: Iterable, accelerator=None, progress: bool = False,
-                   predictions: bool = False, dtype: torch.dtype | None = None) -> dict[str, Any]:
+                   predictions: bool = False) -> dict[str, Any]:
     """``{"top1", "top5", "num_examples"}`` (percent) of ``model`` over ``batches``, and with
     ``predictions`` the per-example top-1 class ids (``"predictions"``, a list in dataset order).
-    ``dtype``: cast the inputs to it (the model must be in it too; float64 is the ISA-independent
-    reference, see docs/portability.md).
 
     With an ``accelerator`` the batches are this process's shard (a prepared dataloader) and
     the counts are gathered with ``gather_for_metrics`` (duplicated padding dropped).
@@ -78,10 +76,10 @@ def evaluate_model(model: nn.Module, batches: Iterable, accelerator=None, progre
             batches = tqdm(batches, desc="eval", leave=False, dynamic_ncols=True)
         for batch in batches:
             inputs, labels = split_batch(batch)
-            inputs, labels = inputs.to(device, dtype, non_blocking=True), labels.to(device, non_blocking=True)
+            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             logits = _logits(model(inputs))
             num_classes = logits.shape[-1]
-            hits = topk_correct(logits if logits.dtype == torch.float64 else logits.float(), labels)
+            hits = topk_correct(logits.float(), labels)
             stacked = torch.stack([hits[1], hits[5], logits.argmax(-1)], dim=-1)
             if accelerator is not None:
                 stacked = accelerator.gather_for_metrics(stacked)
@@ -121,18 +119,15 @@ def evaluate(
     progress: bool = False,
     runtime: str = "torch",
     predictions: bool = False,
-    dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model_id`` (a folder or Hub id) on ``dataset``/``split`` with its own image
     processor, exactly the preprocessing ``pipeline("image-classification")`` applies; returns
     the results record. Dataset labels are matched to the model's ``id2label`` by class name (a
     class the model does not know is an error). ``runtime``: "torch", or an ONNX backend
     ("onnxruntime", "openvino") running the model's ``onnx/model.onnx`` on the same inputs.
-    ``predictions`` and ``dtype`` (the PyTorch model's, e.g. float64): see :func:`evaluate_model`."""
+    ``predictions``: see :func:`evaluate_model`."""
     accelerator = Accelerator()
     model = UniQForImageClassification.from_pretrained(model_id)
-    if dtype is not None:
-        model = model.to(dtype)
     processor = UniQImageProcessor.from_pretrained(model_id)
     ds = load_image_dataset(dataset, split, streaming=streaming, image_column=image_column,
                             label_column=label_column, limit=max_samples)
@@ -145,7 +140,7 @@ def evaluate(
                              num_workers=num_workers, label_map=label_map, source=dataset)
     model, loader = accelerator.prepare(model, loader)
     metrics = evaluate_model(model, loader, accelerator, progress=progress and accelerator.is_local_main_process,
-                             predictions=predictions, dtype=dtype)
+                             predictions=predictions)
     return {
         "model_id": model_id, "dataset": dataset, "split": split, **metrics,
         "command": command or "uniq-hub evaluate " + shlex.join([model_id, "--dataset", dataset, "--split", split]),
