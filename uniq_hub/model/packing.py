@@ -374,13 +374,14 @@ def check_header(
     check_metadata(path, metadata, config, model, packed=is_packed(keys))
     for key, shape in shapes.items():  # declared shapes, before any tensor is allocated
         want = expected[key][0] if key in expected else None
-        if key.endswith(PACKED_SUFFIX) and want is not None:  # codes of other bits: the unpacking names them
-            want = shape if len(shape) == 1 and 0 < shape[0] <= 8 * want[0] else want
-        # the classifier may be another task's (ignore_mismatched_sizes / a headless model): bounded, not equal
-        head_ok = head is not None and key.startswith(head) and 0 < (shape or (1,))[0] <= MAX_NUM_LABELS and (
-            want is None or shape[1:] == want[1:]) and math.prod(shape) <= MAX_NUM_LABELS * MAX_HEAD_FEATURES
-        if (want is not None and shape != want and not head_ok) or (want is None and key.startswith(head or "\0")
-                                                                    and not head_ok):
+        in_head = head is not None and key.startswith(head)
+        ok = shape == want or (want is None and not in_head)  # extra keys (the checksum) are checked above
+        if not ok and want is not None and key.endswith(PACKED_SUFFIX):  # codes of other bits: unpacking names them
+            ok = len(shape) == 1 and 0 < shape[0] <= 8 * want[0]
+        if not ok and in_head:  # another task's classifier (ignore_mismatched_sizes, a headless model): bounded
+            ok = (0 < (shape or (1,))[0] <= MAX_NUM_LABELS and (want is None or shape[1:] == want[1:])
+                  and math.prod(shape) <= MAX_NUM_LABELS * MAX_HEAD_FEATURES)
+        if not ok:
             raise CheckpointError(path, f"{key!r} is declared with shape {list(shape)}, but the config ({what}) builds "
                                         f"{list(want) if want is not None else 'no such tensor'} (refused from the "
                                         "header; no tensor data was read)")
