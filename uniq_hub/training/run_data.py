@@ -18,6 +18,7 @@ from .data.splits import (
     check_labels_in_range,
     check_same_classes,
     check_training_split,
+    label_values,
     stratified_split,
     validation_size,
 )
@@ -99,8 +100,7 @@ def load_data(cfg: TrainConfig) -> DataBundle:
     if len(evaluation) == 0:
         raise ValueError(f"dataset {cfg.dataset!r} split {cfg.eval_split!r} has no examples to evaluate on")
     check_same_classes(names, class_names(evaluation), cfg.dataset, cfg.eval_split, cfg.train_split)
-    check_labels_in_range(sorted(set(evaluation.unique("label")), key=lambda v: (v is None, v or 0)), names,
-                          f"dataset {cfg.dataset!r} split {cfg.eval_split!r}")
+    check_labels_in_range(label_values(evaluation), names, f"dataset {cfg.dataset!r} split {cfg.eval_split!r}")
     image = _first_image(train)
     num_channels = cfg.num_channels or (1 if getattr(image, "mode", "RGB") in ONE_CHANNEL_PIL_MODES else 3)
     native = max(getattr(image, "size", (224, 224)))

@@ -17,7 +17,7 @@ from .columns import AnyDataset
 logger = logging.getLogger(__name__)
 
 __all__ = ["SPLIT_DIR_NAMES", "balanced_indices", "check_batch_fits", "check_labels_in_range", "check_same_classes",
-           "check_training_split", "check_val_split",
+           "check_training_split", "check_val_split", "label_values",
            "resolve_split", "stratified_split", "validation_size"]
 
 # requested split -> names that may stand in for it, in order of preference
@@ -104,11 +104,16 @@ def check_training_split(ds: AnyDataset, names: Sequence[str] | None, source: st
     if names is not None and len(names) < 2:
         raise ValueError(f"{where} has a single class {list(names)}: a classifier needs at least two")
     if isinstance(ds, Dataset):
-        present = sorted(set(ds.unique("label")), key=lambda v: (v is None, v if v is not None else 0))
+        present = label_values(ds)
         check_labels_in_range(present, names, where)
         if len(present) < 2:
             shown = [names[i] for i in present] if names else present
             raise ValueError(f"{where}: every example has the same class {shown}: a classifier needs at least two")
+
+
+def label_values(ds: Dataset) -> list[int | None]:
+    """The distinct values of a map-style split's label column, sorted (a missing label last)."""
+    return sorted(set(ds.unique("label")), key=lambda v: (v is None, v if v is not None else 0))
 
 
 def check_labels_in_range(present: Sequence[int | None], names: Sequence[str] | None, where: str) -> None:
